@@ -1,0 +1,569 @@
+//! Properties (section 2.2.2): one typed struct per packet kind, each field a typed `Option`.
+//!
+//! A property that is not allowed in a packet is a Malformed Packet (section 2.2.2.2); one that
+//! appears twice where it may appear once is a Protocol Error. Only User Property and Subscription
+//! Identifier may repeat.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use std::num::{NonZeroU16, NonZeroU32};
+
+use super::wire::{put_prefixed, put_varint, varint_len, Reader};
+use crate::error::{DecodeError, EncodeError};
+use crate::string::MqttString;
+use crate::topic::TopicName;
+use crate::types::{PayloadFormat, QoS, SubscriptionId, UserProperty};
+
+/// Property identifiers (section 2.2.2.2).
+#[allow(missing_docs)]
+pub(crate) mod id {
+    pub const PAYLOAD_FORMAT_INDICATOR: u32 = 0x01;
+    pub const MESSAGE_EXPIRY_INTERVAL: u32 = 0x02;
+    pub const CONTENT_TYPE: u32 = 0x03;
+    pub const RESPONSE_TOPIC: u32 = 0x08;
+    pub const CORRELATION_DATA: u32 = 0x09;
+    pub const SUBSCRIPTION_IDENTIFIER: u32 = 0x0B;
+    pub const SESSION_EXPIRY_INTERVAL: u32 = 0x11;
+    pub const ASSIGNED_CLIENT_IDENTIFIER: u32 = 0x12;
+    pub const SERVER_KEEP_ALIVE: u32 = 0x13;
+    pub const AUTHENTICATION_METHOD: u32 = 0x15;
+    pub const AUTHENTICATION_DATA: u32 = 0x16;
+    pub const REQUEST_PROBLEM_INFORMATION: u32 = 0x17;
+    pub const WILL_DELAY_INTERVAL: u32 = 0x18;
+    pub const REQUEST_RESPONSE_INFORMATION: u32 = 0x19;
+    pub const RESPONSE_INFORMATION: u32 = 0x1A;
+    pub const SERVER_REFERENCE: u32 = 0x1C;
+    pub const REASON_STRING: u32 = 0x1F;
+    pub const RECEIVE_MAXIMUM: u32 = 0x21;
+    pub const TOPIC_ALIAS_MAXIMUM: u32 = 0x22;
+    pub const TOPIC_ALIAS: u32 = 0x23;
+    pub const MAXIMUM_QOS: u32 = 0x24;
+    pub const RETAIN_AVAILABLE: u32 = 0x25;
+    pub const USER_PROPERTY: u32 = 0x26;
+    pub const MAXIMUM_PACKET_SIZE: u32 = 0x27;
+    pub const WILDCARD_SUBSCRIPTION_AVAILABLE: u32 = 0x28;
+    pub const SUBSCRIPTION_IDENTIFIER_AVAILABLE: u32 = 0x29;
+    pub const SHARED_SUBSCRIPTION_AVAILABLE: u32 = 0x2A;
+}
+
+/// The specification's name of a property, or `None` for an undefined identifier.
+pub(crate) fn property_name(pid: u32) -> Option<&'static str> {
+    use id::*;
+    Some(match pid {
+        PAYLOAD_FORMAT_INDICATOR => "Payload Format Indicator",
+        MESSAGE_EXPIRY_INTERVAL => "Message Expiry Interval",
+        CONTENT_TYPE => "Content Type",
+        RESPONSE_TOPIC => "Response Topic",
+        CORRELATION_DATA => "Correlation Data",
+        SUBSCRIPTION_IDENTIFIER => "Subscription Identifier",
+        SESSION_EXPIRY_INTERVAL => "Session Expiry Interval",
+        ASSIGNED_CLIENT_IDENTIFIER => "Assigned Client Identifier",
+        SERVER_KEEP_ALIVE => "Server Keep Alive",
+        AUTHENTICATION_METHOD => "Authentication Method",
+        AUTHENTICATION_DATA => "Authentication Data",
+        REQUEST_PROBLEM_INFORMATION => "Request Problem Information",
+        WILL_DELAY_INTERVAL => "Will Delay Interval",
+        REQUEST_RESPONSE_INFORMATION => "Request Response Information",
+        RESPONSE_INFORMATION => "Response Information",
+        SERVER_REFERENCE => "Server Reference",
+        REASON_STRING => "Reason String",
+        RECEIVE_MAXIMUM => "Receive Maximum",
+        TOPIC_ALIAS_MAXIMUM => "Topic Alias Maximum",
+        TOPIC_ALIAS => "Topic Alias",
+        MAXIMUM_QOS => "Maximum QoS",
+        RETAIN_AVAILABLE => "Retain Available",
+        USER_PROPERTY => "User Property",
+        MAXIMUM_PACKET_SIZE => "Maximum Packet Size",
+        WILDCARD_SUBSCRIPTION_AVAILABLE => "Wildcard Subscription Available",
+        SUBSCRIPTION_IDENTIFIER_AVAILABLE => "Subscription Identifier Available",
+        SHARED_SUBSCRIPTION_AVAILABLE => "Shared Subscription Available",
+        _ => return None,
+    })
+}
+
+fn name_of(pid: u32) -> &'static str {
+    property_name(pid).unwrap_or("unknown property")
+}
+
+fn invalid(pid: u32, value: u32) -> DecodeError {
+    DecodeError::InvalidPropertyValue {
+        name: name_of(pid),
+        value,
+    }
+}
+
+/// A property value type: how it is read, sized and written (without its identifier).
+pub(crate) trait PropValue: Sized {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError>;
+    fn len(&self) -> usize;
+    fn write(&self, buf: &mut BytesMut);
+    fn check(&self, _pid: u32) -> Result<(), EncodeError> {
+        Ok(())
+    }
+}
+
+/// A byte that must be 0 or 1.
+impl PropValue for bool {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            v => Err(invalid(pid, v.into())),
+        }
+    }
+    fn len(&self) -> usize {
+        1
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u8(*self as u8)
+    }
+}
+
+impl PropValue for u16 {
+    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
+        r.u16()
+    }
+    fn len(&self) -> usize {
+        2
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u16(*self)
+    }
+}
+
+impl PropValue for u32 {
+    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
+        r.u32()
+    }
+    fn len(&self) -> usize {
+        4
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u32(*self)
+    }
+}
+
+/// Receive Maximum (0 is a Protocol Error) and Topic Alias (0 is not permitted [MQTT-3.3.2-8]).
+impl PropValue for NonZeroU16 {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        NonZeroU16::new(r.u16()?).ok_or_else(|| {
+            if pid == id::TOPIC_ALIAS {
+                DecodeError::TopicAliasZero
+            } else {
+                invalid(pid, 0)
+            }
+        })
+    }
+    fn len(&self) -> usize {
+        2
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u16(self.get())
+    }
+}
+
+/// Maximum Packet Size: 0 is a Protocol Error.
+impl PropValue for NonZeroU32 {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        NonZeroU32::new(r.u32()?).ok_or_else(|| invalid(pid, 0))
+    }
+    fn len(&self) -> usize {
+        4
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u32(self.get())
+    }
+}
+
+/// Maximum QoS, the one QoS-valued property: 0 or 1 (section 3.2.2.3.4).
+impl PropValue for QoS {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            0 => Ok(QoS::AtMostOnce),
+            1 => Ok(QoS::AtLeastOnce),
+            v => Err(invalid(pid, v.into())),
+        }
+    }
+    fn len(&self) -> usize {
+        1
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u8(*self as u8)
+    }
+}
+
+impl PropValue for PayloadFormat {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        match r.u8()? {
+            0 => Ok(PayloadFormat::Unspecified),
+            1 => Ok(PayloadFormat::Utf8),
+            v => Err(invalid(pid, v.into())),
+        }
+    }
+    fn len(&self) -> usize {
+        1
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        buf.put_u8(*self as u8)
+    }
+}
+
+impl PropValue for MqttString {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        r.string(name_of(pid))
+    }
+    fn len(&self) -> usize {
+        2 + MqttString::len(self)
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        put_prefixed(buf, self.as_bytes())
+    }
+}
+
+/// Binary Data.
+impl PropValue for Bytes {
+    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
+        r.binary()
+    }
+    fn len(&self) -> usize {
+        2 + Bytes::len(self)
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        put_prefixed(buf, self)
+    }
+    fn check(&self, pid: u32) -> Result<(), EncodeError> {
+        check_binary(name_of(pid), self)
+    }
+}
+
+/// Response Topic: a topic name without wildcards [MQTT-3.3.2-13, MQTT-3.3.2-14].
+impl PropValue for TopicName {
+    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
+        let b = r.binary()?;
+        TopicName::from_bytes(b).map_err(DecodeError::InvalidResponseTopic)
+    }
+    fn len(&self) -> usize {
+        2 + TopicName::len(self)
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        put_prefixed(buf, self.as_bytes())
+    }
+}
+
+impl PropValue for SubscriptionId {
+    fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
+        let v = r.varint()?;
+        SubscriptionId::new(v).ok_or_else(|| invalid(pid, v))
+    }
+    fn len(&self) -> usize {
+        varint_len(self.get())
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        put_varint(buf, self.get())
+    }
+}
+
+impl PropValue for UserProperty {
+    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
+        let name = r.string("User Property name")?;
+        let value = r.string("User Property value")?;
+        Ok(UserProperty { name, value })
+    }
+    fn len(&self) -> usize {
+        4 + self.name.len() + self.value.len()
+    }
+    fn write(&self, buf: &mut BytesMut) {
+        put_prefixed(buf, self.name.as_bytes());
+        put_prefixed(buf, self.value.as_bytes());
+    }
+}
+
+pub(crate) fn check_binary(field: &'static str, b: &[u8]) -> Result<(), EncodeError> {
+    if b.len() > u16::MAX as usize {
+        Err(EncodeError::BinaryTooLong {
+            field,
+            len: b.len(),
+        })
+    } else {
+        Ok(())
+    }
+}
+
+/// The Property Length prefix plus the properties.
+pub(crate) fn block_len(props_len: usize) -> usize {
+    varint_len(props_len as u32) + props_len
+}
+
+macro_rules! property_set {
+    (
+        $(#[$meta:meta])*
+        $name:ident, $context:literal {
+            $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $pid:ident ),* $(,)?
+        }
+        repeated {
+            $( $(#[$rmeta:meta])* $rfield:ident : $rty:ty = $rpid:ident ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        pub struct $name {
+            $( $(#[$fmeta])* pub $field: Option<$ty>, )*
+            $( $(#[$rmeta])* pub $rfield: Vec<$rty>, )*
+        }
+
+        impl $name {
+            /// Whether no property is set.
+            pub fn is_empty(&self) -> bool {
+                true $( && self.$field.is_none() )* $( && self.$rfield.is_empty() )*
+            }
+
+            /// Reads the Property Length and the properties.
+            #[allow(unused_mut, unused_variables)]
+            pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
+                let mut props = Self::default();
+                let len = r.varint()? as usize;
+                if len == 0 {
+                    return Ok(props);
+                }
+                let packet = r.packet();
+                let mut r = Reader::new(r.take(len)?, packet);
+                let mut seen: u64 = 0;
+                while !r.is_empty() {
+                    let pid = r.varint()?;
+                    match pid {
+                        $( id::$pid => {
+                            let bit = 1u64 << pid;
+                            if seen & bit != 0 {
+                                return Err(DecodeError::DuplicateProperty {
+                                    context: $context,
+                                    name: name_of(pid),
+                                });
+                            }
+                            seen |= bit;
+                            props.$field = Some(read_value::<$ty>(&mut r, pid)?);
+                        } )*
+                        $( id::$rpid => props.$rfield.push(<$rty as PropValue>::read(&mut r, pid)?), )*
+                        other => {
+                            return Err(match property_name(other) {
+                                Some(name) => DecodeError::PropertyNotAllowed {
+                                    context: $context,
+                                    name,
+                                },
+                                None => DecodeError::UnknownProperty {
+                                    context: $context,
+                                    id: other,
+                                },
+                            })
+                        }
+                    }
+                }
+                Ok(props)
+            }
+
+            /// The size of the properties, without the Property Length prefix.
+            pub fn encoded_len(&self) -> usize {
+                let mut n = 0;
+                $( if let Some(v) = &self.$field { n += 1 + v.len(); } )*
+                $( for v in &self.$rfield { n += 1 + v.len(); } )*
+                n
+            }
+
+            pub(crate) fn check(&self) -> Result<(), EncodeError> {
+                $( if let Some(v) = &self.$field { v.check(id::$pid)?; } )*
+                $( for v in &self.$rfield { v.check(id::$rpid)?; } )*
+                Ok(())
+            }
+
+            /// Writes the Property Length and the properties.
+            pub(crate) fn write(&self, buf: &mut BytesMut) {
+                put_varint(buf, self.encoded_len() as u32);
+                $( if let Some(v) = &self.$field { buf.put_u8(id::$pid as u8); v.write(buf); } )*
+                $( for v in &self.$rfield { buf.put_u8(id::$rpid as u8); v.write(buf); } )*
+            }
+        }
+    };
+}
+
+#[inline]
+fn read_value<T: PropValue>(r: &mut Reader, pid: u32) -> Result<T, DecodeError> {
+    T::read(r, pid)
+}
+
+property_set! {
+    /// Properties of CONNECT (section 3.1.2.11).
+    ConnectProperties, "CONNECT" {
+        /// Session Expiry Interval in seconds; absent means 0.
+        session_expiry_interval: u32 = SESSION_EXPIRY_INTERVAL,
+        /// Receive Maximum: how many QoS 1/2 publishes the client processes at once.
+        receive_maximum: NonZeroU16 = RECEIVE_MAXIMUM,
+        /// Maximum Packet Size the client accepts.
+        maximum_packet_size: NonZeroU32 = MAXIMUM_PACKET_SIZE,
+        /// Topic Alias Maximum the client accepts.
+        topic_alias_maximum: u16 = TOPIC_ALIAS_MAXIMUM,
+        /// Request Response Information.
+        request_response_information: bool = REQUEST_RESPONSE_INFORMATION,
+        /// Request Problem Information.
+        request_problem_information: bool = REQUEST_PROBLEM_INFORMATION,
+        /// Authentication Method (enhanced authentication).
+        authentication_method: MqttString = AUTHENTICATION_METHOD,
+        /// Authentication Data.
+        authentication_data: Bytes = AUTHENTICATION_DATA,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Will Properties in the CONNECT payload (section 3.1.3.2).
+    WillProperties, "Will Properties" {
+        /// Will Delay Interval in seconds.
+        will_delay_interval: u32 = WILL_DELAY_INTERVAL,
+        /// Payload Format Indicator.
+        payload_format_indicator: PayloadFormat = PAYLOAD_FORMAT_INDICATOR,
+        /// Message Expiry Interval in seconds.
+        message_expiry_interval: u32 = MESSAGE_EXPIRY_INTERVAL,
+        /// Content Type.
+        content_type: MqttString = CONTENT_TYPE,
+        /// Response Topic.
+        response_topic: TopicName = RESPONSE_TOPIC,
+        /// Correlation Data.
+        correlation_data: Bytes = CORRELATION_DATA,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of CONNACK (section 3.2.2.3).
+    ConnAckProperties, "CONNACK" {
+        /// Session Expiry Interval the server uses.
+        session_expiry_interval: u32 = SESSION_EXPIRY_INTERVAL,
+        /// Receive Maximum of the server.
+        receive_maximum: NonZeroU16 = RECEIVE_MAXIMUM,
+        /// Maximum QoS the server supports (0 or 1; absent means 2).
+        maximum_qos: QoS = MAXIMUM_QOS,
+        /// Whether the server supports retained messages (absent means yes).
+        retain_available: bool = RETAIN_AVAILABLE,
+        /// Maximum Packet Size the server accepts.
+        maximum_packet_size: NonZeroU32 = MAXIMUM_PACKET_SIZE,
+        /// Client identifier assigned by the server.
+        assigned_client_identifier: MqttString = ASSIGNED_CLIENT_IDENTIFIER,
+        /// Topic Alias Maximum the server accepts.
+        topic_alias_maximum: u16 = TOPIC_ALIAS_MAXIMUM,
+        /// Reason String.
+        reason_string: MqttString = REASON_STRING,
+        /// Wildcard Subscription Available (absent means yes).
+        wildcard_subscription_available: bool = WILDCARD_SUBSCRIPTION_AVAILABLE,
+        /// Subscription Identifiers Available (absent means yes).
+        subscription_identifiers_available: bool = SUBSCRIPTION_IDENTIFIER_AVAILABLE,
+        /// Shared Subscription Available (absent means yes).
+        shared_subscription_available: bool = SHARED_SUBSCRIPTION_AVAILABLE,
+        /// Server Keep Alive, which replaces the client's [MQTT-3.2.2-21].
+        server_keep_alive: u16 = SERVER_KEEP_ALIVE,
+        /// Response Information.
+        response_information: MqttString = RESPONSE_INFORMATION,
+        /// Server Reference.
+        server_reference: MqttString = SERVER_REFERENCE,
+        /// Authentication Method.
+        authentication_method: MqttString = AUTHENTICATION_METHOD,
+        /// Authentication Data.
+        authentication_data: Bytes = AUTHENTICATION_DATA,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of PUBLISH (section 3.3.2.3).
+    PublishProperties, "PUBLISH" {
+        /// Payload Format Indicator.
+        payload_format_indicator: PayloadFormat = PAYLOAD_FORMAT_INDICATOR,
+        /// Message Expiry Interval in seconds.
+        message_expiry_interval: u32 = MESSAGE_EXPIRY_INTERVAL,
+        /// Topic Alias (never 0 [MQTT-3.3.2-8]).
+        topic_alias: NonZeroU16 = TOPIC_ALIAS,
+        /// Response Topic.
+        response_topic: TopicName = RESPONSE_TOPIC,
+        /// Correlation Data.
+        correlation_data: Bytes = CORRELATION_DATA,
+        /// Content Type.
+        content_type: MqttString = CONTENT_TYPE,
+    }
+    repeated {
+        /// User Properties, in order [MQTT-3.3.2-18].
+        user_properties: UserProperty = USER_PROPERTY,
+        /// Subscription Identifiers of the matching subscriptions (server to client only).
+        subscription_identifiers: SubscriptionId = SUBSCRIPTION_IDENTIFIER,
+    }
+}
+
+property_set! {
+    /// Properties of PUBACK, PUBREC, PUBREL, PUBCOMP, SUBACK and UNSUBACK.
+    AckProperties, "acknowledgement" {
+        /// Reason String.
+        reason_string: MqttString = REASON_STRING,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of SUBSCRIBE (section 3.8.2.1).
+    SubscribeProperties, "SUBSCRIBE" {
+        /// Subscription Identifier (1 to 268,435,455).
+        subscription_identifier: SubscriptionId = SUBSCRIPTION_IDENTIFIER,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of UNSUBSCRIBE (section 3.10.2.1).
+    UnsubscribeProperties, "UNSUBSCRIBE" {
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of DISCONNECT (section 3.14.2.2).
+    DisconnectProperties, "DISCONNECT" {
+        /// Session Expiry Interval (client to server only [MQTT-3.14.2-2]).
+        session_expiry_interval: u32 = SESSION_EXPIRY_INTERVAL,
+        /// Reason String.
+        reason_string: MqttString = REASON_STRING,
+        /// Server Reference.
+        server_reference: MqttString = SERVER_REFERENCE,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+property_set! {
+    /// Properties of AUTH (section 3.15.2.2).
+    AuthProperties, "AUTH" {
+        /// Authentication Method.
+        authentication_method: MqttString = AUTHENTICATION_METHOD,
+        /// Authentication Data.
+        authentication_data: Bytes = AUTHENTICATION_DATA,
+        /// Reason String.
+        reason_string: MqttString = REASON_STRING,
+    }
+    repeated {
+        /// User Properties, in order.
+        user_properties: UserProperty = USER_PROPERTY,
+    }
+}

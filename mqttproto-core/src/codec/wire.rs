@@ -1,0 +1,260 @@
+//! Primitive data representations (section 1.5): integers, variable byte integers, strings,
+//! binary data, and a bounds-checked reader over one packet's body.
+
+use bytes::{BufMut, Bytes, BytesMut};
+
+use crate::error::DecodeError;
+use crate::string::{MqttString, StringError};
+use crate::types::{PacketId, PacketType};
+
+/// The largest value of a Variable Byte Integer, and so of a remaining length.
+pub const MAX_REMAINING_LENGTH: u32 = 268_435_455;
+
+/// Parses a Variable Byte Integer at the start of `buf`.
+///
+/// `Ok(None)` when `buf` ends before the integer does. Non-minimal encodings are rejected
+/// [MQTT-1.5.5-1], and so are encodings longer than 4 bytes.
+pub fn read_varint(buf: &[u8]) -> Result<Option<(u32, usize)>, DecodeError> {
+    let mut value: u32 = 0;
+    for i in 0..4 {
+        let Some(&b) = buf.get(i) else {
+            return Ok(None);
+        };
+        value |= u32::from(b & 0x7F) << (7 * i);
+        if b & 0x80 == 0 {
+            if b == 0 && i > 0 {
+                return Err(DecodeError::NonMinimalVarint);
+            }
+            return Ok(Some((value, i + 1)));
+        }
+    }
+    Err(DecodeError::VarintTooLong)
+}
+
+/// The number of bytes `v` takes as a Variable Byte Integer.
+pub const fn varint_len(v: u32) -> usize {
+    if v < 128 {
+        1
+    } else if v < 16_384 {
+        2
+    } else if v < 2_097_152 {
+        3
+    } else {
+        4
+    }
+}
+
+/// Appends `v` as a Variable Byte Integer. `v` must not exceed [`MAX_REMAINING_LENGTH`].
+pub fn put_varint(buf: &mut BytesMut, mut v: u32) {
+    debug_assert!(v <= MAX_REMAINING_LENGTH);
+    loop {
+        let mut b = (v & 0x7F) as u8;
+        v >>= 7;
+        if v > 0 {
+            b |= 0x80;
+        }
+        buf.put_u8(b);
+        if v == 0 {
+            break;
+        }
+    }
+}
+
+/// Appends a length-prefixed byte field (UTF-8 string or binary data). The length was checked.
+#[inline]
+pub fn put_prefixed(buf: &mut BytesMut, data: &[u8]) {
+    debug_assert!(data.len() <= u16::MAX as usize);
+    buf.put_u16(data.len() as u16);
+    buf.extend_from_slice(data);
+}
+
+/// A bounds-checked cursor over one packet's body.
+pub(crate) struct Reader {
+    buf: Bytes,
+    pos: usize,
+    packet: PacketType,
+}
+
+impl Reader {
+    pub(crate) fn new(buf: Bytes, packet: PacketType) -> Reader {
+        Reader {
+            buf,
+            pos: 0,
+            packet,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn packet(&self) -> PacketType {
+        self.packet
+    }
+
+    #[inline]
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    #[inline]
+    pub(crate) fn is_empty(&self) -> bool {
+        self.remaining() == 0
+    }
+
+    #[inline]
+    fn truncated(&self) -> DecodeError {
+        DecodeError::Truncated {
+            packet: self.packet,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
+        let b = *self.buf.get(self.pos).ok_or_else(|| self.truncated())?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    #[inline]
+    pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
+        let s = self
+            .buf
+            .get(self.pos..self.pos + 2)
+            .ok_or_else(|| self.truncated())?;
+        let v = u16::from_be_bytes([s[0], s[1]]);
+        self.pos += 2;
+        Ok(v)
+    }
+
+    #[inline]
+    pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
+        let s = self
+            .buf
+            .get(self.pos..self.pos + 4)
+            .ok_or_else(|| self.truncated())?;
+        let v = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+        self.pos += 4;
+        Ok(v)
+    }
+
+    #[inline]
+    pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
+        match read_varint(&self.buf[self.pos..])? {
+            Some((v, n)) => {
+                self.pos += n;
+                Ok(v)
+            }
+            None => Err(self.truncated()),
+        }
+    }
+
+    /// A packet identifier, which must not be 0 [MQTT-2.2.1-3].
+    #[inline]
+    pub(crate) fn packet_id(&mut self) -> Result<PacketId, DecodeError> {
+        PacketId::new(self.u16()?).ok_or(DecodeError::ZeroPacketId {
+            packet: self.packet,
+        })
+    }
+
+    /// The next `n` bytes, sharing the packet's buffer.
+    #[inline]
+    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
+        if n > self.remaining() {
+            return Err(self.truncated());
+        }
+        let b = self.buf.slice(self.pos..self.pos + n);
+        self.pos += n;
+        Ok(b)
+    }
+
+    /// Everything left.
+    pub(crate) fn rest(&mut self) -> Bytes {
+        let b = self.buf.slice(self.pos..);
+        self.pos = self.buf.len();
+        b
+    }
+
+    /// Binary Data: a two-byte length and that many bytes.
+    #[inline]
+    pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
+        let n = self.u16()? as usize;
+        self.take(n)
+    }
+
+    /// A UTF-8 Encoded String [MQTT-1.5.4-1, MQTT-1.5.4-2].
+    #[inline]
+    pub(crate) fn string(&mut self, field: &'static str) -> Result<MqttString, DecodeError> {
+        let b = self.binary()?;
+        MqttString::from_bytes(b).map_err(|error| self.string_error(field, error))
+    }
+
+    pub(crate) fn string_error(&self, field: &'static str, error: StringError) -> DecodeError {
+        DecodeError::InvalidString {
+            packet: self.packet,
+            field,
+            error,
+        }
+    }
+
+    /// Fails if bytes are left.
+    pub(crate) fn finish(&self) -> Result<(), DecodeError> {
+        if self.pos == self.buf.len() {
+            Ok(())
+        } else {
+            Err(DecodeError::TrailingBytes {
+                packet: self.packet,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn varint_boundaries() {
+        for (v, len) in [
+            (0u32, 1usize),
+            (127, 1),
+            (128, 2),
+            (16_383, 2),
+            (16_384, 3),
+            (2_097_151, 3),
+            (2_097_152, 4),
+            (268_435_455, 4),
+        ] {
+            let mut b = BytesMut::new();
+            put_varint(&mut b, v);
+            assert_eq!(b.len(), len);
+            assert_eq!(varint_len(v), len);
+            assert_eq!(read_varint(&b).unwrap(), Some((v, len)));
+        }
+    }
+
+    #[test]
+    fn varint_non_minimal_is_rejected_mqtt_1_5_5_1() {
+        assert_eq!(read_varint(&[0x80, 0x00]), Err(DecodeError::NonMinimalVarint));
+        assert_eq!(
+            read_varint(&[0xFF, 0x80, 0x00]),
+            Err(DecodeError::NonMinimalVarint)
+        );
+    }
+
+    #[test]
+    fn varint_longer_than_four_bytes_is_rejected() {
+        assert_eq!(
+            read_varint(&[0xFF, 0xFF, 0xFF, 0xFF, 0x7F]),
+            Err(DecodeError::VarintTooLong)
+        );
+        // Detected as soon as the fourth byte carries a continuation bit.
+        assert_eq!(
+            read_varint(&[0x80, 0x80, 0x80, 0x80]),
+            Err(DecodeError::VarintTooLong)
+        );
+    }
+
+    #[test]
+    fn varint_partial_is_not_an_error() {
+        assert_eq!(read_varint(&[]), Ok(None));
+        assert_eq!(read_varint(&[0x80, 0x80]), Ok(None));
+    }
+}

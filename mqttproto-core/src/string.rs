@@ -1,0 +1,171 @@
+//! Validated MQTT UTF-8 strings.
+
+use bytes::Bytes;
+use std::fmt;
+
+/// The largest number of bytes an MQTT string or binary field can hold (a two-byte length prefix).
+pub const MAX_STRING_LEN: usize = u16::MAX as usize;
+
+/// Why a byte sequence is not a valid MQTT UTF-8 Encoded String.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum StringError {
+    /// The bytes are not well-formed UTF-8 (surrogates included) [MQTT-1.5.4-1].
+    #[error("string is not well-formed UTF-8 [MQTT-1.5.4-1]")]
+    InvalidUtf8,
+    /// The string contains U+0000 [MQTT-1.5.4-2].
+    #[error("string contains the null character U+0000 [MQTT-1.5.4-2]")]
+    NullCharacter,
+    /// The string is longer than 65,535 bytes.
+    #[error("string of {0} bytes exceeds 65,535 bytes")]
+    TooLong(usize),
+}
+
+/// Checks the rules of an MQTT UTF-8 Encoded String (section 1.5.4).
+///
+/// Rust's UTF-8 validation already rejects encoded surrogates (U+D800..U+DFFF) and overlong forms.
+pub fn validate_utf8(bytes: &[u8]) -> Result<&str, StringError> {
+    if bytes.len() > MAX_STRING_LEN {
+        return Err(StringError::TooLong(bytes.len()));
+    }
+    let s = std::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)?;
+    if bytes.contains(&0) {
+        return Err(StringError::NullCharacter);
+    }
+    Ok(s)
+}
+
+/// A UTF-8 Encoded String as MQTT defines it: well-formed UTF-8, no U+0000, at most 65,535 bytes.
+///
+/// It is a cheap, reference-counted slice ([`Bytes`]): a string decoded from a packet shares the
+/// packet's buffer, and cloning it does not copy.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub struct MqttString(Bytes);
+
+impl MqttString {
+    /// The empty string.
+    pub const fn new() -> Self {
+        MqttString(Bytes::new())
+    }
+
+    /// Validates `bytes` and wraps them without copying.
+    pub fn from_bytes(bytes: Bytes) -> Result<Self, StringError> {
+        validate_utf8(&bytes)?;
+        Ok(MqttString(bytes))
+    }
+
+    /// Wraps a static string, validating it.
+    pub fn from_static(s: &'static str) -> Result<Self, StringError> {
+        Self::from_bytes(Bytes::from_static(s.as_bytes()))
+    }
+
+    /// The string's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The string as `&str`.
+    ///
+    /// The content was validated when the value was built; since this crate forbids `unsafe`, the
+    /// UTF-8 check runs again here (it is linear and fast). Hot paths use [`as_bytes`](Self::as_bytes).
+    pub fn as_str(&self) -> &str {
+        // Cannot fail: every constructor validated the bytes.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+
+    /// The underlying shared buffer.
+    pub fn as_shared(&self) -> &Bytes {
+        &self.0
+    }
+
+    /// Unwraps the underlying shared buffer.
+    pub fn into_bytes(self) -> Bytes {
+        self.0
+    }
+
+    /// Length in bytes.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether the string is empty.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl TryFrom<&str> for MqttString {
+    type Error = StringError;
+    fn try_from(s: &str) -> Result<Self, StringError> {
+        Self::from_bytes(Bytes::copy_from_slice(s.as_bytes()))
+    }
+}
+
+impl TryFrom<String> for MqttString {
+    type Error = StringError;
+    fn try_from(s: String) -> Result<Self, StringError> {
+        Self::from_bytes(Bytes::from(s))
+    }
+}
+
+impl fmt::Debug for MqttString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl fmt::Display for MqttString {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<str> for MqttString {
+    fn eq(&self, other: &str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+impl PartialEq<&str> for MqttString {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_bytes() == other.as_bytes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejects_null_character_mqtt_1_5_4_2() {
+        assert_eq!(
+            MqttString::try_from("a\0b"),
+            Err(StringError::NullCharacter)
+        );
+    }
+
+    #[test]
+    fn rejects_surrogates_mqtt_1_5_4_1() {
+        // U+D800 encoded as if it were a scalar value (CESU style) is ill-formed UTF-8.
+        let b = Bytes::from_static(&[0xED, 0xA0, 0x80]);
+        assert_eq!(MqttString::from_bytes(b), Err(StringError::InvalidUtf8));
+        let b = Bytes::from_static(&[0xC0, 0x80]); // overlong NUL
+        assert_eq!(MqttString::from_bytes(b), Err(StringError::InvalidUtf8));
+    }
+
+    #[test]
+    fn keeps_bom_mqtt_1_5_4_3() {
+        let s = MqttString::from_bytes(Bytes::from_static(b"\xEF\xBB\xBFx")).unwrap();
+        assert_eq!(s.as_bytes(), b"\xEF\xBB\xBFx");
+        assert_eq!(s.as_str(), "\u{FEFF}x");
+    }
+
+    #[test]
+    fn rejects_too_long() {
+        let long = "a".repeat(65_536);
+        assert_eq!(
+            MqttString::try_from(long.as_str()),
+            Err(StringError::TooLong(65_536))
+        );
+        assert!(MqttString::try_from("a".repeat(65_535)).is_ok());
+    }
+}

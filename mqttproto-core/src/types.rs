@@ -1,0 +1,475 @@
+//! Small protocol value types: QoS, packet ids, reason codes, subscription options, …
+
+use std::fmt;
+use std::num::{NonZeroU16, NonZeroU32};
+
+use crate::string::MqttString;
+
+/// The protocol version spoken on a connection.
+///
+/// Decoding and encoding take it as a parameter, so MQTT 3.1.1 (protocol level 4) can be added as a
+/// variant without changing any signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[non_exhaustive]
+pub enum ProtocolVersion {
+    /// MQTT 5.0 (protocol level 5).
+    #[default]
+    V5,
+}
+
+impl ProtocolVersion {
+    /// The protocol level byte carried in CONNECT.
+    pub const fn level(self) -> u8 {
+        match self {
+            ProtocolVersion::V5 => 5,
+        }
+    }
+}
+
+/// Quality of service of an application message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[repr(u8)]
+pub enum QoS {
+    /// At most once (0).
+    #[default]
+    AtMostOnce = 0,
+    /// At least once (1).
+    AtLeastOnce = 1,
+    /// Exactly once (2).
+    ExactlyOnce = 2,
+}
+
+impl QoS {
+    /// Parses a QoS from its two-bit value; 3 is not a QoS [MQTT-3.3.1-4].
+    pub const fn from_u8(v: u8) -> Option<QoS> {
+        match v {
+            0 => Some(QoS::AtMostOnce),
+            1 => Some(QoS::AtLeastOnce),
+            2 => Some(QoS::ExactlyOnce),
+            _ => None,
+        }
+    }
+}
+
+/// A non-zero packet identifier [MQTT-2.2.1-3].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PacketId(NonZeroU16);
+
+impl PacketId {
+    /// Creates a packet id; `None` for 0.
+    pub const fn new(v: u16) -> Option<PacketId> {
+        match NonZeroU16::new(v) {
+            Some(n) => Some(PacketId(n)),
+            None => None,
+        }
+    }
+
+    /// The numeric value (1..=65535).
+    pub const fn get(self) -> u16 {
+        self.0.get()
+    }
+}
+
+impl fmt::Display for PacketId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A subscription identifier: 1 to 268,435,455.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SubscriptionId(NonZeroU32);
+
+impl SubscriptionId {
+    /// The largest subscription identifier (the largest variable byte integer).
+    pub const MAX: u32 = 268_435_455;
+
+    /// Creates a subscription identifier; `None` for 0 or values above [`Self::MAX`].
+    pub const fn new(v: u32) -> Option<SubscriptionId> {
+        if v > Self::MAX {
+            return None;
+        }
+        match NonZeroU32::new(v) {
+            Some(n) => Some(SubscriptionId(n)),
+            None => None,
+        }
+    }
+
+    /// The numeric value.
+    pub const fn get(self) -> u32 {
+        self.0.get()
+    }
+}
+
+/// Retain Handling subscription option.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum RetainHandling {
+    /// 0: send retained messages at the time of the subscribe.
+    #[default]
+    SendAtSubscribe = 0,
+    /// 1: send retained messages only if the subscription does not already exist.
+    SendIfNew = 1,
+    /// 2: do not send retained messages at the time of the subscribe.
+    DoNotSend = 2,
+}
+
+impl RetainHandling {
+    /// Parses the two-bit value; 3 is a protocol error.
+    pub const fn from_u8(v: u8) -> Option<RetainHandling> {
+        match v {
+            0 => Some(RetainHandling::SendAtSubscribe),
+            1 => Some(RetainHandling::SendIfNew),
+            2 => Some(RetainHandling::DoNotSend),
+            _ => None,
+        }
+    }
+}
+
+/// The options byte of one SUBSCRIBE entry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct SubscriptionOptions {
+    /// Maximum QoS.
+    pub qos: QoS,
+    /// Do not deliver messages published by this same client [MQTT-3.8.3-3].
+    pub no_local: bool,
+    /// Keep the RETAIN flag as published [MQTT-3.3.1-12, MQTT-3.3.1-13].
+    pub retain_as_published: bool,
+    /// When to send retained messages.
+    pub retain_handling: RetainHandling,
+}
+
+impl SubscriptionOptions {
+    /// Options with the given QoS and every other option at its default.
+    pub const fn with_qos(qos: QoS) -> Self {
+        SubscriptionOptions {
+            qos,
+            no_local: false,
+            retain_as_published: false,
+            retain_handling: RetainHandling::SendAtSubscribe,
+        }
+    }
+
+    /// The encoded options byte.
+    pub const fn to_byte(self) -> u8 {
+        (self.qos as u8)
+            | ((self.no_local as u8) << 2)
+            | ((self.retain_as_published as u8) << 3)
+            | ((self.retain_handling as u8) << 4)
+    }
+}
+
+/// The value of the Payload Format Indicator property.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum PayloadFormat {
+    /// 0: unspecified bytes.
+    #[default]
+    Unspecified = 0,
+    /// 1: UTF-8 encoded character data.
+    Utf8 = 1,
+}
+
+/// A User Property: a name/value pair of UTF-8 strings. Order and repetition are significant
+/// [MQTT-3.3.2-18].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UserProperty {
+    /// Name.
+    pub name: MqttString,
+    /// Value.
+    pub value: MqttString,
+}
+
+impl UserProperty {
+    /// Builds a pair.
+    pub fn new(name: MqttString, value: MqttString) -> Self {
+        UserProperty { name, value }
+    }
+}
+
+/// The kind of an MQTT control packet, the high nibble of its first byte.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum PacketType {
+    /// CONNECT (1)
+    Connect = 1,
+    /// CONNACK (2)
+    ConnAck = 2,
+    /// PUBLISH (3)
+    Publish = 3,
+    /// PUBACK (4)
+    PubAck = 4,
+    /// PUBREC (5)
+    PubRec = 5,
+    /// PUBREL (6)
+    PubRel = 6,
+    /// PUBCOMP (7)
+    PubComp = 7,
+    /// SUBSCRIBE (8)
+    Subscribe = 8,
+    /// SUBACK (9)
+    SubAck = 9,
+    /// UNSUBSCRIBE (10)
+    Unsubscribe = 10,
+    /// UNSUBACK (11)
+    UnsubAck = 11,
+    /// PINGREQ (12)
+    PingReq = 12,
+    /// PINGRESP (13)
+    PingResp = 13,
+    /// DISCONNECT (14)
+    Disconnect = 14,
+    /// AUTH (15)
+    Auth = 15,
+}
+
+impl PacketType {
+    /// Parses the high nibble of the first byte; 0 is reserved.
+    pub const fn from_u8(v: u8) -> Option<PacketType> {
+        Some(match v {
+            1 => PacketType::Connect,
+            2 => PacketType::ConnAck,
+            3 => PacketType::Publish,
+            4 => PacketType::PubAck,
+            5 => PacketType::PubRec,
+            6 => PacketType::PubRel,
+            7 => PacketType::PubComp,
+            8 => PacketType::Subscribe,
+            9 => PacketType::SubAck,
+            10 => PacketType::Unsubscribe,
+            11 => PacketType::UnsubAck,
+            12 => PacketType::PingReq,
+            13 => PacketType::PingResp,
+            14 => PacketType::Disconnect,
+            15 => PacketType::Auth,
+            _ => return None,
+        })
+    }
+
+    /// The fixed-header flags this packet type requires (section 2.1.3), or `None` for PUBLISH,
+    /// whose flags carry DUP, QoS and RETAIN.
+    pub const fn required_flags(self) -> Option<u8> {
+        match self {
+            PacketType::Publish => None,
+            PacketType::PubRel | PacketType::Subscribe | PacketType::Unsubscribe => Some(0b0010),
+            _ => Some(0),
+        }
+    }
+
+    /// The packet's name as the specification writes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            PacketType::Connect => "CONNECT",
+            PacketType::ConnAck => "CONNACK",
+            PacketType::Publish => "PUBLISH",
+            PacketType::PubAck => "PUBACK",
+            PacketType::PubRec => "PUBREC",
+            PacketType::PubRel => "PUBREL",
+            PacketType::PubComp => "PUBCOMP",
+            PacketType::Subscribe => "SUBSCRIBE",
+            PacketType::SubAck => "SUBACK",
+            PacketType::Unsubscribe => "UNSUBSCRIBE",
+            PacketType::UnsubAck => "UNSUBACK",
+            PacketType::PingReq => "PINGREQ",
+            PacketType::PingResp => "PINGRESP",
+            PacketType::Disconnect => "DISCONNECT",
+            PacketType::Auth => "AUTH",
+        }
+    }
+}
+
+impl fmt::Display for PacketType {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+macro_rules! reason_codes {
+    ($( $(#[$doc:meta])* $name:ident = $value:literal, $text:literal, [$($pt:ident),*] ;)*) => {
+        /// An MQTT 5 reason code (section 2.4).
+        ///
+        /// Codes that share a value have one variant; the other names are associated constants
+        /// (for example [`ReasonCode::NORMAL_DISCONNECTION`] is [`ReasonCode::Success`]).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[repr(u8)]
+        pub enum ReasonCode {
+            $( $(#[$doc])* $name = $value, )*
+        }
+
+        impl ReasonCode {
+            /// Parses a reason code byte, whatever the packet.
+            pub const fn from_u8(v: u8) -> Option<ReasonCode> {
+                match v {
+                    $( $value => Some(ReasonCode::$name), )*
+                    _ => None,
+                }
+            }
+
+            /// Whether the code may appear in a packet of this type (the table of section 2.4).
+            pub const fn is_valid_for(self, packet: PacketType) -> bool {
+                match self {
+                    $( ReasonCode::$name => matches!(packet, $(PacketType::$pt)|*), )*
+                }
+            }
+
+            /// The specification's name for the code.
+            pub const fn description(self) -> &'static str {
+                match self {
+                    $( ReasonCode::$name => $text, )*
+                }
+            }
+        }
+    };
+}
+
+reason_codes! {
+    /// 0x00: Success, Normal disconnection, Granted QoS 0.
+    Success = 0x00, "Success", [ConnAck, PubAck, PubRec, PubRel, PubComp, UnsubAck, Auth, Disconnect, SubAck];
+    /// 0x01: Granted QoS 1.
+    GrantedQoS1 = 0x01, "Granted QoS 1", [SubAck];
+    /// 0x02: Granted QoS 2.
+    GrantedQoS2 = 0x02, "Granted QoS 2", [SubAck];
+    /// 0x04: Disconnect with Will Message.
+    DisconnectWithWillMessage = 0x04, "Disconnect with Will Message", [Disconnect];
+    /// 0x10: No matching subscribers.
+    NoMatchingSubscribers = 0x10, "No matching subscribers", [PubAck, PubRec];
+    /// 0x11: No subscription existed.
+    NoSubscriptionExisted = 0x11, "No subscription existed", [UnsubAck];
+    /// 0x18: Continue authentication.
+    ContinueAuthentication = 0x18, "Continue authentication", [Auth];
+    /// 0x19: Re-authenticate.
+    ReAuthenticate = 0x19, "Re-authenticate", [Auth];
+    /// 0x80: Unspecified error.
+    UnspecifiedError = 0x80, "Unspecified error", [ConnAck, PubAck, PubRec, SubAck, UnsubAck, Disconnect];
+    /// 0x81: Malformed Packet.
+    MalformedPacket = 0x81, "Malformed Packet", [ConnAck, Disconnect];
+    /// 0x82: Protocol Error.
+    ProtocolError = 0x82, "Protocol Error", [ConnAck, Disconnect];
+    /// 0x83: Implementation specific error.
+    ImplementationSpecificError = 0x83, "Implementation specific error", [ConnAck, PubAck, PubRec, SubAck, UnsubAck, Disconnect];
+    /// 0x84: Unsupported Protocol Version.
+    UnsupportedProtocolVersion = 0x84, "Unsupported Protocol Version", [ConnAck];
+    /// 0x85: Client Identifier not valid.
+    ClientIdentifierNotValid = 0x85, "Client Identifier not valid", [ConnAck];
+    /// 0x86: Bad User Name or Password.
+    BadUserNameOrPassword = 0x86, "Bad User Name or Password", [ConnAck];
+    /// 0x87: Not authorized.
+    NotAuthorized = 0x87, "Not authorized", [ConnAck, PubAck, PubRec, SubAck, UnsubAck, Disconnect];
+    /// 0x88: Server unavailable.
+    ServerUnavailable = 0x88, "Server unavailable", [ConnAck];
+    /// 0x89: Server busy.
+    ServerBusy = 0x89, "Server busy", [ConnAck, Disconnect];
+    /// 0x8A: Banned.
+    Banned = 0x8A, "Banned", [ConnAck];
+    /// 0x8B: Server shutting down.
+    ServerShuttingDown = 0x8B, "Server shutting down", [Disconnect];
+    /// 0x8C: Bad authentication method.
+    BadAuthenticationMethod = 0x8C, "Bad authentication method", [ConnAck, Disconnect];
+    /// 0x8D: Keep Alive timeout.
+    KeepAliveTimeout = 0x8D, "Keep Alive timeout", [Disconnect];
+    /// 0x8E: Session taken over.
+    SessionTakenOver = 0x8E, "Session taken over", [Disconnect];
+    /// 0x8F: Topic Filter invalid.
+    TopicFilterInvalid = 0x8F, "Topic Filter invalid", [SubAck, UnsubAck, Disconnect];
+    /// 0x90: Topic Name invalid.
+    TopicNameInvalid = 0x90, "Topic Name invalid", [ConnAck, PubAck, PubRec, Disconnect];
+    /// 0x91: Packet Identifier in use.
+    PacketIdentifierInUse = 0x91, "Packet Identifier in use", [PubAck, PubRec, SubAck, UnsubAck];
+    /// 0x92: Packet Identifier not found.
+    PacketIdentifierNotFound = 0x92, "Packet Identifier not found", [PubRel, PubComp];
+    /// 0x93: Receive Maximum exceeded.
+    ReceiveMaximumExceeded = 0x93, "Receive Maximum exceeded", [Disconnect];
+    /// 0x94: Topic Alias invalid.
+    TopicAliasInvalid = 0x94, "Topic Alias invalid", [Disconnect];
+    /// 0x95: Packet too large.
+    PacketTooLarge = 0x95, "Packet too large", [ConnAck, Disconnect];
+    /// 0x96: Message rate too high.
+    MessageRateTooHigh = 0x96, "Message rate too high", [Disconnect];
+    /// 0x97: Quota exceeded.
+    QuotaExceeded = 0x97, "Quota exceeded", [ConnAck, PubAck, PubRec, SubAck, Disconnect];
+    /// 0x98: Administrative action.
+    AdministrativeAction = 0x98, "Administrative action", [Disconnect];
+    /// 0x99: Payload format invalid.
+    PayloadFormatInvalid = 0x99, "Payload format invalid", [ConnAck, PubAck, PubRec, Disconnect];
+    /// 0x9A: Retain not supported.
+    RetainNotSupported = 0x9A, "Retain not supported", [ConnAck, Disconnect];
+    /// 0x9B: QoS not supported.
+    QoSNotSupported = 0x9B, "QoS not supported", [ConnAck, Disconnect];
+    /// 0x9C: Use another server.
+    UseAnotherServer = 0x9C, "Use another server", [ConnAck, Disconnect];
+    /// 0x9D: Server moved.
+    ServerMoved = 0x9D, "Server moved", [ConnAck, Disconnect];
+    /// 0x9E: Shared Subscriptions not supported.
+    SharedSubscriptionsNotSupported = 0x9E, "Shared Subscriptions not supported", [SubAck, Disconnect];
+    /// 0x9F: Connection rate exceeded.
+    ConnectionRateExceeded = 0x9F, "Connection rate exceeded", [ConnAck, Disconnect];
+    /// 0xA0: Maximum connect time.
+    MaximumConnectTime = 0xA0, "Maximum connect time", [Disconnect];
+    /// 0xA1: Subscription Identifiers not supported.
+    SubscriptionIdentifiersNotSupported = 0xA1, "Subscription Identifiers not supported", [SubAck, Disconnect];
+    /// 0xA2: Wildcard Subscriptions not supported.
+    WildcardSubscriptionsNotSupported = 0xA2, "Wildcard Subscriptions not supported", [SubAck, Disconnect];
+}
+
+impl ReasonCode {
+    /// 0x00 in DISCONNECT.
+    pub const NORMAL_DISCONNECTION: ReasonCode = ReasonCode::Success;
+    /// 0x00 in SUBACK.
+    pub const GRANTED_QOS_0: ReasonCode = ReasonCode::Success;
+
+    /// Whether the code reports a failure (0x80 and above).
+    pub const fn is_error(self) -> bool {
+        (self as u8) >= 0x80
+    }
+
+    /// The SUBACK code granting `qos`.
+    pub const fn granted(qos: QoS) -> ReasonCode {
+        match qos {
+            QoS::AtMostOnce => ReasonCode::Success,
+            QoS::AtLeastOnce => ReasonCode::GrantedQoS1,
+            QoS::ExactlyOnce => ReasonCode::GrantedQoS2,
+        }
+    }
+}
+
+impl fmt::Display for ReasonCode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "0x{:02X} {}", *self as u8, self.description())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_code_value_round_trips() {
+        let mut count = 0;
+        for v in 0..=255u8 {
+            if let Some(rc) = ReasonCode::from_u8(v) {
+                assert_eq!(rc as u8, v);
+                count += 1;
+            }
+        }
+        // Section 2.4 lists 43 distinct values.
+        assert_eq!(count, 43);
+    }
+
+    #[test]
+    fn reason_code_table_spot_checks() {
+        assert!(ReasonCode::Success.is_valid_for(PacketType::Disconnect));
+        assert!(!ReasonCode::NoMatchingSubscribers.is_valid_for(PacketType::PubComp));
+        assert!(ReasonCode::PacketIdentifierNotFound.is_valid_for(PacketType::PubRel));
+        assert!(!ReasonCode::UnsupportedProtocolVersion.is_valid_for(PacketType::Disconnect));
+        assert!(!ReasonCode::GrantedQoS1.is_valid_for(PacketType::PubAck));
+        assert!(ReasonCode::ReAuthenticate.is_valid_for(PacketType::Auth));
+        assert!(!ReasonCode::Success.is_valid_for(PacketType::Subscribe));
+    }
+
+    #[test]
+    fn subscription_id_bounds() {
+        assert!(SubscriptionId::new(0).is_none());
+        assert!(SubscriptionId::new(268_435_455).is_some());
+        assert!(SubscriptionId::new(268_435_456).is_none());
+    }
+}
