@@ -17,7 +17,9 @@ use crate::types::{PacketId, PacketType, ReasonCode};
 #[non_exhaustive]
 pub enum DecodeError {
     /// The fixed header declares a packet larger than the receiver's Maximum Packet Size.
-    #[error("packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]")]
+    #[error(
+        "packet of {size} bytes exceeds the maximum packet size of {max} bytes [MQTT-3.2.2-15]"
+    )]
     PacketTooLarge {
         /// Declared size of the whole packet, fixed header included.
         size: usize,

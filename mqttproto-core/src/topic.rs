@@ -27,7 +27,9 @@ pub enum TopicError {
     #[error("shared subscription needs a ShareName without '/', '+' or '#' [MQTT-4.8.2-1, MQTT-4.8.2-2]")]
     InvalidShareName,
     /// The ShareName is not followed by `/` and a topic filter [MQTT-4.8.2-2].
-    #[error("shared subscription ShareName must be followed by '/' and a topic filter [MQTT-4.8.2-2]")]
+    #[error(
+        "shared subscription ShareName must be followed by '/' and a topic filter [MQTT-4.8.2-2]"
+    )]
     MissingSharedFilter,
 }
 
@@ -181,7 +183,8 @@ impl TopicFilter {
             return None;
         }
         let start = SHARE_PREFIX.len();
-        self.as_str().get(start..start + self.share_name_len as usize)
+        self.as_str()
+            .get(start..start + self.share_name_len as usize)
     }
 
     /// The part matched against topic names: the filter after `$share/{ShareName}/`, or all of it.
@@ -201,9 +204,7 @@ impl TopicFilter {
 
     /// Whether the matched part contains `+` or `#`.
     pub fn has_wildcards(&self) -> bool {
-        self.filter_bytes()
-            .iter()
-            .any(|&b| b == b'+' || b == b'#')
+        self.filter_bytes().iter().any(|&b| b == b'+' || b == b'#')
     }
 
     /// Whether `topic` matches this filter (see [`filter_matches`]).
@@ -316,7 +317,16 @@ mod tests {
 
     #[test]
     fn topic_filter_rules_mqtt_4_7_1_1_and_4_7_1_2() {
-        for ok in ["#", "+", "a/#", "+/+", "/+", "a/+/b", "sport/tennis/#", "+/#"] {
+        for ok in [
+            "#",
+            "+",
+            "a/#",
+            "+/+",
+            "/+",
+            "a/+/b",
+            "sport/tennis/#",
+            "+/#",
+        ] {
             assert!(TopicFilter::try_from(ok).is_ok(), "{ok}");
         }
         for bad in ["a#", "a/#/b", "#/a", "a/b#"] {
@@ -340,8 +350,16 @@ mod tests {
     fn matching_spec_examples() {
         let cases = [
             ("sport/tennis/player1/#", "sport/tennis/player1", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/ranking", true),
-            ("sport/tennis/player1/#", "sport/tennis/player1/score/wimbledon", true),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/ranking",
+                true,
+            ),
+            (
+                "sport/tennis/player1/#",
+                "sport/tennis/player1/score/wimbledon",
+                true,
+            ),
             ("sport/#", "sport", true),
             ("#", "a/b/c", true),
             ("sport/tennis/+", "sport/tennis/player1", true),

@@ -3,7 +3,9 @@
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::ack::{check_reason, read_reason};
-use super::properties::{block_len, check_binary, ConnAckProperties, ConnectProperties, WillProperties};
+use super::properties::{
+    block_len, check_binary, ConnAckProperties, ConnectProperties, WillProperties,
+};
 use super::wire::{put_prefixed, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::string::MqttString;
@@ -206,7 +208,10 @@ pub struct ConnAck {
 }
 
 impl ConnAck {
-    pub(crate) fn decode(r: &mut Reader, _version: ProtocolVersion) -> Result<ConnAck, DecodeError> {
+    pub(crate) fn decode(
+        r: &mut Reader,
+        _version: ProtocolVersion,
+    ) -> Result<ConnAck, DecodeError> {
         let flags = r.u8()?;
         if flags & 0xFE != 0 {
             return Err(DecodeError::ConnAckReservedFlags);

@@ -94,7 +94,7 @@ fn invalid(pid: u32, value: u32) -> DecodeError {
 /// A property value type: how it is read, sized and written (without its identifier).
 pub(crate) trait PropValue: Sized {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError>;
-    fn len(&self) -> usize;
+    fn value_len(&self) -> usize;
     fn write(&self, buf: &mut BytesMut);
     fn check(&self, _pid: u32) -> Result<(), EncodeError> {
         Ok(())
@@ -110,7 +110,7 @@ impl PropValue for bool {
             v => Err(invalid(pid, v.into())),
         }
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         1
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -122,7 +122,7 @@ impl PropValue for u16 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u16()
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         2
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -134,7 +134,7 @@ impl PropValue for u32 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u32()
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         4
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -153,7 +153,7 @@ impl PropValue for NonZeroU16 {
             }
         })
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         2
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -166,7 +166,7 @@ impl PropValue for NonZeroU32 {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         NonZeroU32::new(r.u32()?).ok_or_else(|| invalid(pid, 0))
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         4
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -183,7 +183,7 @@ impl PropValue for QoS {
             v => Err(invalid(pid, v.into())),
         }
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         1
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -199,7 +199,7 @@ impl PropValue for PayloadFormat {
             v => Err(invalid(pid, v.into())),
         }
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         1
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -211,7 +211,7 @@ impl PropValue for MqttString {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         r.string(name_of(pid))
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         2 + MqttString::len(self)
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -224,7 +224,7 @@ impl PropValue for Bytes {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.binary()
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         2 + Bytes::len(self)
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -241,7 +241,7 @@ impl PropValue for TopicName {
         let b = r.binary()?;
         TopicName::from_bytes(b).map_err(DecodeError::InvalidResponseTopic)
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         2 + TopicName::len(self)
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -254,7 +254,7 @@ impl PropValue for SubscriptionId {
         let v = r.varint()?;
         SubscriptionId::new(v).ok_or_else(|| invalid(pid, v))
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         varint_len(self.get())
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -268,7 +268,7 @@ impl PropValue for UserProperty {
         let value = r.string("User Property value")?;
         Ok(UserProperty { name, value })
     }
-    fn len(&self) -> usize {
+    fn value_len(&self) -> usize {
         4 + self.name.len() + self.value.len()
     }
     fn write(&self, buf: &mut BytesMut) {
@@ -362,8 +362,8 @@ macro_rules! property_set {
             /// The size of the properties, without the Property Length prefix.
             pub fn encoded_len(&self) -> usize {
                 let mut n = 0;
-                $( if let Some(v) = &self.$field { n += 1 + v.len(); } )*
-                $( for v in &self.$rfield { n += 1 + v.len(); } )*
+                $( if let Some(v) = &self.$field { n += 1 + v.value_len(); } )*
+                $( for v in &self.$rfield { n += 1 + v.value_len(); } )*
                 n
             }
 

@@ -232,7 +232,10 @@ mod tests {
 
     #[test]
     fn varint_non_minimal_is_rejected_mqtt_1_5_5_1() {
-        assert_eq!(read_varint(&[0x80, 0x00]), Err(DecodeError::NonMinimalVarint));
+        assert_eq!(
+            read_varint(&[0x80, 0x00]),
+            Err(DecodeError::NonMinimalVarint)
+        );
         assert_eq!(
             read_varint(&[0xFF, 0x80, 0x00]),
             Err(DecodeError::NonMinimalVarint)
