@@ -117,6 +117,9 @@ pub fn decode_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeErro
     }
 }
 
+/// The most `decode` reserves ahead of the bytes that arrived for a partial packet.
+const RESERVE_AHEAD: usize = 64 * 1024;
+
 /// Takes one complete packet off the front of `buf`.
 ///
 /// * `Ok(Some(packet))`: the packet's bytes were consumed.
@@ -141,8 +144,9 @@ pub fn decode(
         });
     }
     if buf.len() < size {
-        // Make room for the rest of the packet once, rather than growing piecemeal.
-        buf.reserve(size - buf.len());
+        // Make room for the rest of the packet, but never let a declared length alone (which a
+        // peer controls) allocate more than a bounded amount ahead of the bytes that arrived.
+        buf.reserve((size - buf.len()).min(RESERVE_AHEAD));
         return Ok(None);
     }
     let mut frame = buf.split_to(size).freeze();
