@@ -6,7 +6,7 @@
 
 use crate::string::StringError;
 use crate::topic::TopicError;
-use crate::types::{PacketId, PacketType, ReasonCode};
+use crate::types::{PacketId, PacketType, QoS, ReasonCode};
 
 /// A received packet is malformed or breaks a rule of the specification.
 ///
@@ -330,4 +330,175 @@ pub enum EncodeError {
     /// CONNACK with Session Present and a failure reason code [MQTT-3.2.2-6].
     #[error("CONNACK with Session Present set needs reason code 0 [MQTT-3.2.2-6]")]
     SessionPresentOnFailure,
+}
+
+/// The peer broke a rule of the protocol that only a state machine can see (a packet out of
+/// order, a Receive Maximum exceeded, an unknown Topic Alias, …).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ProtocolError {
+    /// A packet that is not allowed in the connection's current state (a second CONNECT
+    /// [MQTT-3.1.0-2], a PUBLISH before CONNACK, a CONNECT sent to a client, …).
+    #[error("unexpected {packet} while {state}")]
+    UnexpectedPacket {
+        /// What arrived.
+        packet: PacketType,
+        /// The state it arrived in.
+        state: &'static str,
+    },
+    /// More unacknowledged QoS 1/2 PUBLISHes than our Receive Maximum allows (section 3.3.4).
+    #[error("peer exceeded our Receive Maximum of {0}")]
+    ReceiveMaximumExceeded(u16),
+    /// A Topic Alias above the maximum we announced [MQTT-3.3.2-10, MQTT-3.3.2-12].
+    #[error("Topic Alias {alias} exceeds the Topic Alias Maximum {max}")]
+    TopicAliasOutOfRange {
+        /// The alias received.
+        alias: u16,
+        /// Our maximum.
+        max: u16,
+    },
+    /// A PUBLISH with an empty topic and a Topic Alias that has no mapping yet.
+    #[error("Topic Alias {0} has no mapping on this connection")]
+    UnknownTopicAlias(u16),
+    /// A client sent a PUBLISH with a Subscription Identifier [MQTT-3.3.4-6].
+    #[error("a PUBLISH from a client carries a Subscription Identifier [MQTT-3.3.4-6]")]
+    SubscriptionIdFromClient,
+    /// The server said a session is present although the client asked for a clean start
+    /// [MQTT-3.2.2-2, MQTT-3.2.2-4].
+    #[error("CONNACK has Session Present although the client sent Clean Start [MQTT-3.2.2-4]")]
+    UnexpectedSessionPresent,
+    /// An AUTH whose Authentication Method differs from the one of CONNECT, or AUTH without
+    /// enhanced authentication (section 4.12).
+    #[error("AUTH does not match the connection's Authentication Method")]
+    BadAuthentication,
+    /// A non-zero Session Expiry Interval on DISCONNECT after CONNECT set 0 (section 3.14.2.2.2),
+    /// or a server sending Session Expiry Interval on DISCONNECT [MQTT-3.14.2-2].
+    #[error("invalid Session Expiry Interval on DISCONNECT")]
+    InvalidSessionExpiryOnDisconnect,
+    /// A SUBACK or UNSUBACK whose reason codes do not match its request one to one.
+    #[error("SUBACK/UNSUBACK reason codes do not match the request's {expected} filters")]
+    AckCountMismatch {
+        /// Filters in the request.
+        expected: usize,
+    },
+    /// A PUBLISH at a QoS above the Maximum QoS the server announced (section 3.2.2.3.4).
+    #[error("PUBLISH at QoS {0} exceeds the Maximum QoS the server announced")]
+    QoSNotSupported(u8),
+    /// A PUBLISH with RETAIN set although the server does not support retained messages.
+    #[error("retained PUBLISH although Retain Available is 0")]
+    RetainNotSupported,
+}
+
+impl ProtocolError {
+    /// The reason code of the DISCONNECT (or CONNACK) that reports this error.
+    pub fn reason_code(&self) -> ReasonCode {
+        match self {
+            ProtocolError::ReceiveMaximumExceeded(_) => ReasonCode::ReceiveMaximumExceeded,
+            ProtocolError::TopicAliasOutOfRange { .. } | ProtocolError::UnknownTopicAlias(_) => {
+                ReasonCode::TopicAliasInvalid
+            }
+            ProtocolError::BadAuthentication => ReasonCode::BadAuthenticationMethod,
+            ProtocolError::QoSNotSupported(_) => ReasonCode::QoSNotSupported,
+            ProtocolError::RetainNotSupported => ReasonCode::RetainNotSupported,
+            _ => ReasonCode::ProtocolError,
+        }
+    }
+}
+
+/// Why a connection's state machine stopped. Once set, it is returned by every later input.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The peer sent a malformed or invalid packet.
+    #[error("decode error: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer broke a protocol rule.
+    #[error("protocol error: {0}")]
+    Protocol(#[from] ProtocolError),
+    /// No packet within the keep-alive allowance (client: no PINGRESP in time; server:
+    /// 1.5 × Keep Alive without input [MQTT-3.1.2-22]).
+    #[error("keep alive timeout")]
+    KeepAliveTimeout,
+    /// No CONNACK (client) or CONNECT (server) in time.
+    #[error("connect timeout")]
+    ConnectTimeout,
+    /// The peer sent DISCONNECT, or refused the connection in CONNACK.
+    #[error("closed by peer with reason code {0}")]
+    ClosedByPeer(ReasonCode),
+    /// The transport closed (`handle_close`).
+    #[error("connection closed")]
+    ConnectionClosed,
+    /// We sent DISCONNECT (`disconnect`, or a session takeover on the server).
+    #[error("disconnected locally with reason code {0}")]
+    Disconnected(ReasonCode),
+}
+
+impl Error {
+    /// The reason code we sent (or would send) in DISCONNECT for this error, if we send one.
+    pub fn reason_code(&self) -> Option<ReasonCode> {
+        match self {
+            Error::Decode(e) => Some(e.reason_code()),
+            Error::Protocol(e) => Some(e.reason_code()),
+            Error::KeepAliveTimeout => Some(ReasonCode::KeepAliveTimeout),
+            Error::Disconnected(rc) => Some(*rc),
+            Error::ConnectTimeout | Error::ClosedByPeer(_) | Error::ConnectionClosed => None,
+        }
+    }
+}
+
+/// The application asked for something the connection cannot do now. Not fatal.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StateError {
+    /// The command needs a connection (or a connect in progress).
+    #[error("not connected")]
+    NotConnected,
+    /// `connect` while connecting or connected.
+    #[error("already connected or connecting")]
+    AlreadyConnected,
+    /// The machine stopped with a fatal error.
+    #[error("connection failed: {0}")]
+    Failed(Error),
+    /// A publish above the server's Maximum QoS [MQTT-3.2.2-11].
+    #[error("QoS {requested:?} exceeds the server's Maximum QoS {maximum:?} [MQTT-3.2.2-11]")]
+    QoSNotSupported {
+        /// Requested.
+        requested: QoS,
+        /// Allowed.
+        maximum: QoS,
+    },
+    /// A retained publish while the server does not support retained messages [MQTT-3.2.2-14].
+    #[error("the server does not support retained messages [MQTT-3.2.2-14]")]
+    RetainNotSupported,
+    /// The packet exceeds the peer's Maximum Packet Size even without optional properties
+    /// [MQTT-3.2.2-15, MQTT-3.1.2-24].
+    #[error("packet of {size} bytes exceeds the peer's Maximum Packet Size of {max}")]
+    PacketTooLarge {
+        /// Encoded size.
+        size: usize,
+        /// The peer's limit.
+        max: u32,
+    },
+    /// All 65,535 packet identifiers are in use.
+    #[error("no free packet identifier")]
+    NoPacketIdAvailable,
+    /// Acknowledging a packet id that awaits no acknowledgement.
+    #[error("packet identifier {0} awaits no acknowledgement")]
+    UnknownPacketId(PacketId),
+    /// A feature the server announced it does not support (wildcard subscriptions, subscription
+    /// identifiers, shared subscriptions).
+    #[error("the server does not support {0}")]
+    NotSupportedByServer(&'static str),
+    /// The packet cannot be encoded.
+    #[error(transparent)]
+    Encode(#[from] EncodeError),
+    /// The session's message queue is full (see `SessionOptions::max_queued_messages`).
+    #[error("message queue full")]
+    QueueFull,
+    /// Enhanced authentication is not in use, or no challenge awaits an answer.
+    #[error("no authentication exchange in progress")]
+    NoAuthInProgress,
+    /// A non-zero Session Expiry Interval on DISCONNECT after CONNECT set 0 (section 3.14.2.2.2).
+    #[error("cannot set a non-zero Session Expiry Interval on DISCONNECT after connecting with 0")]
+    InvalidSessionExpiry,
 }

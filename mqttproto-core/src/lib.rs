@@ -35,14 +35,19 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+pub mod client;
 pub mod codec;
+mod conn;
 pub mod error;
+pub mod session;
 pub mod string;
 pub mod topic;
 pub mod types;
 
+pub use client::{Client, ClientEvent, ClientOptions, ClientState};
 pub use codec::Packet;
-pub use error::{DecodeError, EncodeError};
+pub use error::{DecodeError, EncodeError, Error, ProtocolError, StateError};
+pub use session::{Session, SessionEvent, SessionOptions, SessionPhase, SessionState};
 pub use string::{MqttString, StringError};
 pub use topic::{filter_matches, TopicError, TopicFilter, TopicName};
 pub use types::{

@@ -1,0 +1,578 @@
+//! Machinery shared by the client's and the server's view of one connection: input buffering
+//! and decoding, output encoding within the peer's Maximum Packet Size, the sticky fatal error,
+//! packet identifiers, outbound QoS 1/2 flows under the peer's Receive Maximum, inbound QoS 1/2
+//! flows under ours (exactly-once for QoS 2), and topic aliases both ways.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::num::NonZeroU16;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::codec::{self, Packet, Publish, PublishAck};
+use crate::error::{Error, ProtocolError, StateError};
+use crate::topic::TopicName;
+use crate::types::{PacketId, PacketType, ProtocolVersion, QoS, ReasonCode};
+
+/// The tracing target on which every packet in and out is logged at DEBUG.
+pub(crate) const TRACE_TARGET: &str = "mqttproto";
+
+/// Which end of the connection this machine is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Role {
+    Client,
+    Server,
+}
+
+impl Role {
+    fn name(self) -> &'static str {
+        match self {
+            Role::Client => "client",
+            Role::Server => "server",
+        }
+    }
+}
+
+/// Byte-level state of one connection.
+#[derive(Debug)]
+pub(crate) struct Wire {
+    pub role: Role,
+    pub version: ProtocolVersion,
+    input: BytesMut,
+    output: BytesMut,
+    /// Set once; every later input returns it.
+    pub error: Option<Error>,
+    /// The most we accept (our Maximum Packet Size).
+    pub max_in: u32,
+    /// The most the peer accepts (its Maximum Packet Size).
+    pub max_out: u32,
+    /// When we last wrote a packet.
+    pub last_sent: Option<Instant>,
+    /// When we last received a packet.
+    pub last_received: Option<Instant>,
+    /// Whether DISCONNECT was sent or the transport closed: nothing more is written.
+    pub closed: bool,
+}
+
+impl Wire {
+    pub fn new(role: Role, max_in: u32) -> Wire {
+        Wire {
+            role,
+            version: ProtocolVersion::V5,
+            input: BytesMut::new(),
+            output: BytesMut::new(),
+            error: None,
+            max_in,
+            max_out: u32::MAX,
+            last_sent: None,
+            last_received: None,
+            closed: false,
+        }
+    }
+
+    /// Clears per-connection state for a new network connection.
+    pub fn reset(&mut self) {
+        self.input.clear();
+        self.output.clear();
+        self.error = None;
+        self.max_out = u32::MAX;
+        self.last_sent = None;
+        self.last_received = None;
+        self.closed = false;
+    }
+
+    pub fn check(&self) -> Result<(), Error> {
+        match &self.error {
+            Some(e) => Err(e.clone()),
+            None => Ok(()),
+        }
+    }
+
+    pub fn push_input(&mut self, data: &[u8]) {
+        self.input.extend_from_slice(data);
+    }
+
+    /// The next complete packet in the input, if any. Errors are not yet sticky: the caller
+    /// reports them through [`Wire::fail`].
+    pub fn next_packet(&mut self, now: Instant) -> Result<Option<Packet>, Error> {
+        match codec::decode(&mut self.input, self.version, self.max_in) {
+            Ok(Some(p)) => {
+                self.last_received = Some(now);
+                tracing::debug!(target: TRACE_TARGET, role = self.role.name(), packet = ?p, "received");
+                Ok(Some(p))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(Error::Decode(e)),
+        }
+    }
+
+    /// Encodes `packet` for the peer. Reason String and User Properties are dropped first if the
+    /// packet would exceed the peer's Maximum Packet Size; if it still does, nothing is written.
+    pub fn send(&mut self, now: Instant, mut packet: Packet) -> Result<(), StateError> {
+        if self.closed {
+            return Err(StateError::NotConnected);
+        }
+        if !packet.shrink_to(self.max_out, self.version) {
+            return Err(StateError::PacketTooLarge {
+                size: packet.encoded_len(self.version),
+                max: self.max_out,
+            });
+        }
+        packet.encode(&mut self.output, self.version)?;
+        tracing::debug!(target: TRACE_TARGET, role = self.role.name(), packet = ?packet, "sent");
+        self.last_sent = Some(now);
+        Ok(())
+    }
+
+    /// Stops the connection with `error`. If `reason` is given, a DISCONNECT with that reason
+    /// code is queued first (CONNACK-stage errors are answered by the caller instead).
+    pub fn fail(&mut self, now: Instant, error: Error, reason: Option<ReasonCode>) -> Error {
+        if self.error.is_none() {
+            if let Some(rc) = reason {
+                if !self.closed && rc.is_valid_for(PacketType::Disconnect) {
+                    let _ = self.send(now, Packet::Disconnect(codec::Disconnect::new(rc)));
+                }
+            }
+            tracing::debug!(target: TRACE_TARGET, role = self.role.name(), %error, "connection failed");
+            self.error = Some(error);
+            self.closed = true;
+        }
+        self.error.clone().unwrap_or(Error::ConnectionClosed)
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if self.output.is_empty() {
+            None
+        } else {
+            Some(self.output.split().freeze())
+        }
+    }
+
+    /// The buffered, not yet decoded input.
+    pub fn input(&self) -> &[u8] {
+        &self.input
+    }
+}
+
+/// One outbound QoS 1/2 publish in flight.
+#[derive(Debug, Clone)]
+#[allow(clippy::enum_variant_names)]
+pub(crate) enum OutState {
+    /// QoS 1 sent, awaiting PUBACK.
+    AwaitPubAck(Publish),
+    /// QoS 2 sent, awaiting PUBREC.
+    AwaitPubRec(Publish),
+    /// PUBREL sent, awaiting PUBCOMP.
+    AwaitPubComp,
+}
+
+/// What an acknowledgement completed.
+#[derive(Debug)]
+pub(crate) enum AckOutcome {
+    /// The flow ended: PUBACK, PUBCOMP, or PUBREC with an error code.
+    Completed(PacketId, ReasonCode, codec::AckProperties),
+    /// PUBREC with success: PUBREL is to be sent.
+    Released(PacketId),
+    /// The packet id awaits no such acknowledgement.
+    Unknown,
+}
+
+/// Outbound QoS 1/2 flows: packet identifiers, the in-flight window bounded by the peer's
+/// Receive Maximum, and the messages waiting for room in it (in order).
+#[derive(Debug, Default)]
+pub(crate) struct Outbound {
+    next_id: u16,
+    seq: u64,
+    /// Every id in use: in flight, queued, or held by a SUBSCRIBE/UNSUBSCRIBE.
+    in_use: HashSet<u16>,
+    pub inflight: HashMap<u16, (u64, OutState)>,
+    /// QoS 1/2 publishes with ids assigned, waiting for the window.
+    pub waiting: VecDeque<Publish>,
+    /// The peer's Receive Maximum.
+    pub quota: u16,
+}
+
+impl Outbound {
+    pub fn new() -> Outbound {
+        Outbound {
+            quota: u16::MAX,
+            ..Default::default()
+        }
+    }
+
+    /// A packet identifier not in use [MQTT-2.2.1-3, MQTT-2.2.1-4].
+    pub fn allocate(&mut self) -> Result<PacketId, StateError> {
+        if self.in_use.len() >= u16::MAX as usize {
+            return Err(StateError::NoPacketIdAvailable);
+        }
+        loop {
+            self.next_id = self.next_id.wrapping_add(1);
+            if self.next_id == 0 {
+                self.next_id = 1;
+            }
+            if self.in_use.insert(self.next_id) {
+                return PacketId::new(self.next_id).ok_or(StateError::NoPacketIdAvailable);
+            }
+        }
+    }
+
+    pub fn release(&mut self, id: PacketId) {
+        self.in_use.remove(&id.get());
+    }
+
+    pub fn has_room(&self) -> bool {
+        self.inflight.len() < self.quota as usize
+    }
+
+    /// Records a publish (with its id) as sent.
+    pub fn track(&mut self, publish: Publish) {
+        let Some(id) = publish.packet_id else { return };
+        self.seq += 1;
+        let state = match publish.qos {
+            QoS::ExactlyOnce => OutState::AwaitPubRec(publish),
+            _ => OutState::AwaitPubAck(publish),
+        };
+        self.inflight.insert(id.get(), (self.seq, state));
+    }
+
+    pub fn on_puback(&mut self, ack: PublishAck) -> AckOutcome {
+        match self.inflight.get(&ack.packet_id.get()) {
+            Some((_, OutState::AwaitPubAck(_))) => {
+                self.inflight.remove(&ack.packet_id.get());
+                self.release(ack.packet_id);
+                AckOutcome::Completed(ack.packet_id, ack.reason_code, ack.properties)
+            }
+            _ => AckOutcome::Unknown,
+        }
+    }
+
+    pub fn on_pubrec(&mut self, ack: PublishAck) -> AckOutcome {
+        let id = ack.packet_id;
+        match self.inflight.get_mut(&id.get()) {
+            Some((_, state @ OutState::AwaitPubRec(_))) => {
+                if ack.reason_code.is_error() {
+                    self.inflight.remove(&id.get());
+                    self.release(id);
+                    AckOutcome::Completed(id, ack.reason_code, ack.properties)
+                } else {
+                    *state = OutState::AwaitPubComp;
+                    AckOutcome::Released(id)
+                }
+            }
+            // A PUBREC for a PUBREL already sent: send PUBREL again.
+            Some((_, OutState::AwaitPubComp)) => AckOutcome::Released(id),
+            _ => AckOutcome::Unknown,
+        }
+    }
+
+    pub fn on_pubcomp(&mut self, ack: PublishAck) -> AckOutcome {
+        match self.inflight.get(&ack.packet_id.get()) {
+            Some((_, OutState::AwaitPubComp)) => {
+                self.inflight.remove(&ack.packet_id.get());
+                self.release(ack.packet_id);
+                AckOutcome::Completed(ack.packet_id, ack.reason_code, ack.properties)
+            }
+            _ => AckOutcome::Unknown,
+        }
+    }
+
+    /// In-flight entries in the order they were first sent, for retransmission on session
+    /// resume [MQTT-4.4.0-1].
+    pub fn in_order(&self) -> Vec<(PacketId, OutState)> {
+        let mut v: Vec<_> = self
+            .inflight
+            .iter()
+            .filter_map(|(&id, (seq, st))| PacketId::new(id).map(|id| (*seq, id, st.clone())))
+            .collect();
+        v.sort_by_key(|(seq, _, _)| *seq);
+        v.into_iter().map(|(_, id, st)| (id, st)).collect()
+    }
+
+    /// Forgets everything (session state discarded).
+    pub fn clear(&mut self) {
+        self.inflight.clear();
+        self.waiting.clear();
+        self.in_use.clear();
+    }
+}
+
+/// State of one inbound QoS 2 message on the receiving side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum InQos2 {
+    /// Delivered to the application; PUBREC not yet sent (manual acknowledgement).
+    Delivered,
+    /// PUBREC sent; awaiting PUBREL.
+    Recorded,
+}
+
+/// What to do with an inbound PUBLISH.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum InboundVerdict {
+    /// Deliver it to the application (first arrival).
+    Deliver,
+    /// A duplicate of a QoS 2 message already delivered: do not deliver again; answer PUBREC
+    /// again if it was already sent.
+    Duplicate { resend_pubrec: bool },
+}
+
+/// Inbound QoS 1/2 flows under our Receive Maximum, with exactly-once delivery for QoS 2.
+#[derive(Debug, Default)]
+pub(crate) struct Inbound {
+    pub receive_maximum: u16,
+    /// QoS 1 delivered, PUBACK not yet sent (manual acknowledgement).
+    pub qos1: HashSet<u16>,
+    /// QoS 2 messages between arrival and PUBCOMP. Kept across reconnects with the session.
+    pub qos2: HashMap<u16, InQos2>,
+}
+
+impl Inbound {
+    pub fn new(receive_maximum: u16) -> Inbound {
+        Inbound {
+            receive_maximum,
+            ..Default::default()
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        self.qos1.len() + self.qos2.len()
+    }
+
+    /// Checks a PUBLISH against the Receive Maximum and the QoS 2 state.
+    pub fn on_publish(
+        &mut self,
+        qos: QoS,
+        id: Option<PacketId>,
+    ) -> Result<InboundVerdict, ProtocolError> {
+        let Some(id) = id else {
+            return Ok(InboundVerdict::Deliver);
+        };
+        match qos {
+            QoS::AtMostOnce => Ok(InboundVerdict::Deliver),
+            QoS::AtLeastOnce => {
+                if !self.qos1.contains(&id.get()) {
+                    if self.in_flight() >= self.receive_maximum as usize {
+                        return Err(ProtocolError::ReceiveMaximumExceeded(self.receive_maximum));
+                    }
+                    self.qos1.insert(id.get());
+                }
+                Ok(InboundVerdict::Deliver)
+            }
+            QoS::ExactlyOnce => match self.qos2.get(&id.get()) {
+                Some(state) => Ok(InboundVerdict::Duplicate {
+                    resend_pubrec: *state == InQos2::Recorded,
+                }),
+                None => {
+                    if self.in_flight() >= self.receive_maximum as usize {
+                        return Err(ProtocolError::ReceiveMaximumExceeded(self.receive_maximum));
+                    }
+                    self.qos2.insert(id.get(), InQos2::Delivered);
+                    Ok(InboundVerdict::Deliver)
+                }
+            },
+        }
+    }
+
+    /// The application acknowledged a message: returns the acknowledgement to send.
+    pub fn acknowledge(&mut self, id: PacketId, reason: ReasonCode) -> Option<Packet> {
+        if self.qos1.remove(&id.get()) {
+            return Some(Packet::PubAck(PublishAck::with_reason(id, reason)));
+        }
+        match self.qos2.get(&id.get()) {
+            Some(InQos2::Delivered) => {
+                if reason.is_error() {
+                    // The flow ends with an error PUBREC (section 4.3.3).
+                    self.qos2.remove(&id.get());
+                } else {
+                    self.qos2.insert(id.get(), InQos2::Recorded);
+                }
+                Some(Packet::PubRec(PublishAck::with_reason(id, reason)))
+            }
+            _ => None,
+        }
+    }
+
+    /// A PUBREL arrived: PUBCOMP, with 0x92 when the id is unknown.
+    pub fn on_pubrel(&mut self, id: PacketId) -> Packet {
+        match self.qos2.get(&id.get()) {
+            Some(InQos2::Recorded) => {
+                self.qos2.remove(&id.get());
+                Packet::PubComp(PublishAck::new(id))
+            }
+            _ => Packet::PubComp(PublishAck::with_reason(
+                id,
+                ReasonCode::PacketIdentifierNotFound,
+            )),
+        }
+    }
+
+    /// A new network connection: unacknowledged QoS 1 messages will be resent by the peer.
+    pub fn reconnect(&mut self) {
+        self.qos1.clear();
+        // QoS 2 messages delivered but not yet acknowledged stay: the peer resends the PUBLISH
+        // with DUP, which is recognised as a duplicate and answered once acknowledged.
+    }
+
+    pub fn clear(&mut self) {
+        self.qos1.clear();
+        self.qos2.clear();
+    }
+}
+
+/// Topic aliases the peer set on this connection (inbound), checked against our maximum.
+#[derive(Debug, Default)]
+pub(crate) struct InboundAliases {
+    pub maximum: u16,
+    map: HashMap<u16, TopicName>,
+}
+
+impl InboundAliases {
+    pub fn new(maximum: u16) -> Self {
+        InboundAliases {
+            maximum,
+            map: HashMap::new(),
+        }
+    }
+
+    /// Resolves the topic of an inbound PUBLISH, recording a new mapping when it sets one.
+    pub fn resolve(&mut self, publish: &mut Publish) -> Result<(), ProtocolError> {
+        let Some(alias) = publish.properties.topic_alias else {
+            return Ok(());
+        };
+        let a = alias.get();
+        if a > self.maximum {
+            return Err(ProtocolError::TopicAliasOutOfRange {
+                alias: a,
+                max: self.maximum,
+            });
+        }
+        if publish.topic.is_empty() {
+            match self.map.get(&a) {
+                Some(t) => publish.topic = t.clone(),
+                None => return Err(ProtocolError::UnknownTopicAlias(a)),
+            }
+        } else {
+            self.map.insert(a, publish.topic.clone());
+        }
+        publish.properties.topic_alias = None;
+        Ok(())
+    }
+
+    /// Aliases never carry over to another network connection [MQTT-3.3.2-7].
+    pub fn clear(&mut self) {
+        self.map.clear();
+    }
+}
+
+/// Topic aliases we set for the peer (outbound), up to the peer's maximum.
+#[derive(Debug, Default)]
+pub(crate) struct OutboundAliases {
+    pub enabled: bool,
+    pub maximum: u16,
+    map: HashMap<TopicName, u16>,
+}
+
+impl OutboundAliases {
+    pub fn new(enabled: bool) -> Self {
+        OutboundAliases {
+            enabled,
+            ..Default::default()
+        }
+    }
+
+    /// Rewrites `publish` to use an alias: the first time a topic is sent it gets a new alias
+    /// along with its name; later, only the alias. Once every alias is taken, names are sent.
+    pub fn apply(&mut self, publish: &mut Publish) {
+        if !self.enabled || self.maximum == 0 || publish.topic.is_empty() {
+            return;
+        }
+        if let Some(&a) = self.map.get(&publish.topic) {
+            publish.topic = TopicName::empty();
+            publish.properties.topic_alias = NonZeroU16::new(a);
+        } else if self.map.len() < self.maximum as usize {
+            let a = self.map.len() as u16 + 1;
+            self.map.insert(publish.topic.clone(), a);
+            publish.properties.topic_alias = NonZeroU16::new(a);
+        }
+    }
+
+    /// Aliases never carry over to another network connection [MQTT-3.3.2-7].
+    pub fn reset(&mut self, maximum: u16) {
+        self.map.clear();
+        self.maximum = maximum;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pid(v: u16) -> PacketId {
+        PacketId::new(v).unwrap()
+    }
+
+    #[test]
+    fn packet_ids_are_never_reused_while_in_use_mqtt_2_2_1_3() {
+        let mut o = Outbound::new();
+        let a = o.allocate().unwrap();
+        let b = o.allocate().unwrap();
+        assert_ne!(a, b);
+        // Exhaust the space: every id is handed out once.
+        let mut seen = HashSet::new();
+        seen.insert(a.get());
+        seen.insert(b.get());
+        while let Ok(id) = o.allocate() {
+            assert!(seen.insert(id.get()), "id {id} reused");
+        }
+        assert_eq!(seen.len(), 65_535);
+        assert_eq!(o.allocate(), Err(StateError::NoPacketIdAvailable));
+        o.release(pid(42));
+        assert_eq!(o.allocate().unwrap().get(), 42);
+    }
+
+    #[test]
+    fn qos2_duplicate_is_not_delivered_twice() {
+        let mut i = Inbound::new(10);
+        assert_eq!(
+            i.on_publish(QoS::ExactlyOnce, Some(pid(1))).unwrap(),
+            InboundVerdict::Deliver
+        );
+        assert_eq!(
+            i.on_publish(QoS::ExactlyOnce, Some(pid(1))).unwrap(),
+            InboundVerdict::Duplicate {
+                resend_pubrec: false
+            }
+        );
+        assert!(matches!(
+            i.acknowledge(pid(1), ReasonCode::Success),
+            Some(Packet::PubRec(_))
+        ));
+        assert_eq!(
+            i.on_publish(QoS::ExactlyOnce, Some(pid(1))).unwrap(),
+            InboundVerdict::Duplicate {
+                resend_pubrec: true
+            }
+        );
+        assert_eq!(
+            i.on_pubrel(pid(1)),
+            Packet::PubComp(PublishAck::new(pid(1)))
+        );
+        // After PUBCOMP the id is free again and a new message is delivered.
+        assert_eq!(
+            i.on_publish(QoS::ExactlyOnce, Some(pid(1))).unwrap(),
+            InboundVerdict::Deliver
+        );
+    }
+
+    #[test]
+    fn inbound_receive_maximum() {
+        let mut i = Inbound::new(2);
+        i.on_publish(QoS::AtLeastOnce, Some(pid(1))).unwrap();
+        i.on_publish(QoS::ExactlyOnce, Some(pid(2))).unwrap();
+        assert_eq!(
+            i.on_publish(QoS::AtLeastOnce, Some(pid(3))),
+            Err(ProtocolError::ReceiveMaximumExceeded(2))
+        );
+        // QoS 0 is not counted.
+        assert!(i.on_publish(QoS::AtMostOnce, None).is_ok());
+    }
+}

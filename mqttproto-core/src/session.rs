@@ -1,0 +1,895 @@
+//! The server's view of one client connection: its protocol state, and the MQTT session state it
+//! carries (subscriptions, in-flight and queued messages, QoS 2 receive state), which can be
+//! moved to a later connection of the same client ([`Session::take_state`],
+//! [`Session::restore_state`]).
+//!
+//! Decisions are the driver's (or the [`Broker`](crate::broker::Broker)'s): a CONNECT raises
+//! [`SessionEvent::Connect`], answered by [`Session::acknowledge_connect`]; SUBSCRIBE and
+//! UNSUBSCRIBE are answered by [`Session::acknowledge_subscribe`] and
+//! [`Session::acknowledge_unsubscribe`]; inbound QoS 1/2 PUBLISHes by
+//! [`Session::acknowledge_publish`]. PINGRESP and the QoS 2 PUBREL/PUBCOMP steps are automatic.
+
+use std::collections::{HashMap, VecDeque};
+use std::num::{NonZeroU16, NonZeroU32};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{
+    self, AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, Disconnect,
+    Packet, Publish, PublishAck, SubAck, Subscribe, UnsubAck, Unsubscribe,
+};
+use crate::conn::{
+    AckOutcome, Inbound, InboundAliases, InboundVerdict, OutState, Outbound, OutboundAliases, Role,
+    Wire,
+};
+use crate::error::{Error, ProtocolError, StateError};
+use crate::topic::TopicFilter;
+use crate::types::{PacketId, PacketType, QoS, ReasonCode, SubscriptionId, SubscriptionOptions};
+
+/// Limits of a server-side connection that apply before CONNACK.
+#[derive(Debug, Clone)]
+pub struct SessionOptions {
+    /// The largest packet accepted before CONNACK announces a Maximum Packet Size.
+    pub maximum_packet_size: Option<NonZeroU32>,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// How many messages may wait for delivery (while offline, or beyond the client's Receive
+    /// Maximum). When the queue is full, the oldest QoS 0 message is dropped to make room; if
+    /// there is none, the new message is refused with [`StateError::QueueFull`] and the caller
+    /// decides (the broker counts it as dropped).
+    pub max_queued_messages: usize,
+    /// Use topic aliases on PUBLISHes to the client, up to its Topic Alias Maximum.
+    pub outbound_topic_aliases: bool,
+}
+
+impl Default for SessionOptions {
+    fn default() -> Self {
+        SessionOptions {
+            maximum_packet_size: None,
+            connect_timeout: Duration::from_secs(10),
+            max_queued_messages: 1000,
+            outbound_topic_aliases: false,
+        }
+    }
+}
+
+/// Where a server-side connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionPhase {
+    /// Waiting for CONNECT.
+    AwaitingConnect,
+    /// CONNECT received; waiting for [`Session::acknowledge_connect`] (and any AUTH exchange).
+    Authenticating,
+    /// CONNACK sent with success.
+    Connected,
+    /// The connection ended; the session state may live on.
+    Closed,
+}
+
+/// Something the driver must decide or know.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SessionEvent {
+    /// A valid CONNECT: decide, then [`Session::acknowledge_connect`].
+    Connect(Box<Connect>),
+    /// An AUTH from the client (enhanced authentication or re-authentication): answer with
+    /// [`Session::send_auth`] or [`Session::acknowledge_connect`].
+    Auth(Auth),
+    /// An application message from the client, its topic alias resolved. QoS 1/2 messages must
+    /// be answered with [`Session::acknowledge_publish`].
+    Publish(Publish),
+    /// A SUBSCRIBE: answer with [`Session::acknowledge_subscribe`].
+    Subscribe(Subscribe),
+    /// An UNSUBSCRIBE: answer with [`Session::acknowledge_unsubscribe`].
+    Unsubscribe(Unsubscribe),
+    /// A QoS 1/2 message to the client completed (PUBACK, PUBCOMP, or PUBREC with an error).
+    Delivered {
+        /// Its packet identifier.
+        packet_id: PacketId,
+        /// The client's reason code.
+        reason_code: ReasonCode,
+    },
+    /// The connection ended. `disconnect` is the client's DISCONNECT, if it sent one: a will is
+    /// published unless it carried reason code 0x00 [MQTT-3.14.4-3].
+    Disconnected {
+        /// Why.
+        error: Error,
+        /// The client's DISCONNECT.
+        disconnect: Option<Disconnect>,
+    },
+}
+
+/// A message waiting for delivery.
+#[derive(Debug, Clone)]
+struct Queued {
+    publish: Publish,
+    expires_at: Option<Instant>,
+}
+
+/// The MQTT session state that outlives one network connection.
+#[derive(Debug)]
+pub struct SessionState {
+    subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<SubscriptionId>)>,
+    outbound: Outbound,
+    inbound: Inbound,
+    queue: VecDeque<Queued>,
+    dropped: u64,
+}
+
+impl SessionState {
+    fn new() -> Self {
+        SessionState {
+            subscriptions: HashMap::new(),
+            outbound: Outbound::new(),
+            inbound: Inbound::new(u16::MAX),
+            queue: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// The subscriptions: filter, options and subscription identifier.
+    pub fn subscriptions(
+        &self,
+    ) -> impl Iterator<Item = (&TopicFilter, SubscriptionOptions, Option<SubscriptionId>)> {
+        self.subscriptions.iter().map(|(f, (o, i))| (f, *o, *i))
+    }
+
+    /// Messages queued for delivery.
+    pub fn queued(&self) -> usize {
+        self.queue.len()
+    }
+}
+
+/// The server's state machine for one client connection. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Session {
+    options: SessionOptions,
+    phase: SessionPhase,
+    wire: Wire,
+    state: SessionState,
+    in_aliases: InboundAliases,
+    out_aliases: OutboundAliases,
+    events: VecDeque<SessionEvent>,
+    connect: Option<Box<Connect>>,
+    keep_alive: u16,
+    connect_deadline: Option<Instant>,
+    maximum_qos: QoS,
+    retain_available: bool,
+    pending_subscribe: HashMap<u16, Subscribe>,
+    pending_unsubscribe: HashMap<u16, Unsubscribe>,
+    created: Instant,
+}
+
+impl Session {
+    /// A new connection, waiting for CONNECT.
+    pub fn new(now: Instant, options: SessionOptions) -> Session {
+        let max_in = options
+            .maximum_packet_size
+            .map_or(u32::MAX, NonZeroU32::get);
+        Session {
+            phase: SessionPhase::AwaitingConnect,
+            wire: Wire::new(Role::Server, max_in),
+            state: SessionState::new(),
+            in_aliases: InboundAliases::new(0),
+            out_aliases: OutboundAliases::new(options.outbound_topic_aliases),
+            events: VecDeque::new(),
+            connect: None,
+            keep_alive: 0,
+            connect_deadline: Some(now + options.connect_timeout),
+            maximum_qos: QoS::ExactlyOnce,
+            retain_available: true,
+            pending_subscribe: HashMap::new(),
+            pending_unsubscribe: HashMap::new(),
+            created: now,
+            options,
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The phase of the connection.
+    pub fn phase(&self) -> SessionPhase {
+        self.phase
+    }
+
+    /// The CONNECT received, if any.
+    pub fn connect_packet(&self) -> Option<&Connect> {
+        self.connect.as_deref()
+    }
+
+    /// The session state.
+    pub fn state(&self) -> &SessionState {
+        &self.state
+    }
+
+    /// The Keep Alive in force, in seconds.
+    pub fn keep_alive(&self) -> u16 {
+        self.keep_alive
+    }
+
+    /// QoS 1/2 messages sent to the client and not yet acknowledged.
+    pub fn inflight(&self) -> usize {
+        self.state.outbound.inflight.len()
+    }
+
+    /// Messages dropped because the queue was full or they expired.
+    pub fn dropped(&self) -> u64 {
+        self.state.dropped
+    }
+
+    /// The fatal error that stopped the connection, if any.
+    pub fn error(&self) -> Option<&Error> {
+        self.wire.error.as_ref()
+    }
+
+    /// When the connection was created.
+    pub fn created(&self) -> Instant {
+        self.created
+    }
+
+    // ---- session state ------------------------------------------------------------------
+
+    /// Takes the session state out (to move it to a new connection of the same client), leaving
+    /// an empty one.
+    pub fn take_state(&mut self) -> SessionState {
+        std::mem::replace(&mut self.state, SessionState::new())
+    }
+
+    /// Installs a previous connection's session state (before
+    /// [`acknowledge_connect`](Self::acknowledge_connect) with `session_present`).
+    pub fn restore_state(&mut self, state: SessionState) {
+        self.state = state;
+    }
+
+    // ---- commands -----------------------------------------------------------------------
+
+    /// Answers CONNECT. On success, `properties` are the limits the server announces (Receive
+    /// Maximum, Maximum QoS, Retain Available, Maximum Packet Size, Topic Alias Maximum, Server
+    /// Keep Alive, …) and are enforced on the client from now on; the session's in-flight
+    /// messages are resent, and queued ones delivered. On failure the CONNACK is sent and the
+    /// connection ends [MQTT-3.2.2-7].
+    pub fn acknowledge_connect(
+        &mut self,
+        now: Instant,
+        reason_code: ReasonCode,
+        session_present: bool,
+        properties: ConnAckProperties,
+    ) -> Result<(), StateError> {
+        if self.phase != SessionPhase::Authenticating {
+            return Err(StateError::NotConnected);
+        }
+        let connack = ConnAck {
+            session_present: session_present && !reason_code.is_error(),
+            reason_code,
+            properties,
+        };
+        let p = connack.properties.clone();
+        self.wire.send(now, Packet::ConnAck(connack))?;
+        if reason_code.is_error() {
+            let err = self.wire.fail(now, Error::Disconnected(reason_code), None);
+            self.end(err, None);
+            return Ok(());
+        }
+        if !session_present {
+            self.state = SessionState::new();
+        }
+        let connect = self.connect.as_deref();
+        let client_props = connect.map(|c| c.properties.clone()).unwrap_or_default();
+        self.state.inbound.receive_maximum = p.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
+        self.state.inbound.reconnect();
+        self.wire.max_in = p
+            .maximum_packet_size
+            .map_or(self.wire.max_in, NonZeroU32::get);
+        self.wire.max_out = client_props
+            .maximum_packet_size
+            .map_or(u32::MAX, NonZeroU32::get);
+        self.state.outbound.quota = client_props
+            .receive_maximum
+            .map_or(u16::MAX, NonZeroU16::get);
+        self.in_aliases = InboundAliases::new(p.topic_alias_maximum.unwrap_or(0));
+        self.out_aliases
+            .reset(client_props.topic_alias_maximum.unwrap_or(0));
+        self.maximum_qos = p.maximum_qos.unwrap_or(QoS::ExactlyOnce);
+        self.retain_available = p.retain_available.unwrap_or(true);
+        if let Some(ka) = p.server_keep_alive {
+            self.keep_alive = ka;
+        }
+        self.phase = SessionPhase::Connected;
+        self.connect_deadline = None;
+        // Resend what was in flight, in order, with DUP [MQTT-4.4.0-1, MQTT-4.4.0-2].
+        for (id, st) in self.state.outbound.in_order() {
+            let packet = match st {
+                OutState::AwaitPubAck(mut p) | OutState::AwaitPubRec(mut p) => {
+                    p.dup = true;
+                    Packet::Publish(p)
+                }
+                OutState::AwaitPubComp => Packet::PubRel(PublishAck::new(id)),
+            };
+            let _ = self.wire.send(now, packet);
+        }
+        self.drain_queue(now);
+        // Packets the client pipelined after CONNECT.
+        if let Err(e) = self.process_input(now) {
+            tracing::debug!(target: "mqttproto", error = %e, "pipelined input failed");
+        }
+        Ok(())
+    }
+
+    /// Sends AUTH (Continue authentication, or Success to end a re-authentication) with the
+    /// connection's Authentication Method.
+    pub fn send_auth(
+        &mut self,
+        now: Instant,
+        reason_code: ReasonCode,
+        data: Option<Bytes>,
+    ) -> Result<(), StateError> {
+        let method = self
+            .connect
+            .as_ref()
+            .and_then(|c| c.properties.authentication_method.clone())
+            .ok_or(StateError::NoAuthInProgress)?;
+        if !matches!(
+            self.phase,
+            SessionPhase::Authenticating | SessionPhase::Connected
+        ) {
+            return Err(StateError::NotConnected);
+        }
+        let auth = Auth {
+            reason_code,
+            properties: AuthProperties {
+                authentication_method: Some(method),
+                authentication_data: data,
+                ..Default::default()
+            },
+        };
+        self.wire.send(now, Packet::Auth(auth))
+    }
+
+    /// Answers an inbound QoS 1/2 PUBLISH with PUBACK or PUBREC carrying `reason_code`
+    /// (0x00, 0x10 No matching subscribers, 0x87 Not authorized, …).
+    pub fn acknowledge_publish(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        reason_code: ReasonCode,
+    ) -> Result<(), StateError> {
+        self.ready()?;
+        match self.state.inbound.acknowledge(packet_id, reason_code) {
+            Some(p) => self.wire.send(now, p),
+            None => Err(StateError::UnknownPacketId(packet_id)),
+        }
+    }
+
+    /// Answers SUBSCRIBE with one reason code per filter. Filters granted (code below 0x80) are
+    /// recorded in the session with the granted QoS.
+    pub fn acknowledge_subscribe(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        reason_codes: Vec<ReasonCode>,
+        properties: AckProperties,
+    ) -> Result<(), StateError> {
+        self.ready()?;
+        let Some(sub) = self.pending_subscribe.remove(&packet_id.get()) else {
+            return Err(StateError::UnknownPacketId(packet_id));
+        };
+        if reason_codes.len() != sub.subscriptions.len() {
+            self.pending_subscribe.insert(packet_id.get(), sub);
+            return Err(StateError::Encode(crate::error::EncodeError::NoFilters(
+                PacketType::SubAck,
+            )));
+        }
+        for (s, rc) in sub.subscriptions.iter().zip(&reason_codes) {
+            let granted = match rc {
+                ReasonCode::Success => QoS::AtMostOnce,
+                ReasonCode::GrantedQoS1 => QoS::AtLeastOnce,
+                ReasonCode::GrantedQoS2 => QoS::ExactlyOnce,
+                _ => continue,
+            };
+            let mut options = s.options;
+            options.qos = granted.min(s.options.qos);
+            self.state.subscriptions.insert(
+                s.filter.clone(),
+                (options, sub.properties.subscription_identifier),
+            );
+        }
+        self.wire.send(
+            now,
+            Packet::SubAck(SubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            }),
+        )
+    }
+
+    /// Answers UNSUBSCRIBE with one reason code per filter; filters answered 0x00 are removed
+    /// from the session.
+    pub fn acknowledge_unsubscribe(
+        &mut self,
+        now: Instant,
+        packet_id: PacketId,
+        reason_codes: Vec<ReasonCode>,
+        properties: AckProperties,
+    ) -> Result<(), StateError> {
+        self.ready()?;
+        let Some(unsub) = self.pending_unsubscribe.remove(&packet_id.get()) else {
+            return Err(StateError::UnknownPacketId(packet_id));
+        };
+        if reason_codes.len() != unsub.filters.len() {
+            self.pending_unsubscribe.insert(packet_id.get(), unsub);
+            return Err(StateError::Encode(crate::error::EncodeError::NoFilters(
+                PacketType::UnsubAck,
+            )));
+        }
+        for (f, rc) in unsub.filters.iter().zip(&reason_codes) {
+            if *rc == ReasonCode::Success {
+                self.state.subscriptions.remove(f);
+            }
+        }
+        self.wire.send(
+            now,
+            Packet::UnsubAck(UnsubAck {
+                packet_id,
+                properties,
+                reason_codes,
+            }),
+        )
+    }
+
+    /// Queues an application message for the client, already shaped for it (QoS downgraded to
+    /// the subscription's, RETAIN per Retain As Published, Subscription Identifiers set). The
+    /// session assigns the packet id and sends it now if the client is connected and its
+    /// Receive Maximum allows; otherwise the message waits (bounded, see [`SessionOptions`]).
+    /// `expires_at` is when its Message Expiry Interval runs out: an expired message is dropped
+    /// [MQTT-3.3.2-5] and a sent one carries the remaining interval [MQTT-3.3.2-6].
+    pub fn publish(
+        &mut self,
+        now: Instant,
+        publish: Publish,
+        expires_at: Option<Instant>,
+    ) -> Result<(), StateError> {
+        if self.state.queue.len() >= self.options.max_queued_messages {
+            // Make room by dropping the oldest QoS 0 message, if any.
+            match self
+                .state
+                .queue
+                .iter()
+                .position(|q| q.publish.qos == QoS::AtMostOnce)
+            {
+                Some(i) => {
+                    self.state.queue.remove(i);
+                    self.state.dropped += 1;
+                }
+                None if publish.qos == QoS::AtMostOnce => {
+                    self.state.dropped += 1;
+                    return Ok(());
+                }
+                None => {
+                    self.state.dropped += 1;
+                    return Err(StateError::QueueFull);
+                }
+            }
+        }
+        self.state.queue.push_back(Queued {
+            publish,
+            expires_at,
+        });
+        if self.phase == SessionPhase::Connected {
+            self.drain_queue(now);
+        }
+        Ok(())
+    }
+
+    /// Sends DISCONNECT with `reason_code` (for example 0x8E Session taken over, 0x8B Server
+    /// shutting down) and ends the connection. The session state stays.
+    pub fn disconnect(&mut self, now: Instant, reason_code: ReasonCode) -> Result<(), StateError> {
+        match self.phase {
+            SessionPhase::Connected => {
+                self.wire
+                    .send(now, Packet::Disconnect(Disconnect::new(reason_code)))?;
+            }
+            // No DISCONNECT before a successful CONNACK [MQTT-3.14.0-1].
+            SessionPhase::AwaitingConnect | SessionPhase::Authenticating => {}
+            SessionPhase::Closed => return Err(StateError::NotConnected),
+        }
+        let err = self.wire.fail(now, Error::Disconnected(reason_code), None);
+        self.end(err, None);
+        Ok(())
+    }
+
+    // ---- inputs -------------------------------------------------------------------------
+
+    /// Feeds bytes received from the client. A fatal error is returned now and by every later
+    /// input; the DISCONNECT (or CONNACK) reporting it is in [`poll_transmit`](Self::poll_transmit).
+    pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), Error> {
+        self.wire.check()?;
+        if self.phase == SessionPhase::Closed {
+            return Err(Error::ConnectionClosed);
+        }
+        self.wire.push_input(data);
+        self.process_input(now)
+    }
+
+    /// Advances timers: the connect timeout and the keep-alive allowance of 1.5 × Keep Alive
+    /// [MQTT-3.1.2-22].
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.wire.error.is_some() {
+            return;
+        }
+        match self.phase {
+            SessionPhase::AwaitingConnect | SessionPhase::Authenticating => {
+                if self.connect_deadline.is_some_and(|d| now >= d) {
+                    let err = self.wire.fail(now, Error::ConnectTimeout, None);
+                    self.end(err, None);
+                }
+            }
+            SessionPhase::Connected => {
+                if self.keep_alive_deadline().is_some_and(|d| now >= d) {
+                    let err = self.wire.fail(
+                        now,
+                        Error::KeepAliveTimeout,
+                        Some(ReasonCode::KeepAliveTimeout),
+                    );
+                    self.end(err, None);
+                }
+                self.expire_queue(now);
+            }
+            SessionPhase::Closed => self.expire_queue(now),
+        }
+    }
+
+    /// The transport closed.
+    pub fn handle_close(&mut self, now: Instant) {
+        if self.phase == SessionPhase::Closed {
+            return;
+        }
+        let err = self.wire.fail(now, Error::ConnectionClosed, None);
+        self.end(err, None);
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// Bytes to write to the client, if any.
+    pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        self.wire.poll_transmit()
+    }
+
+    /// The next event, if any.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let expiry = self.state.queue.iter().filter_map(|q| q.expires_at).min();
+        let conn = match self.phase {
+            SessionPhase::AwaitingConnect | SessionPhase::Authenticating => self.connect_deadline,
+            SessionPhase::Connected => self.keep_alive_deadline(),
+            SessionPhase::Closed => None,
+        };
+        match (conn, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn ready(&self) -> Result<(), StateError> {
+        if let Some(e) = &self.wire.error {
+            return Err(StateError::Failed(e.clone()));
+        }
+        if self.phase != SessionPhase::Connected {
+            return Err(StateError::NotConnected);
+        }
+        Ok(())
+    }
+
+    fn keep_alive_deadline(&self) -> Option<Instant> {
+        if self.keep_alive == 0 {
+            return None;
+        }
+        let allowance = Duration::from_millis(u64::from(self.keep_alive) * 1500);
+        Some(self.wire.last_received.unwrap_or(self.created) + allowance)
+    }
+
+    fn expire_queue(&mut self, now: Instant) {
+        let before = self.state.queue.len();
+        self.state
+            .queue
+            .retain(|q| q.expires_at.is_none_or(|t| t > now));
+        self.state.dropped += (before - self.state.queue.len()) as u64;
+    }
+
+    /// Sends queued messages while the client's Receive Maximum leaves room.
+    fn drain_queue(&mut self, now: Instant) {
+        while let Some(front) = self.state.queue.front() {
+            if front.expires_at.is_some_and(|t| t <= now) {
+                self.state.queue.pop_front();
+                self.state.dropped += 1;
+                continue;
+            }
+            if front.publish.qos != QoS::AtMostOnce && !self.state.outbound.has_room() {
+                break;
+            }
+            let Some(Queued {
+                mut publish,
+                expires_at,
+            }) = self.state.queue.pop_front()
+            else {
+                break;
+            };
+            if let Some(t) = expires_at {
+                // The remaining interval, rounded up [MQTT-3.3.2-6].
+                let left = t.saturating_duration_since(now);
+                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+                publish.properties.message_expiry_interval =
+                    Some(u32::try_from(secs).unwrap_or(u32::MAX));
+            }
+            publish.dup = false;
+            publish.packet_id = None;
+            if publish.qos != QoS::AtMostOnce {
+                match self.state.outbound.allocate() {
+                    Ok(id) => publish.packet_id = Some(id),
+                    Err(_) => {
+                        self.state.queue.push_front(Queued {
+                            publish,
+                            expires_at,
+                        });
+                        break;
+                    }
+                }
+            }
+            let mut wire_form = publish.clone();
+            self.out_aliases.apply(&mut wire_form);
+            match self.wire.send(now, Packet::Publish(wire_form)) {
+                Ok(()) => self.state.outbound.track(publish),
+                Err(StateError::PacketTooLarge { size, max }) => {
+                    // Discarded as if delivered [MQTT-3.1.2-25].
+                    tracing::debug!(target: "mqttproto", size, max, "PUBLISH exceeds the client's Maximum Packet Size; discarded");
+                    if let Some(id) = publish.packet_id {
+                        self.state.outbound.release(id);
+                    }
+                    self.state.dropped += 1;
+                }
+                Err(_) => {
+                    if let Some(id) = publish.packet_id {
+                        self.state.outbound.release(id);
+                    }
+                    self.state.queue.push_front(Queued {
+                        publish,
+                        expires_at,
+                    });
+                    break;
+                }
+            }
+        }
+    }
+
+    fn process_input(&mut self, now: Instant) -> Result<(), Error> {
+        loop {
+            if self.phase == SessionPhase::Authenticating {
+                // Hold pipelined packets until the CONNECT is decided; only AUTH and
+                // DISCONNECT are read meanwhile.
+                match codec::decode_fixed_header(self.wire_input())? {
+                    Some(h)
+                        if matches!(h.packet_type, PacketType::Auth | PacketType::Disconnect) => {}
+                    _ => return Ok(()),
+                }
+            }
+            match self.wire.next_packet(now) {
+                Ok(Some(p)) => {
+                    if let Err(e) = self.handle_packet(now, p) {
+                        return Err(self.fail(now, e));
+                    }
+                }
+                Ok(None) => return Ok(()),
+                Err(e) => return Err(self.fail(now, e)),
+            }
+            if self.phase == SessionPhase::Closed {
+                return Ok(());
+            }
+        }
+    }
+
+    fn wire_input(&self) -> &[u8] {
+        self.wire.input()
+    }
+
+    fn fail(&mut self, now: Instant, error: Error) -> Error {
+        let reason = match &error {
+            Error::Decode(e) => Some(e.reason_code()),
+            Error::Protocol(e) => Some(e.reason_code()),
+            _ => None,
+        };
+        let err = if self.phase == SessionPhase::Connected {
+            self.wire.fail(now, error, reason)
+        } else {
+            // Before a successful CONNACK, errors are reported in CONNACK, not DISCONNECT
+            // [MQTT-3.14.0-1]; a non-CONNECT first packet just closes [MQTT-3.1.4-1].
+            if let Some(rc) = reason.filter(|rc| rc.is_valid_for(PacketType::ConnAck)) {
+                let _ = self.wire.send(
+                    now,
+                    Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: rc,
+                        properties: ConnAckProperties::default(),
+                    }),
+                );
+            } else if reason.is_some() {
+                let _ = self.wire.send(
+                    now,
+                    Packet::ConnAck(ConnAck {
+                        session_present: false,
+                        reason_code: ReasonCode::ProtocolError,
+                        properties: ConnAckProperties::default(),
+                    }),
+                );
+            }
+            self.wire.fail(now, error, None)
+        };
+        self.end(err.clone(), None);
+        err
+    }
+
+    fn end(&mut self, error: Error, disconnect: Option<Disconnect>) {
+        if self.phase == SessionPhase::Closed {
+            return;
+        }
+        self.phase = SessionPhase::Closed;
+        self.pending_subscribe.clear();
+        self.pending_unsubscribe.clear();
+        self.events
+            .push_back(SessionEvent::Disconnected { error, disconnect });
+    }
+
+    fn unexpected(&self, packet: PacketType) -> Error {
+        let state = match self.phase {
+            SessionPhase::AwaitingConnect => "awaiting CONNECT",
+            SessionPhase::Authenticating => "authenticating",
+            SessionPhase::Connected => "connected",
+            SessionPhase::Closed => "closed",
+        };
+        Error::Protocol(ProtocolError::UnexpectedPacket { packet, state })
+    }
+
+    fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), Error> {
+        match (self.phase, packet) {
+            (SessionPhase::AwaitingConnect, Packet::Connect(c)) => {
+                self.keep_alive = c.keep_alive;
+                self.connect = Some(c.clone());
+                self.phase = SessionPhase::Authenticating;
+                self.events.push_back(SessionEvent::Connect(c));
+                Ok(())
+            }
+            (SessionPhase::Authenticating | SessionPhase::Connected, Packet::Auth(a)) => {
+                let method = self
+                    .connect
+                    .as_ref()
+                    .and_then(|c| c.properties.authentication_method.as_ref());
+                if method.is_none() || a.properties.authentication_method.as_ref() != method {
+                    return Err(ProtocolError::BadAuthentication.into());
+                }
+                let ok = match self.phase {
+                    SessionPhase::Connected => matches!(
+                        a.reason_code,
+                        ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
+                    ),
+                    _ => a.reason_code == ReasonCode::ContinueAuthentication,
+                };
+                if !ok {
+                    return Err(self.unexpected(PacketType::Auth));
+                }
+                self.events.push_back(SessionEvent::Auth(a));
+                Ok(())
+            }
+            (SessionPhase::Authenticating | SessionPhase::Connected, Packet::Disconnect(d)) => {
+                let connect_sei = self
+                    .connect
+                    .as_ref()
+                    .and_then(|c| c.properties.session_expiry_interval)
+                    .unwrap_or(0);
+                if connect_sei == 0 && d.properties.session_expiry_interval.is_some_and(|s| s != 0)
+                {
+                    return Err(ProtocolError::InvalidSessionExpiryOnDisconnect.into());
+                }
+                let err = self
+                    .wire
+                    .fail(now, Error::ClosedByPeer(d.reason_code), None);
+                self.end(err, Some(d));
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::Publish(p)) => self.on_publish(now, p),
+            (SessionPhase::Connected, Packet::PubAck(a)) => {
+                let o = self.state.outbound.on_puback(a);
+                self.on_ack_outcome(now, o);
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::PubRec(a)) => {
+                let id = a.packet_id;
+                match self.state.outbound.on_pubrec(a) {
+                    AckOutcome::Unknown => {
+                        let _ = self.wire.send(
+                            now,
+                            Packet::PubRel(PublishAck::with_reason(
+                                id,
+                                ReasonCode::PacketIdentifierNotFound,
+                            )),
+                        );
+                    }
+                    o => self.on_ack_outcome(now, o),
+                }
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::PubComp(a)) => {
+                let o = self.state.outbound.on_pubcomp(a);
+                self.on_ack_outcome(now, o);
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::PubRel(r)) => {
+                let comp = self.state.inbound.on_pubrel(r.packet_id);
+                let _ = self.wire.send(now, comp);
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::Subscribe(s)) => {
+                self.pending_subscribe.insert(s.packet_id.get(), s.clone());
+                self.events.push_back(SessionEvent::Subscribe(s));
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::Unsubscribe(u)) => {
+                self.pending_unsubscribe
+                    .insert(u.packet_id.get(), u.clone());
+                self.events.push_back(SessionEvent::Unsubscribe(u));
+                Ok(())
+            }
+            (SessionPhase::Connected, Packet::PingReq) => {
+                let _ = self.wire.send(now, Packet::PingResp);
+                Ok(())
+            }
+            (_, other) => Err(self.unexpected(other.packet_type())),
+        }
+    }
+
+    fn on_ack_outcome(&mut self, now: Instant, outcome: AckOutcome) {
+        match outcome {
+            AckOutcome::Completed(packet_id, reason_code, _) => {
+                self.events.push_back(SessionEvent::Delivered {
+                    packet_id,
+                    reason_code,
+                });
+                self.drain_queue(now);
+            }
+            AckOutcome::Released(id) => {
+                let _ = self.wire.send(now, Packet::PubRel(PublishAck::new(id)));
+            }
+            AckOutcome::Unknown => {}
+        }
+    }
+
+    fn on_publish(&mut self, now: Instant, mut publish: Publish) -> Result<(), Error> {
+        if !publish.properties.subscription_identifiers.is_empty() {
+            return Err(ProtocolError::SubscriptionIdFromClient.into());
+        }
+        if publish.qos > self.maximum_qos {
+            return Err(ProtocolError::QoSNotSupported(publish.qos as u8).into());
+        }
+        if publish.retain && !self.retain_available {
+            return Err(ProtocolError::RetainNotSupported.into());
+        }
+        self.in_aliases.resolve(&mut publish)?;
+        match self
+            .state
+            .inbound
+            .on_publish(publish.qos, publish.packet_id)?
+        {
+            InboundVerdict::Deliver => self.events.push_back(SessionEvent::Publish(publish)),
+            InboundVerdict::Duplicate { resend_pubrec } => {
+                if let (true, Some(id)) = (resend_pubrec, publish.packet_id) {
+                    let _ = self.wire.send(now, Packet::PubRec(PublishAck::new(id)));
+                }
+            }
+        }
+        Ok(())
+    }
+}
