@@ -221,6 +221,7 @@ pub struct Client {
     /// Whether we hold session state the server should also hold.
     has_session: bool,
     connected_once: bool,
+    sent_clean_start: bool,
     auth_in_progress: bool,
 }
 
@@ -249,6 +250,7 @@ impl Client {
             pending_unsubscribe: HashMap::new(),
             has_session: false,
             connected_once: false,
+            sent_clean_start: false,
             auth_in_progress: false,
             options,
         }
@@ -367,6 +369,7 @@ impl Client {
                 user_properties: o.user_properties.clone(),
             },
         };
+        self.sent_clean_start = connect.clean_start;
         if connect.clean_start {
             self.discard_session();
         }
@@ -938,8 +941,9 @@ impl Client {
             return Ok(());
         }
         let p = &connack.properties;
-        if connack.session_present && !self.has_session && !self.connected_once {
-            // We asked for a clean start, or we hold no state: [MQTT-3.2.2-4].
+        if connack.session_present && self.sent_clean_start {
+            // The server must not resume a session we asked to discard [MQTT-3.2.2-2]; we hold
+            // no state for it [MQTT-3.2.2-4].
             return Err(ProtocolError::UnexpectedSessionPresent.into());
         }
         if let Some(id) = &p.assigned_client_identifier {

@@ -138,6 +138,48 @@ impl SessionState {
     pub fn queued(&self) -> usize {
         self.queue.len()
     }
+
+    /// Messages dropped because the queue was full or they expired.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Queues a message for a session, connected or not, within `max` messages. When the queue
+    /// is full, the oldest QoS 0 message is dropped to make room; a QoS 0 message that finds no
+    /// room is dropped; a QoS 1/2 message that finds no room is refused with
+    /// [`StateError::QueueFull`].
+    pub fn enqueue(
+        &mut self,
+        publish: Publish,
+        expires_at: Option<Instant>,
+        max: usize,
+    ) -> Result<(), StateError> {
+        if self.queue.len() >= max {
+            match self
+                .queue
+                .iter()
+                .position(|q| q.publish.qos == QoS::AtMostOnce)
+            {
+                Some(i) => {
+                    self.queue.remove(i);
+                    self.dropped += 1;
+                }
+                None if publish.qos == QoS::AtMostOnce => {
+                    self.dropped += 1;
+                    return Ok(());
+                }
+                None => {
+                    self.dropped += 1;
+                    return Err(StateError::QueueFull);
+                }
+            }
+        }
+        self.queue.push_back(Queued {
+            publish,
+            expires_at,
+        });
+        Ok(())
+    }
 }
 
 /// The server's state machine for one client connection. See the [module documentation](self).
@@ -449,32 +491,8 @@ impl Session {
         publish: Publish,
         expires_at: Option<Instant>,
     ) -> Result<(), StateError> {
-        if self.state.queue.len() >= self.options.max_queued_messages {
-            // Make room by dropping the oldest QoS 0 message, if any.
-            match self
-                .state
-                .queue
-                .iter()
-                .position(|q| q.publish.qos == QoS::AtMostOnce)
-            {
-                Some(i) => {
-                    self.state.queue.remove(i);
-                    self.state.dropped += 1;
-                }
-                None if publish.qos == QoS::AtMostOnce => {
-                    self.state.dropped += 1;
-                    return Ok(());
-                }
-                None => {
-                    self.state.dropped += 1;
-                    return Err(StateError::QueueFull);
-                }
-            }
-        }
-        self.state.queue.push_back(Queued {
-            publish,
-            expires_at,
-        });
+        self.state
+            .enqueue(publish, expires_at, self.options.max_queued_messages)?;
         if self.phase == SessionPhase::Connected {
             self.drain_queue(now);
         }

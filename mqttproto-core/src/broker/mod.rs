@@ -1,0 +1,1022 @@
+//! The broker's state machine: the client registry with session takeover and expiry, the
+//! subscription index, retained messages, shared subscriptions, wills, and routing.
+//!
+//! The driver owns sockets. For each accepted connection it calls [`Broker::accept`] and gets a
+//! [`ConnectionHandle`]; it feeds that connection's bytes with [`Broker::handle_bytes`], writes
+//! what [`Broker::poll_transmit`] returns to the connection it names, answers the decisions
+//! raised by [`Broker::poll_event`] (authentication always; subscriptions and publishes when
+//! [`BrokerOptions::authorize`] is on), closes the socket on [`BrokerEvent::Closed`], and calls
+//! [`Broker::handle_timeout`] at [`Broker::poll_timeout`].
+//!
+//! Routing costs time proportional to the matching subscriptions (see [`index`]); the payload
+//! of a message is shared, not copied, by every subscriber's copy.
+
+pub mod index;
+pub mod retained;
+
+use std::collections::{HashMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+
+use crate::codec::{AckProperties, Auth, ConnAckProperties, Connect, Publish, Subscribe, Will};
+use crate::error::{Error, StateError};
+use crate::session::{Session, SessionEvent, SessionOptions, SessionPhase, SessionState};
+use crate::string::MqttString;
+use crate::types::{
+    PacketId, QoS, ReasonCode, RetainHandling, SubscriptionId, SubscriptionOptions,
+};
+use index::{Match, SubscriptionIndex};
+use retained::RetainedStore;
+
+/// Identifies one network connection of the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnectionHandle {
+    index: u32,
+    generation: u32,
+}
+
+impl ConnectionHandle {
+    /// A number unique among open connections (slots are reused after [`BrokerEvent::Closed`]).
+    pub fn index(self) -> usize {
+        self.index as usize
+    }
+}
+
+/// Configuration of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerOptions {
+    /// Per-connection limits (connect timeout, queue bound, outbound topic aliases).
+    pub session: SessionOptions,
+    /// What CONNACK announces, and what the broker then enforces: Receive Maximum, Maximum QoS,
+    /// Retain Available, Maximum Packet Size, Topic Alias Maximum, the wildcard, subscription
+    /// identifier and shared subscription availability flags, Server Keep Alive.
+    pub connack: ConnAckProperties,
+    /// The longest Session Expiry Interval granted (a longer request is lowered and CONNACK says
+    /// so).
+    pub maximum_session_expiry_interval: u32,
+    /// Raise [`BrokerEvent::Subscribe`] and [`BrokerEvent::Publish`] for the driver to authorize;
+    /// off, the broker decides alone.
+    pub authorize: bool,
+    /// Prefix of the client identifiers assigned to clients that send an empty one.
+    pub assigned_client_id_prefix: String,
+}
+
+impl Default for BrokerOptions {
+    fn default() -> Self {
+        BrokerOptions {
+            session: SessionOptions::default(),
+            connack: ConnAckProperties::default(),
+            maximum_session_expiry_interval: u32::MAX,
+            authorize: false,
+            assigned_client_id_prefix: "mqttproto-".to_string(),
+        }
+    }
+}
+
+/// A decision the driver must make, or a connection to close.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BrokerEvent {
+    /// A client sent CONNECT: authenticate it, then [`Broker::acknowledge_connect`].
+    Connect {
+        /// The connection.
+        handle: ConnectionHandle,
+        /// The CONNECT (client id, credentials, will, properties).
+        connect: Box<Connect>,
+    },
+    /// A client sent AUTH: answer with [`Broker::send_auth`] or [`Broker::acknowledge_connect`].
+    Auth {
+        /// The connection.
+        handle: ConnectionHandle,
+        /// The AUTH.
+        auth: Auth,
+    },
+    /// With [`BrokerOptions::authorize`]: a SUBSCRIBE to authorize with
+    /// [`Broker::acknowledge_subscribe`].
+    Subscribe {
+        /// The connection.
+        handle: ConnectionHandle,
+        /// The client's identifier.
+        client_id: MqttString,
+        /// The SUBSCRIBE.
+        subscribe: Subscribe,
+    },
+    /// With [`BrokerOptions::authorize`]: a PUBLISH to authorize with
+    /// [`Broker::acknowledge_publish`].
+    Publish {
+        /// The connection.
+        handle: ConnectionHandle,
+        /// The client's identifier.
+        client_id: MqttString,
+        /// The PUBLISH, its topic alias resolved.
+        publish: Publish,
+    },
+    /// The connection is over: write out its last bytes, then close the socket. The handle is
+    /// invalid from now on.
+    Closed {
+        /// The connection.
+        handle: ConnectionHandle,
+        /// Why.
+        error: Error,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct SubData {
+    options: SubscriptionOptions,
+    id: Option<SubscriptionId>,
+}
+
+#[derive(Debug, Clone)]
+struct Retained {
+    publish: Publish,
+    expires_at: Option<Instant>,
+}
+
+type SessionId = u32;
+
+#[derive(Debug)]
+struct Conn {
+    generation: u32,
+    session: Session,
+    sid: Option<SessionId>,
+}
+
+#[derive(Debug)]
+struct Slot {
+    client_id: MqttString,
+    conn: Option<ConnectionHandle>,
+    offline: Option<SessionState>,
+    expiry_interval: u32,
+    expires_at: Option<Instant>,
+    will: Option<Will>,
+    will_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct Target {
+    qos: QoS,
+    ids: Vec<SubscriptionId>,
+    retain_as_published: bool,
+}
+
+/// The broker's state machine. See the [module documentation](self).
+#[derive(Debug)]
+pub struct Broker {
+    options: BrokerOptions,
+    conns: Vec<Option<Conn>>,
+    free_conns: Vec<u32>,
+    generation: u32,
+    slots: Vec<Option<Slot>>,
+    free_slots: Vec<SessionId>,
+    by_client_id: HashMap<MqttString, SessionId>,
+    index: SubscriptionIndex<SessionId, SubData>,
+    retained: RetainedStore<Retained>,
+    events: VecDeque<BrokerEvent>,
+    dirty: VecDeque<ConnectionHandle>,
+    /// Last bytes of connections that closed, to be written before their sockets close.
+    closing: VecDeque<(ConnectionHandle, Bytes)>,
+    assigned: u64,
+    scratch: HashMap<SessionId, Target>,
+}
+
+impl Broker {
+    /// A broker with no connections.
+    pub fn new(options: BrokerOptions) -> Broker {
+        Broker {
+            options,
+            conns: Vec::new(),
+            free_conns: Vec::new(),
+            generation: 0,
+            slots: Vec::new(),
+            free_slots: Vec::new(),
+            by_client_id: HashMap::new(),
+            index: SubscriptionIndex::new(),
+            retained: RetainedStore::new(),
+            events: VecDeque::new(),
+            dirty: VecDeque::new(),
+            closing: VecDeque::new(),
+            assigned: 0,
+            scratch: HashMap::new(),
+        }
+    }
+
+    // ---- getters ------------------------------------------------------------------------
+
+    /// The options.
+    pub fn options(&self) -> &BrokerOptions {
+        &self.options
+    }
+
+    /// Open connections.
+    pub fn connection_count(&self) -> usize {
+        self.conns.iter().filter(|c| c.is_some()).count()
+    }
+
+    /// Sessions, connected or not.
+    pub fn session_count(&self) -> usize {
+        self.by_client_id.len()
+    }
+
+    /// Subscriptions in the index.
+    pub fn subscription_count(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Retained messages.
+    pub fn retained_count(&self) -> usize {
+        self.retained.len()
+    }
+
+    /// The session of an open connection.
+    pub fn session(&self, handle: ConnectionHandle) -> Option<&Session> {
+        self.conn(handle).map(|c| &c.session)
+    }
+
+    /// Whether a session exists for this client identifier.
+    pub fn has_session(&self, client_id: &str) -> bool {
+        self.by_client_id.keys().any(|k| k == client_id)
+    }
+
+    /// Messages queued for a client's session (offline or beyond its Receive Maximum).
+    pub fn queued_for(&self, client_id: &str) -> Option<usize> {
+        let sid = self
+            .by_client_id
+            .iter()
+            .find(|(k, _)| *k == client_id)
+            .map(|(_, v)| *v)?;
+        let slot = self.slots.get(sid as usize)?.as_ref()?;
+        match (&slot.offline, slot.conn) {
+            (Some(state), _) => Some(state.queued()),
+            (None, Some(h)) => self.session(h).map(|s| s.state().queued()),
+            _ => None,
+        }
+    }
+
+    // ---- connections --------------------------------------------------------------------
+
+    /// A new network connection, waiting for CONNECT.
+    pub fn accept(&mut self, now: Instant) -> ConnectionHandle {
+        self.generation = self.generation.wrapping_add(1);
+        let conn = Conn {
+            generation: self.generation,
+            session: Session::new(now, self.options.session.clone()),
+            sid: None,
+        };
+        let index = match self.free_conns.pop() {
+            Some(i) => {
+                self.conns[i as usize] = Some(conn);
+                i
+            }
+            None => {
+                self.conns.push(Some(conn));
+                (self.conns.len() - 1) as u32
+            }
+        };
+        ConnectionHandle {
+            index,
+            generation: self.generation,
+        }
+    }
+
+    /// Feeds bytes received on a connection. A fatal error is returned (and the connection is
+    /// reported [`BrokerEvent::Closed`]); the DISCONNECT or CONNACK reporting it is in
+    /// [`poll_transmit`](Self::poll_transmit).
+    pub fn handle_bytes(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        data: &[u8],
+    ) -> Result<(), Error> {
+        let Some(conn) = self.conn_mut(handle) else {
+            return Err(Error::ConnectionClosed);
+        };
+        let result = conn.session.handle_bytes(now, data);
+        self.process(now, handle);
+        result
+    }
+
+    /// The connection's transport closed.
+    pub fn handle_close(&mut self, now: Instant, handle: ConnectionHandle) {
+        if let Some(conn) = self.conn_mut(handle) {
+            conn.session.handle_close(now);
+            self.process(now, handle);
+        }
+    }
+
+    /// Advances every timer: connect timeouts, keep alive, will delays, session expiry, message
+    /// expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for i in 0..self.conns.len() {
+            let Some(conn) = &mut self.conns[i] else {
+                continue;
+            };
+            if conn.session.poll_timeout().is_some_and(|t| t <= now) {
+                conn.session.handle_timeout(now);
+                let handle = ConnectionHandle {
+                    index: i as u32,
+                    generation: conn.generation,
+                };
+                self.process(now, handle);
+            }
+        }
+        for sid in 0..self.slots.len() as SessionId {
+            let Some(slot) = &mut self.slots[sid as usize] else {
+                continue;
+            };
+            if slot.will_at.is_some_and(|t| t <= now) {
+                slot.will_at = None;
+                if let Some(will) = slot.will.take() {
+                    self.publish_will(now, will);
+                }
+            }
+            let Some(slot) = &self.slots[sid as usize] else {
+                continue;
+            };
+            if slot.conn.is_none() && slot.expires_at.is_some_and(|t| t <= now) {
+                self.end_session(now, sid);
+            }
+        }
+        self.retained
+            .retain(|_, m| m.expires_at.is_none_or(|t| t > now));
+    }
+
+    /// Disconnects every client with `reason_code` (0x8B Server shutting down for a graceful
+    /// shutdown).
+    pub fn disconnect_all(&mut self, now: Instant, reason_code: ReasonCode) {
+        for i in 0..self.conns.len() {
+            let Some(conn) = &mut self.conns[i] else {
+                continue;
+            };
+            let handle = ConnectionHandle {
+                index: i as u32,
+                generation: conn.generation,
+            };
+            let _ = conn.session.disconnect(now, reason_code);
+            self.process(now, handle);
+        }
+    }
+
+    // ---- decisions ----------------------------------------------------------------------
+
+    /// Answers [`BrokerEvent::Connect`]. On success the broker applies Clean Start or resumes
+    /// the client's session [MQTT-3.1.2-4, MQTT-3.1.2-5], takes over a connection already using
+    /// the client id (DISCONNECT 0x8E) [MQTT-3.1.4-3], assigns a client id if needed
+    /// [MQTT-3.2.2-16], and sends CONNACK with [`BrokerOptions::connack`]. A failure code is
+    /// sent in CONNACK and the connection closes.
+    pub fn acknowledge_connect(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        reason_code: ReasonCode,
+    ) -> Result<(), StateError> {
+        let connect = self
+            .conn(handle)
+            .and_then(|c| c.session.connect_packet().cloned())
+            .ok_or(StateError::NotConnected)?;
+        let limits = &self.options.connack;
+        let mut reason_code = reason_code;
+        if let Some(will) = &connect.will {
+            if will.qos > limits.maximum_qos.unwrap_or(QoS::ExactlyOnce) {
+                reason_code = ReasonCode::QoSNotSupported; // [MQTT-3.2.2-12]
+            } else if will.retain && !limits.retain_available.unwrap_or(true) {
+                reason_code = ReasonCode::RetainNotSupported; // [MQTT-3.2.2-13]
+            }
+        }
+        if reason_code.is_error() {
+            let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+            conn.session.acknowledge_connect(
+                now,
+                reason_code,
+                false,
+                ConnAckProperties::default(),
+            )?;
+            self.process(now, handle);
+            return Ok(());
+        }
+        let mut props = self.options.connack.clone();
+        let client_id = if connect.client_id.is_empty() {
+            self.assigned += 1;
+            let id = format!(
+                "{}{}",
+                self.options.assigned_client_id_prefix, self.assigned
+            );
+            let id = MqttString::try_from(id).map_err(|_| StateError::NotConnected)?;
+            props.assigned_client_identifier = Some(id.clone());
+            id
+        } else {
+            connect.client_id.clone()
+        };
+        let requested = connect.properties.session_expiry_interval.unwrap_or(0);
+        let expiry = requested.min(self.options.maximum_session_expiry_interval);
+        if expiry != requested {
+            props.session_expiry_interval = Some(expiry);
+        }
+        // An existing session for this client id.
+        let mut resumed_state = None;
+        if let Some(&sid) = self.by_client_id.get(&client_id) {
+            let old_conn = self.slots[sid as usize].as_ref().and_then(|s| s.conn);
+            if let Some(old) = old_conn {
+                // Session takeover [MQTT-3.1.4-3]: the old connection's state moves here. Its
+                // will is published as for any closed connection (section 3.1.2.5): at once
+                // with a Will Delay of 0, or because the session ends with Clean Start;
+                // otherwise the new connection cancels it [MQTT-3.1.3-9].
+                let old_will = self.slots[sid as usize]
+                    .as_mut()
+                    .and_then(|s| s.will.take());
+                if let Some(will) = old_will {
+                    if will.properties.will_delay_interval.unwrap_or(0) == 0 || connect.clean_start
+                    {
+                        self.publish_will(now, will);
+                    }
+                }
+                if let Some(c) = self.conn_mut(old) {
+                    let _ = c.session.disconnect(now, ReasonCode::SessionTakenOver);
+                    let state = c.session.take_state();
+                    c.sid = None;
+                    if let Some(slot) = self.slots[sid as usize].as_mut() {
+                        slot.offline = Some(state);
+                        slot.conn = None;
+                    }
+                }
+                self.process(now, old);
+            }
+            if connect.clean_start {
+                self.end_session(now, sid);
+            } else if let Some(slot) = self.slots[sid as usize].as_mut() {
+                // Resume: a pending will is cancelled [MQTT-3.1.3-9].
+                slot.will_at = None;
+                slot.will = None;
+                resumed_state = slot.offline.take();
+                slot.conn = Some(handle);
+                slot.expires_at = None;
+                slot.expiry_interval = expiry;
+                slot.will = connect.will.clone();
+            }
+        }
+        let sid = match (self.by_client_id.get(&client_id), &resumed_state) {
+            (Some(&sid), Some(_)) => sid,
+            _ => {
+                let slot = Slot {
+                    client_id: client_id.clone(),
+                    conn: Some(handle),
+                    offline: None,
+                    expiry_interval: expiry,
+                    expires_at: None,
+                    will: connect.will.clone(),
+                    will_at: None,
+                };
+                let sid = match self.free_slots.pop() {
+                    Some(s) => {
+                        self.slots[s as usize] = Some(slot);
+                        s
+                    }
+                    None => {
+                        self.slots.push(Some(slot));
+                        (self.slots.len() - 1) as SessionId
+                    }
+                };
+                self.by_client_id.insert(client_id, sid);
+                sid
+            }
+        };
+        let session_present = resumed_state.is_some();
+        let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+        conn.sid = Some(sid);
+        if let Some(state) = resumed_state {
+            conn.session.restore_state(state);
+        }
+        conn.session
+            .acknowledge_connect(now, ReasonCode::Success, session_present, props)?;
+        self.process(now, handle);
+        Ok(())
+    }
+
+    /// Sends AUTH on a connection (enhanced authentication).
+    pub fn send_auth(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        reason_code: ReasonCode,
+        data: Option<Bytes>,
+    ) -> Result<(), StateError> {
+        let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+        conn.session.send_auth(now, reason_code, data)?;
+        self.mark(handle);
+        Ok(())
+    }
+
+    /// Answers [`BrokerEvent::Subscribe`] with the driver's verdict per filter (for example 0x87
+    /// Not authorized; any code below 0x80 means "allowed"). The broker then applies its own
+    /// limits and grants.
+    pub fn acknowledge_subscribe(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        subscribe: Subscribe,
+        verdicts: Vec<ReasonCode>,
+    ) -> Result<(), StateError> {
+        self.subscribe(now, handle, subscribe, Some(verdicts))
+    }
+
+    /// Answers [`BrokerEvent::Publish`]: a code below 0x80 routes the message; otherwise it is
+    /// refused with that code in PUBACK/PUBREC (QoS 0 messages are just dropped).
+    pub fn acknowledge_publish(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        publish: Publish,
+        verdict: ReasonCode,
+    ) -> Result<(), StateError> {
+        self.publish_from(now, handle, publish, verdict)
+    }
+
+    // ---- outputs ------------------------------------------------------------------------
+
+    /// Bytes to write to a connection. Call until `None` after every input.
+    pub fn poll_transmit(&mut self) -> Option<(ConnectionHandle, Bytes)> {
+        if let Some(last) = self.closing.pop_front() {
+            return Some(last);
+        }
+        while let Some(h) = self.dirty.pop_front() {
+            if let Some(conn) = self.conn_mut(h) {
+                if let Some(b) = conn.session.poll_transmit() {
+                    return Some((h, b));
+                }
+            }
+        }
+        None
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<BrokerEvent> {
+        self.events.pop_front()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) should be called next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let conns = self
+            .conns
+            .iter()
+            .flatten()
+            .filter_map(|c| c.session.poll_timeout());
+        let slots = self.slots.iter().flatten().flat_map(|s| {
+            let expiry = if s.conn.is_none() { s.expires_at } else { None };
+            [s.will_at, expiry]
+        });
+        conns.chain(slots.flatten()).min()
+    }
+
+    // ---- internals ----------------------------------------------------------------------
+
+    fn conn(&self, h: ConnectionHandle) -> Option<&Conn> {
+        self.conns
+            .get(h.index as usize)?
+            .as_ref()
+            .filter(|c| c.generation == h.generation)
+    }
+
+    fn conn_mut(&mut self, h: ConnectionHandle) -> Option<&mut Conn> {
+        self.conns
+            .get_mut(h.index as usize)?
+            .as_mut()
+            .filter(|c| c.generation == h.generation)
+    }
+
+    fn mark(&mut self, h: ConnectionHandle) {
+        self.dirty.push_back(h);
+    }
+
+    fn client_id_of(&self, h: ConnectionHandle) -> MqttString {
+        self.conn(h)
+            .and_then(|c| c.sid)
+            .and_then(|sid| self.slots.get(sid as usize)?.as_ref())
+            .map(|s| s.client_id.clone())
+            .unwrap_or_default()
+    }
+
+    /// Handles what a connection's session raised.
+    fn process(&mut self, now: Instant, handle: ConnectionHandle) {
+        self.mark(handle);
+        loop {
+            let Some(conn) = self.conn_mut(handle) else {
+                return;
+            };
+            let Some(event) = conn.session.poll_event() else {
+                return;
+            };
+            match event {
+                SessionEvent::Connect(connect) => self
+                    .events
+                    .push_back(BrokerEvent::Connect { handle, connect }),
+                SessionEvent::Auth(auth) => {
+                    self.events.push_back(BrokerEvent::Auth { handle, auth })
+                }
+                SessionEvent::Publish(publish) => {
+                    if self.options.authorize {
+                        let client_id = self.client_id_of(handle);
+                        self.events.push_back(BrokerEvent::Publish {
+                            handle,
+                            client_id,
+                            publish,
+                        });
+                    } else {
+                        let _ = self.publish_from(now, handle, publish, ReasonCode::Success);
+                    }
+                }
+                SessionEvent::Subscribe(subscribe) => {
+                    if self.options.authorize {
+                        let client_id = self.client_id_of(handle);
+                        self.events.push_back(BrokerEvent::Subscribe {
+                            handle,
+                            client_id,
+                            subscribe,
+                        });
+                    } else {
+                        let _ = self.subscribe(now, handle, subscribe, None);
+                    }
+                }
+                SessionEvent::Unsubscribe(u) => {
+                    let sid = self.conn(handle).and_then(|c| c.sid);
+                    let codes = u
+                        .filters
+                        .iter()
+                        .map(|f| match sid.and_then(|sid| self.index.remove(f, sid)) {
+                            Some(_) => ReasonCode::Success,
+                            None => ReasonCode::NoSubscriptionExisted,
+                        })
+                        .collect();
+                    if let Some(conn) = self.conn_mut(handle) {
+                        let _ = conn.session.acknowledge_unsubscribe(
+                            now,
+                            u.packet_id,
+                            codes,
+                            AckProperties::default(),
+                        );
+                    }
+                }
+                SessionEvent::Delivered { .. } => {}
+                SessionEvent::Disconnected { error, disconnect } => {
+                    self.on_closed(now, handle, error, disconnect);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn on_closed(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        error: Error,
+        disconnect: Option<crate::codec::Disconnect>,
+    ) {
+        let sid = self.conn(handle).and_then(|c| c.sid);
+        if let Some(sid) = sid {
+            let mut will_now = None;
+            let mut end = false;
+            if let Some(slot) = self.slots[sid as usize].as_mut() {
+                if slot.conn == Some(handle) {
+                    slot.conn = None;
+                    if let Some(d) = &disconnect {
+                        if d.reason_code == ReasonCode::Success {
+                            slot.will = None; // [MQTT-3.14.4-3]
+                        }
+                        if let Some(sei) = d.properties.session_expiry_interval {
+                            slot.expiry_interval =
+                                sei.min(self.options.maximum_session_expiry_interval);
+                        }
+                    }
+                    if let Some(will) = &slot.will {
+                        let delay = will.properties.will_delay_interval.unwrap_or(0);
+                        slot.will_at = Some(now + Duration::from_secs(u64::from(delay)));
+                    }
+                    if slot.expiry_interval == 0 {
+                        end = true;
+                    } else {
+                        slot.expires_at = (slot.expiry_interval != u32::MAX)
+                            .then(|| now + Duration::from_secs(u64::from(slot.expiry_interval)));
+                    }
+                    if slot.will_at.is_some_and(|t| t <= now) {
+                        slot.will_at = None;
+                        will_now = slot.will.take();
+                    }
+                }
+            }
+            if let Some(conn) = self.conn_mut(handle) {
+                let state = conn.session.take_state();
+                if let Some(slot) = self.slots[sid as usize].as_mut() {
+                    if slot.conn.is_none() && slot.offline.is_none() {
+                        slot.offline = Some(state);
+                    }
+                }
+            }
+            if let Some(will) = will_now {
+                self.publish_will(now, will);
+            }
+            if end {
+                self.end_session(now, sid);
+            }
+        }
+        self.events.push_back(BrokerEvent::Closed { handle, error });
+        // The connection slot is kept until its last bytes are taken: free it lazily.
+        if let Some(conn) = self.conn_mut(handle) {
+            conn.sid = None;
+        }
+        let pending = self
+            .conn_mut(handle)
+            .and_then(|c| c.session.poll_transmit());
+        if let Some(bytes) = pending {
+            self.closing.push_back((handle, bytes));
+        }
+        self.conns[handle.index as usize] = None;
+        self.free_conns.push(handle.index);
+    }
+
+    /// The session ends: its will (if still pending) is published [MQTT-3.1.2-8], its
+    /// subscriptions and state are dropped.
+    fn end_session(&mut self, now: Instant, sid: SessionId) {
+        let Some(slot) = self.slots[sid as usize].take() else {
+            return;
+        };
+        self.by_client_id.remove(&slot.client_id);
+        self.free_slots.push(sid);
+        let filters: Vec<_> = slot
+            .offline
+            .as_ref()
+            .map(|s| s.subscriptions().map(|(f, _, _)| f.clone()).collect())
+            .unwrap_or_default();
+        for f in filters {
+            self.index.remove(&f, sid);
+        }
+        if let Some(h) = slot.conn {
+            let filters: Vec<_> = self
+                .session(h)
+                .map(|s| {
+                    s.state()
+                        .subscriptions()
+                        .map(|(f, _, _)| f.clone())
+                        .collect()
+                })
+                .unwrap_or_default();
+            for f in filters {
+                self.index.remove(&f, sid);
+            }
+        }
+        if let (Some(will), true) = (slot.will, slot.will_at.is_some()) {
+            self.publish_will(now, will);
+        }
+    }
+
+    fn publish_will(&mut self, now: Instant, will: Will) {
+        let p = &will.properties;
+        let publish = Publish {
+            dup: false,
+            qos: will.qos,
+            retain: will.retain,
+            topic: will.topic,
+            packet_id: None,
+            payload: will.payload,
+            properties: crate::codec::PublishProperties {
+                payload_format_indicator: p.payload_format_indicator,
+                message_expiry_interval: p.message_expiry_interval,
+                topic_alias: None,
+                response_topic: p.response_topic.clone(),
+                correlation_data: p.correlation_data.clone(),
+                content_type: p.content_type.clone(),
+                user_properties: p.user_properties.clone(),
+                subscription_identifiers: Vec::new(),
+            },
+        };
+        self.route(now, None, publish);
+    }
+
+    fn publish_from(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        publish: Publish,
+        verdict: ReasonCode,
+    ) -> Result<(), StateError> {
+        let sid = self.conn(handle).and_then(|c| c.sid);
+        let packet_id = publish.packet_id;
+        let reason = if verdict.is_error() {
+            verdict
+        } else if self.route(now, sid, publish) {
+            ReasonCode::Success
+        } else {
+            ReasonCode::NoMatchingSubscribers
+        };
+        if let Some(id) = packet_id {
+            self.acknowledge(now, handle, id, reason)?;
+        }
+        Ok(())
+    }
+
+    fn acknowledge(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        id: PacketId,
+        reason: ReasonCode,
+    ) -> Result<(), StateError> {
+        let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+        conn.session.acknowledge_publish(now, id, reason)?;
+        self.mark(handle);
+        Ok(())
+    }
+
+    /// Routes an application message to every matching subscription; returns whether any
+    /// matched.
+    fn route(&mut self, now: Instant, from: Option<SessionId>, mut publish: Publish) -> bool {
+        publish.dup = false;
+        publish.packet_id = None;
+        publish.properties.topic_alias = None;
+        let expires_at = publish
+            .properties
+            .message_expiry_interval
+            .map(|s| now + Duration::from_secs(u64::from(s)));
+        if publish.retain {
+            if publish.payload.is_empty() {
+                self.retained.remove(&publish.topic); // [MQTT-3.3.1-6, MQTT-3.3.1-7]
+            } else {
+                self.retained.insert(
+                    publish.topic.clone(),
+                    Retained {
+                        publish: publish.clone(),
+                        expires_at,
+                    },
+                ); // [MQTT-3.3.1-5]
+            }
+        }
+        let mut targets = std::mem::take(&mut self.scratch);
+        {
+            let slots = &self.slots;
+            let conns = &self.conns;
+            let online = |sid: SessionId| {
+                slots
+                    .get(sid as usize)
+                    .and_then(|s| s.as_ref())
+                    .and_then(|s| s.conn)
+                    .is_some_and(|h| {
+                        conns
+                            .get(h.index as usize)
+                            .and_then(|c| c.as_ref())
+                            .is_some_and(|c| c.session.phase() == SessionPhase::Connected)
+                    })
+            };
+            self.index.matches(&publish.topic, |m| {
+                let (key, value) = match m {
+                    Match::Subscription { key, value } => {
+                        if value.options.no_local && Some(key) == from {
+                            return; // [MQTT-3.8.3-3]
+                        }
+                        (key, value)
+                    }
+                    Match::Shared(group) => {
+                        // One member per message, round robin, preferring connected ones.
+                        match group
+                            .next_member_where(|k, _| online(k))
+                            .or_else(|| group.next_member())
+                        {
+                            Some(m) => m,
+                            None => return,
+                        }
+                    }
+                };
+                let t = targets.entry(key).or_default();
+                t.qos = t.qos.max(value.options.qos);
+                t.retain_as_published |= value.options.retain_as_published;
+                if let Some(id) = value.id {
+                    t.ids.push(id);
+                }
+            });
+        }
+        let matched = !targets.is_empty();
+        for (sid, t) in targets.drain() {
+            let mut out = publish.clone();
+            out.qos = publish.qos.min(t.qos);
+            out.retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
+            out.properties.subscription_identifiers = t.ids;
+            self.deliver(now, sid, out, expires_at);
+        }
+        self.scratch = targets;
+        matched
+    }
+
+    fn deliver(
+        &mut self,
+        now: Instant,
+        sid: SessionId,
+        publish: Publish,
+        expires_at: Option<Instant>,
+    ) {
+        let max = self.options.session.max_queued_messages;
+        let Some(slot) = self.slots.get_mut(sid as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        let result = match (slot.conn, slot.offline.as_mut()) {
+            (Some(h), _) => {
+                let r = match self
+                    .conns
+                    .get_mut(h.index as usize)
+                    .and_then(|c| c.as_mut())
+                {
+                    Some(c) => c.session.publish(now, publish, expires_at),
+                    None => Ok(()),
+                };
+                self.dirty.push_back(h);
+                r
+            }
+            (None, Some(state)) => state.enqueue(publish, expires_at, max),
+            (None, None) => Ok(()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(target: "mqttproto::broker", error = %e, "message not queued for a session");
+        }
+    }
+
+    fn subscribe(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        subscribe: Subscribe,
+        verdicts: Option<Vec<ReasonCode>>,
+    ) -> Result<(), StateError> {
+        let sid = self
+            .conn(handle)
+            .and_then(|c| c.sid)
+            .ok_or(StateError::NotConnected)?;
+        let limits = &self.options.connack;
+        let max_qos = limits.maximum_qos.unwrap_or(QoS::ExactlyOnce);
+        let wildcards = limits.wildcard_subscription_available.unwrap_or(true);
+        let shared = limits.shared_subscription_available.unwrap_or(true);
+        let sub_ids = limits.subscription_identifiers_available.unwrap_or(true);
+        let id = subscribe.properties.subscription_identifier;
+        let mut codes = Vec::with_capacity(subscribe.subscriptions.len());
+        for (i, s) in subscribe.subscriptions.iter().enumerate() {
+            let verdict = verdicts
+                .as_ref()
+                .and_then(|v| v.get(i).copied())
+                .unwrap_or(ReasonCode::Success);
+            let code = if verdict.is_error() {
+                verdict
+            } else if id.is_some() && !sub_ids {
+                ReasonCode::SubscriptionIdentifiersNotSupported
+            } else if s.filter.has_wildcards() && !wildcards {
+                ReasonCode::WildcardSubscriptionsNotSupported
+            } else if s.filter.is_shared() && !shared {
+                ReasonCode::SharedSubscriptionsNotSupported
+            } else {
+                ReasonCode::granted(s.options.qos.min(max_qos))
+            };
+            codes.push(code);
+        }
+        let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+        conn.session.acknowledge_subscribe(
+            now,
+            subscribe.packet_id,
+            codes.clone(),
+            AckProperties::default(),
+        )?;
+        self.mark(handle);
+        for (s, code) in subscribe.subscriptions.iter().zip(codes) {
+            let granted = match code {
+                ReasonCode::Success => QoS::AtMostOnce,
+                ReasonCode::GrantedQoS1 => QoS::AtLeastOnce,
+                ReasonCode::GrantedQoS2 => QoS::ExactlyOnce,
+                _ => continue,
+            };
+            let mut options = s.options;
+            options.qos = granted;
+            let existed = self
+                .index
+                .insert(&s.filter, sid, SubData { options, id })
+                .is_some();
+            // Retained messages at subscribe time [MQTT-3.3.1-9, -10, -11]; none for shared
+            // subscriptions.
+            let send = !s.filter.is_shared()
+                && match options.retain_handling {
+                    RetainHandling::SendAtSubscribe => true,
+                    RetainHandling::SendIfNew => !existed,
+                    RetainHandling::DoNotSend => false,
+                };
+            if send {
+                let mut out = Vec::new();
+                self.retained.matching(&s.filter, |_, m| {
+                    if m.expires_at.is_none_or(|t| t > now) {
+                        out.push(m.clone());
+                    }
+                });
+                for m in out {
+                    let mut p = m.publish;
+                    p.qos = p.qos.min(granted);
+                    p.retain = true;
+                    p.properties.subscription_identifiers = id.into_iter().collect();
+                    self.deliver(now, sid, p, m.expires_at);
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,1073 @@
+//! Deterministic broker scenarios: several `Client`s talking to one `Broker` over in-memory
+//! pipes, on a fake clock. Every scenario runs with input fed whole, one byte at a time, and in
+//! pseudo-random splits. Each test names the statements it checks.
+#![allow(clippy::disallowed_methods)] // one Instant::now() as the fake clock's origin
+
+use std::collections::HashMap;
+use std::num::NonZeroU16;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use mqttproto_core::broker::{Broker, BrokerEvent, BrokerOptions, ConnectionHandle};
+use mqttproto_core::codec::*;
+use mqttproto_core::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Split {
+    Whole,
+    OneByte,
+    Random(u64),
+}
+
+const SPLITS: [Split; 3] = [Split::Whole, Split::OneByte, Split::Random(0xfeed)];
+
+struct Peer {
+    client: Client,
+    handle: Option<ConnectionHandle>,
+    events: Vec<ClientEvent>,
+}
+
+struct World {
+    now: Instant,
+    split: Split,
+    rng: u64,
+    broker: Broker,
+    peers: HashMap<&'static str, Peer>,
+    /// Connect decisions: client id → reason code (default Success).
+    refuse: HashMap<String, ReasonCode>,
+    /// With `authorize`: topics denied for publish and filters denied for subscribe.
+    deny: Vec<&'static str>,
+    closed: Vec<ConnectionHandle>,
+}
+
+impl World {
+    fn new(split: Split, options: BrokerOptions) -> World {
+        World {
+            now: Instant::now(),
+            split,
+            rng: match split {
+                Split::Random(s) => s,
+                _ => 1,
+            },
+            broker: Broker::new(options),
+            peers: HashMap::new(),
+            refuse: HashMap::new(),
+            deny: Vec::new(),
+            closed: Vec::new(),
+        }
+    }
+
+    fn chunks(&mut self, data: &[u8]) -> Vec<Vec<u8>> {
+        match self.split {
+            Split::Whole => vec![data.to_vec()],
+            Split::OneByte => data.iter().map(|b| vec![*b]).collect(),
+            Split::Random(_) => {
+                let mut out = Vec::new();
+                let mut i = 0;
+                while i < data.len() {
+                    self.rng ^= self.rng << 13;
+                    self.rng ^= self.rng >> 7;
+                    self.rng ^= self.rng << 17;
+                    let end = (i + 1 + (self.rng % 23) as usize).min(data.len());
+                    out.push(data[i..end].to_vec());
+                    i = end;
+                }
+                out
+            }
+        }
+    }
+
+    fn add(&mut self, name: &'static str, options: ClientOptions) {
+        self.peers.insert(
+            name,
+            Peer {
+                client: Client::new(options),
+                handle: None,
+                events: Vec::new(),
+            },
+        );
+    }
+
+    fn connect(&mut self, name: &'static str) {
+        let handle = self.broker.accept(self.now);
+        let peer = self.peers.get_mut(name).unwrap();
+        peer.handle = Some(handle);
+        peer.client.connect(self.now).unwrap();
+        self.pump();
+    }
+
+    fn client(&mut self, name: &'static str) -> &mut Client {
+        &mut self.peers.get_mut(name).unwrap().client
+    }
+
+    fn pump(&mut self) {
+        for _ in 0..10_000 {
+            let mut moved = false;
+            let names: Vec<_> = self.peers.keys().copied().collect();
+            for name in &names {
+                let Some(h) = self.peers[name].handle else {
+                    continue;
+                };
+                while let Some(b) = self.peers.get_mut(name).unwrap().client.poll_transmit() {
+                    moved = true;
+                    for c in self.chunks(&b) {
+                        if self.broker.handle_bytes(self.now, h, &c).is_err() {
+                            break;
+                        }
+                    }
+                }
+            }
+            moved |= self.flush_broker_output();
+            // Events after transmits: a connection's last bytes come before its Closed event.
+            while let Some(ev) = self.broker.poll_event() {
+                moved = true;
+                self.decide(ev);
+            }
+            for name in &names {
+                let p = self.peers.get_mut(name).unwrap();
+                while let Some(e) = p.client.poll_event() {
+                    moved = true;
+                    p.events.push(e);
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("pump did not settle");
+    }
+
+    /// Delivers everything the broker wrote; returns whether anything moved.
+    fn flush_broker_output(&mut self) -> bool {
+        let mut moved = false;
+        while let Some((h, b)) = self.broker.poll_transmit() {
+            moved = true;
+            let Some(name) = self
+                .peers
+                .iter()
+                .find(|(_, p)| p.handle == Some(h))
+                .map(|(n, _)| *n)
+            else {
+                continue;
+            };
+            for c in self.chunks(&b) {
+                let now = self.now;
+                if self
+                    .peers
+                    .get_mut(name)
+                    .unwrap()
+                    .client
+                    .handle_bytes(now, &c)
+                    .is_err()
+                {
+                    break;
+                }
+            }
+        }
+        moved
+    }
+
+    fn decide(&mut self, ev: BrokerEvent) {
+        match ev {
+            BrokerEvent::Connect { handle, connect } => {
+                let rc = self
+                    .refuse
+                    .get(connect.client_id.as_str())
+                    .copied()
+                    .unwrap_or(ReasonCode::Success);
+                self.broker
+                    .acknowledge_connect(self.now, handle, rc)
+                    .unwrap();
+            }
+            BrokerEvent::Subscribe {
+                handle, subscribe, ..
+            } => {
+                let verdicts = subscribe
+                    .subscriptions
+                    .iter()
+                    .map(|s| {
+                        if self.deny.contains(&s.filter.as_str()) {
+                            ReasonCode::NotAuthorized
+                        } else {
+                            ReasonCode::Success
+                        }
+                    })
+                    .collect();
+                self.broker
+                    .acknowledge_subscribe(self.now, handle, subscribe, verdicts)
+                    .unwrap();
+            }
+            BrokerEvent::Publish {
+                handle, publish, ..
+            } => {
+                let v = if self.deny.contains(&publish.topic.as_str()) {
+                    ReasonCode::NotAuthorized
+                } else {
+                    ReasonCode::Success
+                };
+                self.broker
+                    .acknowledge_publish(self.now, handle, publish, v)
+                    .unwrap();
+            }
+            BrokerEvent::Closed { handle, .. } => {
+                // As a driver does: write the connection's last bytes, then close it.
+                self.flush_broker_output();
+                self.closed.push(handle);
+                for p in self.peers.values_mut() {
+                    if p.handle == Some(handle) {
+                        p.handle = None;
+                        p.client.handle_close(self.now);
+                    }
+                }
+            }
+            BrokerEvent::Auth { .. } => {}
+        }
+    }
+
+    /// The client's transport breaks (both sides notice).
+    fn cut(&mut self, name: &'static str) {
+        let now = self.now;
+        let p = self.peers.get_mut(name).unwrap();
+        p.client.handle_close(now);
+        while p.client.poll_transmit().is_some() {}
+        if let Some(h) = p.handle.take() {
+            self.broker.handle_close(now, h);
+        }
+        self.pump();
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        let now = self.now;
+        for p in self.peers.values_mut() {
+            p.client.handle_timeout(now);
+        }
+        self.broker.handle_timeout(now);
+        self.pump();
+    }
+
+    fn subscribe(
+        &mut self,
+        name: &'static str,
+        filter: &str,
+        options: SubscriptionOptions,
+        id: Option<u32>,
+    ) {
+        let now = self.now;
+        let sub = Subscription {
+            filter: TopicFilter::try_from(filter).unwrap(),
+            options,
+        };
+        let props = SubscribeProperties {
+            subscription_identifier: id.and_then(SubscriptionId::new),
+            ..Default::default()
+        };
+        self.client(name).subscribe(now, vec![sub], props).unwrap();
+        self.pump();
+    }
+
+    fn publish(
+        &mut self,
+        name: &'static str,
+        topic: &str,
+        payload: &'static [u8],
+        qos: QoS,
+        retain: bool,
+    ) -> Option<PacketId> {
+        let now = self.now;
+        let mut p = Publish::new(
+            TopicName::try_from(topic).unwrap(),
+            Bytes::from_static(payload),
+        );
+        p.qos = qos;
+        p.retain = retain;
+        let id = self.client(name).publish(now, p).unwrap();
+        self.pump();
+        id
+    }
+
+    fn messages(&mut self, name: &'static str) -> Vec<Publish> {
+        let p = self.peers.get_mut(name).unwrap();
+        let mut out = Vec::new();
+        p.events.retain(|e| match e {
+            ClientEvent::Message(m) => {
+                out.push(m.clone());
+                false
+            }
+            _ => true,
+        });
+        out
+    }
+
+    fn events(&mut self, name: &'static str) -> Vec<ClientEvent> {
+        std::mem::take(&mut self.peers.get_mut(name).unwrap().events)
+    }
+}
+
+fn opts(id: &str) -> ClientOptions {
+    ClientOptions {
+        client_id: MqttString::try_from(id).unwrap(),
+        ..Default::default()
+    }
+}
+
+fn persistent(id: &str, expiry: u32) -> ClientOptions {
+    ClientOptions {
+        session_expiry_interval: expiry,
+        ..opts(id)
+    }
+}
+
+fn qos(q: QoS) -> SubscriptionOptions {
+    SubscriptionOptions::with_qos(q)
+}
+
+fn payloads(ms: &[Publish]) -> Vec<&[u8]> {
+    ms.iter().map(|m| &m.payload[..]).collect()
+}
+
+#[test]
+fn publish_subscribe_all_qos_levels_with_downgrade() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("sub", opts("sub"));
+        w.add("pub", opts("pub"));
+        w.connect("sub");
+        w.connect("pub");
+        w.subscribe("sub", "a/+", qos(QoS::AtLeastOnce), None);
+        w.publish("pub", "a/0", b"zero", QoS::AtMostOnce, false);
+        w.publish("pub", "a/1", b"one", QoS::AtLeastOnce, false);
+        w.publish("pub", "a/2", b"two", QoS::ExactlyOnce, false);
+        let ms = w.messages("sub");
+        assert_eq!(
+            payloads(&ms),
+            vec![&b"zero"[..], b"one", b"two"],
+            "{split:?}"
+        );
+        // Downgraded to the granted QoS 1 [MQTT-3.8.4-?].
+        assert_eq!(
+            ms.iter().map(|m| m.qos).collect::<Vec<_>>(),
+            vec![QoS::AtMostOnce, QoS::AtLeastOnce, QoS::AtLeastOnce]
+        );
+        // The publisher's QoS 1/2 flows completed with Success.
+        let done = w
+            .events("pub")
+            .into_iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    ClientEvent::PublishComplete {
+                        reason_code: ReasonCode::Success,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(done, 2);
+    }
+}
+
+#[test]
+fn no_matching_subscribers_is_0x10() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("pub", opts("pub"));
+    w.connect("pub");
+    w.publish("pub", "nobody", b"x", QoS::AtLeastOnce, false);
+    assert!(w.events("pub").iter().any(|e| matches!(
+        e,
+        ClientEvent::PublishComplete {
+            reason_code: ReasonCode::NoMatchingSubscribers,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn overlapping_subscriptions_one_message_max_qos_all_identifiers_mqtt_3_3_4_2_and_3_3_4_3() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("sub", opts("sub"));
+        w.connect("sub");
+        w.subscribe("sub", "x/#", qos(QoS::AtMostOnce), Some(1));
+        w.subscribe("sub", "x/+", qos(QoS::ExactlyOnce), Some(2));
+        w.add("pub", opts("pub"));
+        w.connect("pub");
+        w.publish("pub", "x/y", b"o", QoS::ExactlyOnce, false);
+        let ms = w.messages("sub");
+        assert_eq!(ms.len(), 1, "{split:?}");
+        assert_eq!(ms[0].qos, QoS::ExactlyOnce);
+        let mut ids: Vec<_> = ms[0]
+            .properties
+            .subscription_identifiers
+            .iter()
+            .map(|i| i.get())
+            .collect();
+        ids.sort();
+        assert_eq!(ids, vec![1, 2]);
+    }
+}
+
+#[test]
+fn dollar_topics_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("sub", opts("sub"));
+    w.add("pub", opts("pub"));
+    w.connect("sub");
+    w.connect("pub");
+    w.subscribe("sub", "#", qos(QoS::AtMostOnce), None);
+    w.subscribe("sub", "$SYS/#", qos(QoS::AtMostOnce), Some(5));
+    w.publish("pub", "$SYS/x", b"sys", QoS::AtMostOnce, false);
+    let ms = w.messages("sub");
+    assert_eq!(ms.len(), 1);
+    assert_eq!(
+        ms[0].properties.subscription_identifiers,
+        vec![SubscriptionId::new(5).unwrap()]
+    );
+}
+
+#[test]
+fn no_local_mqtt_3_8_3_3() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("a", opts("a"));
+    w.connect("a");
+    let mut o = qos(QoS::AtMostOnce);
+    o.no_local = true;
+    w.subscribe("a", "loop", o, None);
+    w.publish("a", "loop", b"mine", QoS::AtMostOnce, false);
+    assert!(w.messages("a").is_empty());
+    w.add("b", opts("b"));
+    w.connect("b");
+    w.publish("b", "loop", b"theirs", QoS::AtMostOnce, false);
+    assert_eq!(payloads(&w.messages("a")), vec![&b"theirs"[..]]);
+}
+
+#[test]
+fn retained_store_replace_delete_mqtt_3_3_1_5_to_3_3_1_7() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("pub", opts("pub"));
+        w.connect("pub");
+        w.publish("pub", "r/1", b"first", QoS::AtLeastOnce, true);
+        w.publish("pub", "r/1", b"second", QoS::AtLeastOnce, true);
+        w.publish("pub", "r/2", b"other", QoS::AtMostOnce, true);
+        w.publish("pub", "r/3", b"plain", QoS::AtMostOnce, false);
+        assert_eq!(w.broker.retained_count(), 2);
+        w.add("sub", opts("sub"));
+        w.connect("sub");
+        w.subscribe("sub", "r/+", qos(QoS::AtLeastOnce), None);
+        let mut got: Vec<_> = w
+            .messages("sub")
+            .iter()
+            .map(|m| (m.topic.as_str().to_string(), m.payload.clone(), m.retain))
+            .collect();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                ("r/1".into(), Bytes::from_static(b"second"), true),
+                ("r/2".into(), Bytes::from_static(b"other"), true)
+            ],
+            "{split:?}"
+        );
+        // An empty retained payload deletes [MQTT-3.3.1-6]; it is still delivered to current subscribers.
+        w.publish("pub", "r/1", b"", QoS::AtMostOnce, true);
+        assert_eq!(w.broker.retained_count(), 1);
+        assert_eq!(w.messages("sub").len(), 1);
+    }
+}
+
+#[test]
+fn retain_handling_matrix_mqtt_3_3_1_9_to_3_3_1_11() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("pub", opts("pub"));
+        w.connect("pub");
+        w.publish("pub", "rh", b"kept", QoS::AtMostOnce, true);
+        w.add("sub", opts("sub"));
+        w.connect("sub");
+        let with = |rh| SubscriptionOptions {
+            retain_handling: rh,
+            ..qos(QoS::AtMostOnce)
+        };
+        // 0: sent at every subscribe.
+        // (A different subscription identifier makes the client send the second SUBSCRIBE
+        // instead of only counting a reference.)
+        w.subscribe("sub", "rh", with(RetainHandling::SendAtSubscribe), Some(1));
+        w.subscribe("sub", "rh", with(RetainHandling::SendAtSubscribe), Some(2));
+        assert_eq!(w.messages("sub").len(), 2, "{split:?}");
+        // 1: only if the subscription is new.
+        w.subscribe("sub", "rh", with(RetainHandling::SendIfNew), None);
+        assert_eq!(w.messages("sub").len(), 0);
+        w.subscribe("sub", "+", with(RetainHandling::SendIfNew), None);
+        assert_eq!(w.messages("sub").len(), 1);
+        // 2: never.
+        w.subscribe("sub", "#", with(RetainHandling::DoNotSend), None);
+        assert_eq!(w.messages("sub").len(), 0);
+    }
+}
+
+#[test]
+fn retain_as_published_mqtt_3_3_1_12_and_3_3_1_13() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("s0", opts("s0"));
+    w.add("s1", opts("s1"));
+    w.add("pub", opts("pub"));
+    for n in ["s0", "s1", "pub"] {
+        w.connect(n);
+    }
+    w.subscribe("s0", "rap", qos(QoS::AtMostOnce), None);
+    w.subscribe(
+        "s1",
+        "rap",
+        SubscriptionOptions {
+            retain_as_published: true,
+            ..qos(QoS::AtMostOnce)
+        },
+        None,
+    );
+    w.publish("pub", "rap", b"r", QoS::AtMostOnce, true);
+    assert!(!w.messages("s0")[0].retain);
+    assert!(w.messages("s1")[0].retain);
+}
+
+#[test]
+fn retained_messages_expire() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("pub", opts("pub"));
+    w.connect("pub");
+    let now = w.now;
+    let mut p = Publish::new(TopicName::try_from("exp").unwrap(), &b"soon"[..]);
+    p.retain = true;
+    p.properties.message_expiry_interval = Some(5);
+    w.client("pub").publish(now, p).unwrap();
+    w.pump();
+    assert_eq!(w.broker.retained_count(), 1);
+    w.advance(Duration::from_secs(3));
+    w.add("early", opts("early"));
+    w.connect("early");
+    w.subscribe("early", "exp", qos(QoS::AtMostOnce), None);
+    let ms = w.messages("early");
+    assert_eq!(ms[0].properties.message_expiry_interval, Some(2));
+    w.advance(Duration::from_secs(3));
+    w.add("late", opts("late"));
+    w.connect("late");
+    w.subscribe("late", "exp", qos(QoS::AtMostOnce), None);
+    assert!(w.messages("late").is_empty());
+    assert_eq!(w.broker.retained_count(), 0);
+}
+
+#[test]
+fn shared_subscription_round_robin_and_redistribution() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        for n in ["m1", "m2", "m3", "pub"] {
+            w.add(n, opts(n));
+            w.connect(n);
+        }
+        for n in ["m1", "m2", "m3"] {
+            w.subscribe(n, "$share/g/jobs/#", qos(QoS::AtLeastOnce), None);
+        }
+        for _ in 0..6 {
+            w.publish("pub", "jobs/x", b"j", QoS::AtLeastOnce, false);
+        }
+        let counts: Vec<_> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|n| w.messages(n).len())
+            .collect();
+        assert_eq!(counts, vec![2, 2, 2], "{split:?}");
+        // A member leaves: the others share the work.
+        let now = w.now;
+        w.client("m2")
+            .unsubscribe(
+                now,
+                vec![TopicFilter::try_from("$share/g/jobs/#").unwrap()],
+                Default::default(),
+            )
+            .unwrap();
+        w.pump();
+        for _ in 0..4 {
+            w.publish("pub", "jobs/x", b"j", QoS::AtLeastOnce, false);
+        }
+        let counts: Vec<_> = ["m1", "m2", "m3"]
+            .iter()
+            .map(|n| w.messages(n).len())
+            .collect();
+        assert_eq!(counts, vec![2, 0, 2], "{split:?}");
+    }
+}
+
+#[test]
+fn session_takeover_mqtt_3_1_4_3() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("old", persistent("same", 60));
+        w.add(
+            "new",
+            ClientOptions {
+                clean_start: false,
+                ..persistent("same", 60)
+            },
+        );
+        w.connect("old");
+        w.subscribe("old", "t", qos(QoS::AtLeastOnce), None);
+        w.connect("new");
+        let evs = w.events("old");
+        assert!(
+            evs.iter().any(|e| matches!(
+                e,
+                ClientEvent::Disconnected {
+                    error: Error::ClosedByPeer(ReasonCode::SessionTakenOver),
+                    ..
+                }
+            )),
+            "{split:?} {evs:?}"
+        );
+        // The new connection resumed the session: Session Present, subscriptions kept.
+        assert!(w
+            .events("new")
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Connected(c) if c.session_present)));
+        w.add("pub", opts("pub"));
+        w.connect("pub");
+        w.publish("pub", "t", b"to-new", QoS::AtLeastOnce, false);
+        assert_eq!(payloads(&w.messages("new")), vec![&b"to-new"[..]]);
+        assert_eq!(w.broker.session_count(), 2);
+    }
+}
+
+#[test]
+fn clean_start_discards_the_session_mqtt_3_1_2_4_and_3_2_2_2() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("a", persistent("a", 60));
+    w.connect("a");
+    w.subscribe("a", "t", qos(QoS::AtLeastOnce), None);
+    w.cut("a");
+    w.add("a2", persistent("a", 60)); // clean_start = true
+    w.connect("a2");
+    assert!(w
+        .events("a2")
+        .iter()
+        .any(|e| matches!(e, ClientEvent::Connected(c) if !c.session_present)));
+    assert_eq!(w.broker.subscription_count(), 0);
+}
+
+#[test]
+fn offline_messages_are_queued_and_delivered_on_resume_mqtt_3_1_2_5_and_3_2_2_3() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("sub", persistent("sub", 300));
+        w.add("pub", opts("pub"));
+        w.connect("sub");
+        w.connect("pub");
+        w.subscribe("sub", "q/#", qos(QoS::ExactlyOnce), None);
+        w.cut("sub");
+        w.publish("pub", "q/1", b"while-away-1", QoS::AtLeastOnce, false);
+        w.publish("pub", "q/2", b"while-away-2", QoS::ExactlyOnce, false);
+        assert_eq!(w.broker.queued_for("sub"), Some(2));
+        w.connect("sub");
+        assert_eq!(
+            payloads(&w.messages("sub")),
+            vec![&b"while-away-1"[..], b"while-away-2"],
+            "{split:?}"
+        );
+        assert!(w
+            .events("sub")
+            .iter()
+            .any(|e| matches!(e, ClientEvent::Connected(c) if c.session_present)));
+    }
+}
+
+#[test]
+fn session_expiry_counts_from_the_close() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("s", persistent("s", 10));
+    w.connect("s");
+    w.subscribe("s", "t", qos(QoS::AtLeastOnce), None);
+    w.advance(Duration::from_secs(30)); // connected time does not count
+    w.cut("s");
+    assert!(w.broker.has_session("s"));
+    w.advance(Duration::from_secs(9));
+    assert!(w.broker.has_session("s"));
+    w.advance(Duration::from_secs(1));
+    assert!(!w.broker.has_session("s"));
+    assert_eq!(w.broker.subscription_count(), 0);
+}
+
+#[test]
+fn session_expiry_changed_at_disconnect() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("s", persistent("s", 100));
+    w.connect("s");
+    let now = w.now;
+    w.client("s")
+        .disconnect(now, ReasonCode::Success, Some(0))
+        .unwrap();
+    w.pump();
+    assert!(!w.broker.has_session("s"));
+}
+
+fn with_will(id: &str, delay: u32, expiry: u32) -> ClientOptions {
+    ClientOptions {
+        will: Some(Will {
+            topic: TopicName::try_from("wills/x").unwrap(),
+            payload: Bytes::from_static(b"gone"),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+            properties: WillProperties {
+                will_delay_interval: Some(delay),
+                ..Default::default()
+            },
+        }),
+        ..persistent(id, expiry)
+    }
+}
+
+fn watcher(w: &mut World) {
+    w.add("watch", opts("watch"));
+    w.connect("watch");
+    w.subscribe("watch", "wills/#", qos(QoS::AtLeastOnce), None);
+}
+
+#[test]
+fn will_on_abnormal_close_not_on_normal_disconnect_mqtt_3_1_2_8_and_3_14_4_3() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    watcher(&mut w);
+    w.add("a", with_will("a", 0, 0));
+    w.connect("a");
+    w.cut("a");
+    assert_eq!(payloads(&w.messages("watch")), vec![&b"gone"[..]]);
+    w.add("b", with_will("b", 0, 0));
+    w.connect("b");
+    let now = w.now;
+    w.client("b")
+        .disconnect(now, ReasonCode::Success, None)
+        .unwrap();
+    w.pump();
+    assert!(w.messages("watch").is_empty());
+    // DISCONNECT 0x04 asks for the will.
+    w.add("c", with_will("c", 0, 0));
+    w.connect("c");
+    w.client("c")
+        .disconnect(now, ReasonCode::DisconnectWithWillMessage, None)
+        .unwrap();
+    w.pump();
+    assert_eq!(w.messages("watch").len(), 1);
+}
+
+#[test]
+fn will_delay_cancelled_by_reconnect_mqtt_3_1_3_9() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        watcher(&mut w);
+        w.add(
+            "a",
+            ClientOptions {
+                clean_start: false,
+                ..with_will("a", 10, 300)
+            },
+        );
+        w.connect("a");
+        w.cut("a");
+        w.advance(Duration::from_secs(5));
+        w.connect("a");
+        w.advance(Duration::from_secs(20));
+        assert!(w.messages("watch").is_empty(), "{split:?}");
+    }
+}
+
+#[test]
+fn will_delay_fires() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    watcher(&mut w);
+    w.add("a", with_will("a", 10, 300));
+    w.connect("a");
+    w.cut("a");
+    w.advance(Duration::from_secs(9));
+    assert!(w.messages("watch").is_empty());
+    w.advance(Duration::from_secs(1));
+    assert_eq!(w.messages("watch").len(), 1);
+}
+
+#[test]
+fn will_sent_when_session_ends_before_delay_mqtt_3_1_2_8() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    watcher(&mut w);
+    w.add("a", with_will("a", 100, 5));
+    w.connect("a");
+    w.cut("a");
+    w.advance(Duration::from_secs(5));
+    assert_eq!(w.messages("watch").len(), 1);
+}
+
+#[test]
+fn assigned_client_identifier_mqtt_3_2_2_16() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("anon", ClientOptions::default());
+    w.connect("anon");
+    let id = w.client("anon").client_id().clone();
+    assert!(id.as_str().starts_with("mqttproto-"), "{id}");
+    assert!(w.broker.has_session(id.as_str()));
+}
+
+#[test]
+fn connect_refused_by_the_driver() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.refuse
+        .insert("bad".into(), ReasonCode::BadUserNameOrPassword);
+    w.add("bad", opts("bad"));
+    let h = w.broker.accept(w.now);
+    w.peers.get_mut("bad").unwrap().handle = Some(h);
+    let now = w.now;
+    w.client("bad").connect(now).unwrap();
+    w.pump();
+    assert!(w.events("bad").iter().any(|e| matches!(e, ClientEvent::Refused(c) if c.reason_code == ReasonCode::BadUserNameOrPassword)));
+    assert_eq!(w.closed, vec![h]);
+    assert_eq!(w.broker.session_count(), 0);
+}
+
+#[test]
+fn authorization_denials_in_suback_and_puback() {
+    let mut w = World::new(
+        Split::Whole,
+        BrokerOptions {
+            authorize: true,
+            ..Default::default()
+        },
+    );
+    w.deny = vec!["secret", "secret/#"];
+    w.add("c", opts("c"));
+    w.connect("c");
+    let now = w.now;
+    let subs = vec![
+        Subscription::new(TopicFilter::try_from("open/#").unwrap(), QoS::AtLeastOnce),
+        Subscription::new(TopicFilter::try_from("secret/#").unwrap(), QoS::AtLeastOnce),
+    ];
+    w.client("c")
+        .subscribe(now, subs, Default::default())
+        .unwrap();
+    w.pump();
+    assert!(w.events("c").iter().any(|e| matches!(e, ClientEvent::Subscribed { reason_codes, .. } if reason_codes == &vec![ReasonCode::GrantedQoS1, ReasonCode::NotAuthorized])));
+    w.publish("c", "secret", b"x", QoS::AtLeastOnce, false);
+    assert!(w.events("c").iter().any(|e| matches!(
+        e,
+        ClientEvent::PublishComplete {
+            reason_code: ReasonCode::NotAuthorized,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn server_limits_enforced_when_turned_off() {
+    let connack = ConnAckProperties {
+        maximum_qos: Some(QoS::AtLeastOnce),
+        retain_available: Some(false),
+        wildcard_subscription_available: Some(false),
+        subscription_identifiers_available: Some(false),
+        shared_subscription_available: Some(false),
+        ..Default::default()
+    };
+    let mut w = World::new(
+        Split::Whole,
+        BrokerOptions {
+            connack,
+            ..Default::default()
+        },
+    );
+    w.add("c", opts("c"));
+    w.connect("c");
+    assert_eq!(w.client("c").maximum_qos(), QoS::AtLeastOnce);
+    assert!(!w.client("c").retain_available());
+    let now = w.now;
+    // The client refuses locally what the server announced it does not support.
+    let sub = |f: &str| {
+        vec![Subscription::new(
+            TopicFilter::try_from(f).unwrap(),
+            QoS::AtMostOnce,
+        )]
+    };
+    assert!(matches!(
+        w.client("c").subscribe(now, sub("a/+"), Default::default()),
+        Err(StateError::NotSupportedByServer(_))
+    ));
+    assert!(matches!(
+        w.client("c")
+            .subscribe(now, sub("$share/g/a"), Default::default()),
+        Err(StateError::NotSupportedByServer(_))
+    ));
+    // A raw client that ignores the limits gets SUBACK codes 0xA2, 0x9E, QoS downgraded to 1,
+    // and DISCONNECT 0x9A for a retained PUBLISH.
+    let h = w.broker.accept(now);
+    let connect = Packet::Connect(Box::new(Connect {
+        client_id: MqttString::try_from("raw").unwrap(),
+        ..Default::default()
+    }));
+    w.broker
+        .handle_bytes(now, h, &connect.to_bytes(ProtocolVersion::V5).unwrap())
+        .unwrap();
+    while let Some(ev) = w.broker.poll_event() {
+        w.decide(ev);
+    }
+    let subscribe = Packet::Subscribe(Subscribe {
+        packet_id: PacketId::new(1).unwrap(),
+        properties: Default::default(),
+        subscriptions: vec![
+            Subscription::new(TopicFilter::try_from("w/#").unwrap(), QoS::AtMostOnce),
+            Subscription::new(
+                TopicFilter::try_from("$share/g/x").unwrap(),
+                QoS::AtMostOnce,
+            ),
+            Subscription::new(TopicFilter::try_from("plain").unwrap(), QoS::ExactlyOnce),
+        ],
+    });
+    w.broker
+        .handle_bytes(now, h, &subscribe.to_bytes(ProtocolVersion::V5).unwrap())
+        .unwrap();
+    let mut out = Vec::new();
+    while let Some((hh, b)) = w.broker.poll_transmit() {
+        if hh == h {
+            out.extend_from_slice(&b);
+        }
+    }
+    let mut buf = bytes::BytesMut::from(&out[..]);
+    let mut suback = None;
+    while let Some(p) = decode(&mut buf, ProtocolVersion::V5, u32::MAX).unwrap() {
+        if let Packet::SubAck(s) = p {
+            suback = Some(s);
+        }
+    }
+    assert_eq!(
+        suback.unwrap().reason_codes,
+        vec![
+            ReasonCode::WildcardSubscriptionsNotSupported,
+            ReasonCode::SharedSubscriptionsNotSupported,
+            ReasonCode::GrantedQoS1
+        ]
+    );
+    let mut p = Publish::new(TopicName::try_from("plain").unwrap(), &b"r"[..]);
+    p.retain = true;
+    let e = w
+        .broker
+        .handle_bytes(
+            now,
+            h,
+            &Packet::Publish(p).to_bytes(ProtocolVersion::V5).unwrap(),
+        )
+        .unwrap_err();
+    assert_eq!(e.reason_code(), Some(ReasonCode::RetainNotSupported));
+}
+
+#[test]
+fn receive_maximum_backpressure_towards_a_slow_subscriber() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add(
+            "slow",
+            ClientOptions {
+                receive_maximum: NonZeroU16::new(2).unwrap(),
+                manual_acks: true,
+                ..opts("slow")
+            },
+        );
+        w.add("pub", opts("pub"));
+        w.connect("slow");
+        w.connect("pub");
+        w.subscribe("slow", "rm", qos(QoS::AtLeastOnce), None);
+        for _ in 0..5 {
+            w.publish("pub", "rm", b"m", QoS::AtLeastOnce, false);
+        }
+        let first = w.messages("slow");
+        assert_eq!(first.len(), 2, "{split:?}");
+        assert_eq!(w.broker.queued_for("slow"), Some(3));
+        let now = w.now;
+        for m in &first {
+            w.client("slow")
+                .acknowledge(now, m.packet_id.unwrap(), ReasonCode::Success)
+                .unwrap();
+        }
+        w.pump();
+        assert_eq!(w.messages("slow").len(), 2);
+        assert_eq!(w.broker.queued_for("slow"), Some(1));
+    }
+}
+
+#[test]
+fn qos2_exactly_once_through_the_broker_across_subscriber_reconnect() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add(
+            "sub",
+            ClientOptions {
+                clean_start: false,
+                manual_acks: true,
+                ..persistent("sub", 300)
+            },
+        );
+        w.add("pub", opts("pub"));
+        w.connect("sub");
+        w.connect("pub");
+        w.subscribe("sub", "e", qos(QoS::ExactlyOnce), None);
+        w.publish("pub", "e", b"once", QoS::ExactlyOnce, false);
+        let got = w.messages("sub");
+        assert_eq!(got.len(), 1);
+        // Acknowledge (PUBREC), then lose the connection before PUBREL arrives.
+        let now = w.now;
+        w.client("sub")
+            .acknowledge(now, got[0].packet_id.unwrap(), ReasonCode::Success)
+            .unwrap();
+        let pubrec = w.client("sub").poll_transmit().unwrap();
+        let h = w.peers["sub"].handle.unwrap();
+        w.broker.handle_bytes(now, h, &pubrec).unwrap();
+        while w.broker.poll_transmit().is_some() {}
+        w.cut("sub");
+        w.connect("sub");
+        // The broker resends PUBREL; the client answers from its remembered QoS 2 state.
+        assert!(w.messages("sub").is_empty(), "{split:?}");
+        assert_eq!(
+            w.broker
+                .session(w.peers["sub"].handle.unwrap())
+                .unwrap()
+                .inflight(),
+            0
+        );
+    }
+}
+
+#[test]
+fn keep_alive_timeout_on_the_broker_publishes_the_will() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    watcher(&mut w);
+    w.add(
+        "a",
+        ClientOptions {
+            keep_alive: 10,
+            ..with_will("a", 0, 0)
+        },
+    );
+    w.connect("a");
+    // The client goes silent (its timers are not driven): 1.5 × 10 s later the broker closes.
+    w.now += Duration::from_secs(15);
+    let now = w.now;
+    w.broker.handle_timeout(now);
+    w.pump();
+    assert_eq!(w.messages("watch").len(), 1);
+    assert!(w.peers["a"].handle.is_none());
+}
+
+#[test]
+fn graceful_shutdown_disconnects_with_0x8b() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("a", opts("a"));
+    w.connect("a");
+    let now = w.now;
+    w.broker.disconnect_all(now, ReasonCode::ServerShuttingDown);
+    w.pump();
+    assert!(w.events("a").iter().any(|e| matches!(
+        e,
+        ClientEvent::Disconnected {
+            error: Error::ClosedByPeer(ReasonCode::ServerShuttingDown),
+            ..
+        }
+    )));
+    assert_eq!(w.broker.connection_count(), 0);
+}
