@@ -318,6 +318,11 @@ impl Client {
         self.subscriptions.get(filter).map_or(0, |e| e.refs)
     }
 
+    /// The reason code the server granted an active subscription filter, once its SUBACK came.
+    pub fn subscription_granted(&self, filter: &TopicFilter) -> Option<ReasonCode> {
+        self.subscriptions.get(filter).and_then(|e| e.granted)
+    }
+
     /// The fatal error that stopped the current connection, if any.
     pub fn error(&self) -> Option<&Error> {
         self.wire.error.as_ref()
@@ -778,10 +783,19 @@ impl Client {
         self.state = ClientState::Disconnected;
         self.connect_deadline = None;
         self.ping_deadline = None;
-        // Subscribe/unsubscribe requests without an answer are void on a new connection.
-        for (id, _) in self.pending_subscribe.drain() {
+        // Subscribe/unsubscribe requests without an answer are void on a new connection: the
+        // references they added are taken back, so that subscribing again sends a SUBSCRIBE.
+        for (id, filters) in self.pending_subscribe.drain() {
             if let Some(id) = PacketId::new(id) {
                 self.outbound.release(id);
+            }
+            for f in filters {
+                if let Some(e) = self.subscriptions.get_mut(&f) {
+                    e.refs = e.refs.saturating_sub(1);
+                    if e.refs == 0 || e.granted.is_none() {
+                        self.subscriptions.remove(&f);
+                    }
+                }
             }
         }
         for (id, _) in self.pending_unsubscribe.drain() {

@@ -1,0 +1,972 @@
+//! The async MQTT 5 client.
+//!
+//! A background task owns the connection and the core [`proto::Client`] state machine; a
+//! [`Client`] is a cheap, cloneable handle to it.
+//!
+//! ```no_run
+//! use mqttproto::tokio::Client;
+//! use mqttproto::proto::QoS;
+//!
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! let client = Client::builder("mqtt://127.0.0.1:1883")?.client_id("demo").build();
+//! let mut sub = client.subscribe("sensors/+", QoS::AtLeastOnce).await?;
+//! let reason = client.publish("sensors/1", "21.5", QoS::AtLeastOnce).await?;
+//! println!("broker answered {reason}");
+//! if let Some(msg) = sub.recv().await {
+//!     println!("{}: {:?}", msg.topic, msg.payload);
+//! }
+//! client.disconnect().await?;
+//! # Ok(()) }
+//! ```
+//!
+//! # Guarantees
+//!
+//! * **Subscriptions survive reconnects.** With a persistent session the broker keeps them; when
+//!   it answers `session_present = false`, the client subscribes again by itself and reports
+//!   [`ConnectionEvent::SessionLost`].
+//! * **Knowing when a publish was acknowledged.** [`Client::publish`] resolves with the broker's
+//!   reason code from PUBACK (QoS 1) or PUBCOMP (QoS 2), or once written (QoS 0). QoS 1/2
+//!   messages in flight when the connection drops are resent after the reconnect, with DUP.
+//! * **No deadlock from a message handler.** Commands travel over an unbounded channel to the
+//!   task, which never waits for the application: publishing from inside the loop that reads a
+//!   [`Subscription`] is safe.
+//! * **Back-pressure, not loss.** Each subscription has a bounded buffer; while one is full the
+//!   task stops reading from the socket (TCP pushes back on the broker) but keeps serving
+//!   commands.
+//!
+//! # Cancel safety
+//!
+//! * [`Client::publish`], [`Client::publish_message`]: the message is handed to the client task
+//!   when the method is *called*, not when the returned future is first polled. Dropping the
+//!   future only discards the outcome; the message is still delivered per its QoS.
+//! * [`Client::subscribe`]: the SUBSCRIBE is sent when called; dropping the future before it
+//!   resolves unsubscribes again once the SUBACK arrives.
+//! * [`Subscription::recv`]: cancel safe; a message is never lost by dropping the future.
+//! * [`Client::disconnect`]: the DISCONNECT is requested when called.
+
+use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::time::Instant;
+
+use crate::proto::codec::{
+    Publish, SubscribeProperties, Subscription as SubscriptionRequest, Will,
+};
+use crate::proto::{
+    self, ClientEvent, ClientOptions, ClientState, MqttString, PacketId, QoS, ReasonCode,
+    StateError, TopicFilter, TopicName, UserProperty,
+};
+use crate::transport::{self, Target, TransportError};
+
+/// An application message received from the broker.
+pub type Message = Publish;
+
+const TRACE: &str = "mqttproto::client";
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The request is invalid for the connection (QoS above the server's maximum, retain not
+    /// available, packet too large, …).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A topic name or filter is invalid.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] proto::TopicError),
+    /// The offline queue is full (see [`ClientBuilder::offline_queue`]).
+    #[error("offline queue full")]
+    QueueFull,
+    /// The client stopped: [`Client::disconnect`] was called, or reconnecting is off and the
+    /// connection ended.
+    #[error("client closed")]
+    Closed,
+}
+
+/// A change in the connection.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// Connected (again).
+    Connected {
+        /// Whether the broker resumed the session.
+        session_present: bool,
+    },
+    /// The broker had lost the session after a reconnect; the client subscribed again and resent
+    /// unacknowledged messages.
+    SessionLost,
+    /// The connection ended or could not be made.
+    Disconnected {
+        /// Why, in words.
+        reason: String,
+        /// The broker's reason code, if it sent DISCONNECT or refused in CONNACK.
+        reason_code: Option<ReasonCode>,
+    },
+}
+
+/// Reconnection policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconnect {
+    /// Do not reconnect: when the connection ends, the client closes.
+    Off,
+    /// Reconnect after `initial`, doubling up to `max`, each delay drawn at random between half
+    /// and all of it (jitter).
+    Backoff {
+        /// First delay.
+        initial: Duration,
+        /// Largest delay.
+        max: Duration,
+    },
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect::Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reconnect {
+    fn delay(&self, attempt: u32, rng: &mut u64) -> Option<Duration> {
+        match self {
+            Reconnect::Off => None,
+            Reconnect::Backoff { initial, max } => {
+                let base = initial.saturating_mul(1u32 << attempt.min(16)).min(*max);
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                let half = base / 2;
+                let extra = half.mul_f64((*rng % 10_000) as f64 / 10_000.0);
+                Some(half + extra)
+            }
+        }
+    }
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    target: Target,
+    options: ClientOptions,
+    reconnect: Reconnect,
+    offline_queue: usize,
+    subscription_capacity: usize,
+}
+
+impl ClientBuilder {
+    /// Where to connect and the default options.
+    pub fn new(target: Target) -> ClientBuilder {
+        ClientBuilder {
+            target,
+            options: ClientOptions {
+                // Bounds the QoS 1/2 messages that can wait for a slow consumer.
+                receive_maximum: std::num::NonZeroU16::new(1024)
+                    .unwrap_or(std::num::NonZeroU16::MIN),
+                ..ClientOptions::default()
+            },
+            reconnect: Reconnect::default(),
+            offline_queue: 10_000,
+            subscription_capacity: 1024,
+        }
+    }
+
+    /// Client identifier (empty: the broker assigns one, which is then reused on reconnects).
+    pub fn client_id(mut self, id: &str) -> Self {
+        self.options.client_id = MqttString::try_from(id).unwrap_or_default();
+        self
+    }
+
+    /// User name and password.
+    pub fn credentials(mut self, username: &str, password: impl Into<Bytes>) -> Self {
+        self.options.username = MqttString::try_from(username).ok();
+        self.options.password = Some(password.into());
+        self
+    }
+
+    /// Clean Start on the first connection (reconnects always resume).
+    pub fn clean_start(mut self, clean: bool) -> Self {
+        self.options.clean_start = clean;
+        self
+    }
+
+    /// Session Expiry Interval in seconds.
+    pub fn session_expiry(mut self, seconds: u32) -> Self {
+        self.options.session_expiry_interval = seconds;
+        self
+    }
+
+    /// Keep Alive.
+    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
+        self.options.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+        self
+    }
+
+    /// The Will Message.
+    pub fn will(mut self, will: Will) -> Self {
+        self.options.will = Some(will);
+        self
+    }
+
+    /// Receive Maximum (how many QoS 1/2 messages the broker may send before we acknowledge).
+    pub fn receive_maximum(mut self, n: u16) -> Self {
+        if let Some(n) = std::num::NonZeroU16::new(n) {
+            self.options.receive_maximum = n;
+        }
+        self
+    }
+
+    /// Maximum Packet Size we accept.
+    pub fn maximum_packet_size(mut self, n: u32) -> Self {
+        self.options.maximum_packet_size = std::num::NonZeroU32::new(n);
+        self
+    }
+
+    /// Topic Alias Maximum we accept.
+    pub fn topic_alias_maximum(mut self, n: u16) -> Self {
+        self.options.topic_alias_maximum = n;
+        self
+    }
+
+    /// Use topic aliases for outbound messages.
+    pub fn outbound_topic_aliases(mut self, on: bool) -> Self {
+        self.options.outbound_topic_aliases = on;
+        self
+    }
+
+    /// User Properties of CONNECT.
+    pub fn user_property(mut self, name: &str, value: &str) -> Self {
+        if let (Ok(n), Ok(v)) = (MqttString::try_from(name), MqttString::try_from(value)) {
+            self.options.user_properties.push(UserProperty::new(n, v));
+        }
+        self
+    }
+
+    /// The reconnection policy.
+    pub fn reconnect(mut self, policy: Reconnect) -> Self {
+        self.reconnect = policy;
+        self
+    }
+
+    /// How many publishes may wait while disconnected. When full, [`Client::publish`] fails
+    /// with [`ClientError::QueueFull`]; nothing already queued is dropped.
+    pub fn offline_queue(mut self, n: usize) -> Self {
+        self.offline_queue = n;
+        self
+    }
+
+    /// How many messages each [`Subscription`] buffers before the client stops reading from the
+    /// socket.
+    pub fn subscription_capacity(mut self, n: usize) -> Self {
+        self.subscription_capacity = n.max(1);
+        self
+    }
+
+    /// All core options at once (advanced).
+    pub fn options(mut self, options: ClientOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Starts the client task (on the current tokio runtime) and returns its handle. The
+    /// connection is made in the background; see [`Client::events`].
+    pub fn build(self) -> Client {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(64);
+        let mut options = self.options;
+        // Inbound QoS 1/2 messages are acknowledged once they are in their subscriptions'
+        // buffers: the broker's window (our Receive Maximum) then bounds what waits in memory.
+        options.manual_acks = true;
+        let task = Task {
+            core: proto::Client::new(options),
+            target: self.target,
+            reconnect: self.reconnect,
+            offline_cap: self.offline_queue,
+            rx,
+            events: events.clone(),
+            pending_pub: HashMap::new(),
+            written: Vec::new(),
+            deferred: VecDeque::new(),
+            pending_sub: HashMap::new(),
+            subs: HashMap::new(),
+            backlog: VecDeque::new(),
+            dropped_qos0: 0,
+            backlog_limit: self.subscription_capacity.saturating_mul(4).max(64),
+            unacked: Vec::new(),
+            closing: None,
+            rng: 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64),
+        };
+        tokio::spawn(task.run());
+        Client {
+            inner: Arc::new(Inner {
+                tx,
+                events,
+                sub_capacity: self.subscription_capacity,
+            }),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct Inner {
+    tx: mpsc::UnboundedSender<Command>,
+    events: broadcast::Sender<ConnectionEvent>,
+    sub_capacity: usize,
+}
+
+/// A handle to the client task. Cheap to clone; the task stops when every handle and every
+/// [`Subscription`] is dropped (sending DISCONNECT first), or at [`Client::disconnect`].
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+type Reply<T> = oneshot::Sender<Result<T, ClientError>>;
+
+enum Command {
+    Publish(Publish, Option<Reply<ReasonCode>>),
+    Subscribe(
+        Vec<SubscriptionRequest>,
+        SubscribeProperties,
+        u64,
+        mpsc::Sender<Message>,
+        Reply<Vec<ReasonCode>>,
+    ),
+    Unsubscribe(u64),
+    Disconnect(Reply<()>),
+}
+
+/// The outcome of a request, resolved by the client task.
+pub struct Pending<T> {
+    rx: oneshot::Receiver<Result<T, ClientError>>,
+}
+
+impl<T> Future for Pending<T> {
+    type Output = Result<T, ClientError>;
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(ClientError::Closed)))
+    }
+}
+
+impl Client {
+    /// A builder for a client of the broker at `url` (`mqtt://host:port`, `host:port`,
+    /// `unix:///path`).
+    pub fn builder(url: &str) -> Result<ClientBuilder, TransportError> {
+        Ok(ClientBuilder::new(Target::parse(url)?))
+    }
+
+    /// Connection events (connected, session lost, disconnected). Each receiver sees the
+    /// events sent after it subscribed.
+    pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        self.inner.events.subscribe()
+    }
+
+    /// Publishes `payload` on `topic`. Resolves with the broker's reason code (PUBACK for QoS 1,
+    /// PUBCOMP for QoS 2; `Success` once written for QoS 0).
+    pub fn publish(&self, topic: &str, payload: impl Into<Bytes>, qos: QoS) -> Pending<ReasonCode> {
+        match TopicName::try_from(topic) {
+            Ok(t) => {
+                let mut p = Publish::new(t, payload.into());
+                p.qos = qos;
+                self.publish_message(p)
+            }
+            Err(e) => failed(ClientError::Topic(e)),
+        }
+    }
+
+    /// Publishes a message with every field and property under the caller's control.
+    pub fn publish_message(&self, publish: Publish) -> Pending<ReasonCode> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .tx
+            .send(Command::Publish(publish, Some(tx)))
+            .is_err()
+        {
+            return failed(ClientError::Closed);
+        }
+        Pending { rx }
+    }
+
+    /// Hands a message to the client task without waiting for anything; the outcome is not
+    /// reported. Fails only if the client is closed.
+    pub fn try_publish(&self, publish: Publish) -> Result<(), ClientError> {
+        self.inner
+            .tx
+            .send(Command::Publish(publish, None))
+            .map_err(|_| ClientError::Closed)
+    }
+
+    /// Subscribes to `filter` with default options. The returned [`Subscription`] yields the
+    /// messages matching it, and unsubscribes when dropped. Several subscriptions to the same
+    /// filter share one SUBSCRIBE and one UNSUBSCRIBE on the wire.
+    pub async fn subscribe(&self, filter: &str, qos: QoS) -> Result<Subscription, ClientError> {
+        let f = TopicFilter::try_from(filter)?;
+        self.subscribe_with(
+            vec![SubscriptionRequest::new(f, qos)],
+            SubscribeProperties::default(),
+        )
+        .await
+    }
+
+    /// Subscribes to several filters with full options and properties.
+    pub async fn subscribe_with(
+        &self,
+        filters: Vec<SubscriptionRequest>,
+        properties: SubscribeProperties,
+    ) -> Result<Subscription, ClientError> {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let id = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (msg_tx, msg_rx) = mpsc::channel(self.inner.sub_capacity);
+        let (tx, rx) = oneshot::channel();
+        let mut sub = Subscription {
+            id,
+            rx: msg_rx,
+            granted: Vec::new(),
+            filters: filters.iter().map(|s| s.filter.clone()).collect(),
+            tx: self.inner.tx.clone(),
+        };
+        self.inner
+            .tx
+            .send(Command::Subscribe(filters, properties, id, msg_tx, tx))
+            .map_err(|_| ClientError::Closed)?;
+        sub.granted = Pending { rx }.await?;
+        Ok(sub)
+    }
+
+    /// Sends DISCONNECT (normal disconnection), closes the connection and stops the task.
+    /// Messages not yet acknowledged are abandoned (their futures fail with
+    /// [`ClientError::Closed`]).
+    pub async fn disconnect(&self) -> Result<(), ClientError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Disconnect(tx))
+            .map_err(|_| ClientError::Closed)?;
+        Pending { rx }.await
+    }
+}
+
+fn failed<T>(e: ClientError) -> Pending<T> {
+    let (tx, rx) = oneshot::channel();
+    let _ = tx.send(Err(e));
+    Pending { rx }
+}
+
+/// The messages of one subscription. Unsubscribes when dropped.
+pub struct Subscription {
+    id: u64,
+    rx: mpsc::Receiver<Message>,
+    granted: Vec<ReasonCode>,
+    filters: Vec<TopicFilter>,
+    tx: mpsc::UnboundedSender<Command>,
+}
+
+impl std::fmt::Debug for Subscription {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Subscription")
+            .field("filters", &self.filters)
+            .field("granted", &self.granted)
+            .finish()
+    }
+}
+
+impl Subscription {
+    /// The next message; `None` once the client is closed. Cancel safe.
+    pub async fn recv(&mut self) -> Option<Message> {
+        self.rx.recv().await
+    }
+
+    /// The reason codes of the SUBACK, one per filter (the granted QoS, or an error).
+    pub fn granted(&self) -> &[ReasonCode] {
+        &self.granted
+    }
+
+    /// The filters.
+    pub fn filters(&self) -> &[TopicFilter] {
+        &self.filters
+    }
+}
+
+impl futures_core::Stream for Subscription {
+    type Item = Message;
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Message>> {
+        self.rx.poll_recv(cx)
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let _ = self.tx.send(Command::Unsubscribe(self.id));
+    }
+}
+
+type PendingSubscribe = (
+    u64,
+    Vec<SubscriptionRequest>,
+    SubscribeProperties,
+    Reply<Vec<ReasonCode>>,
+);
+
+struct SubEntry {
+    filters: Vec<TopicFilter>,
+    tx: mpsc::Sender<Message>,
+}
+
+/// Why a connection ended, for the reconnect loop.
+enum Outcome {
+    /// Reconnect (per policy).
+    Lost,
+    /// Stop the task.
+    Stop,
+}
+
+struct Task {
+    core: proto::Client,
+    target: Target,
+    reconnect: Reconnect,
+    offline_cap: usize,
+    rx: mpsc::UnboundedReceiver<Command>,
+    events: broadcast::Sender<ConnectionEvent>,
+    /// QoS 1/2 publishes awaiting PUBACK/PUBCOMP, by packet id.
+    pending_pub: HashMap<PacketId, Reply<ReasonCode>>,
+    /// QoS 0 publishes to resolve once written.
+    written: Vec<Reply<ReasonCode>>,
+    /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
+    deferred: VecDeque<Command>,
+    pending_sub: HashMap<PacketId, PendingSubscribe>,
+    subs: HashMap<u64, SubEntry>,
+    /// Messages waiting for room in a full subscription buffer, in order, with the
+    /// subscriptions they still have to reach.
+    backlog: VecDeque<(Message, Vec<u64>)>,
+    /// QoS 0 messages dropped because the backlog was full.
+    dropped_qos0: u64,
+    backlog_limit: usize,
+    /// Inbound QoS 1/2 messages delivered while disconnected: acknowledged after reconnecting.
+    unacked: Vec<PacketId>,
+    closing: Option<Reply<()>>,
+    rng: u64,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Task {
+    async fn run(mut self) {
+        let mut attempt = 0u32;
+        loop {
+            match transport::connect(&self.target).await {
+                Ok(stream) => {
+                    tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
+                    let (outcome, connected) = self.serve(stream).await;
+                    if connected {
+                        attempt = 0;
+                    }
+                    if let Outcome::Stop = outcome {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    tracing::debug!(target: TRACE, error = %e, "connect failed");
+                    let _ = self.events.send(ConnectionEvent::Disconnected {
+                        reason: e.to_string(),
+                        reason_code: None,
+                    });
+                }
+            }
+            if self.closing.is_some() {
+                break;
+            }
+            let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
+                break;
+            };
+            attempt = attempt.saturating_add(1);
+            if !self.wait(delay).await {
+                break;
+            }
+        }
+        self.fail_all();
+        if let Some(reply) = self.closing.take() {
+            let _ = reply.send(Ok(()));
+        }
+    }
+
+    /// Waits out a reconnect delay while taking commands. Returns false to stop.
+    async fn wait(&mut self, delay: Duration) -> bool {
+        let deadline = Instant::now() + delay;
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return true,
+                cmd = self.rx.recv() => match cmd {
+                    None => return false,
+                    Some(Command::Disconnect(reply)) => {
+                        self.closing = Some(reply);
+                        return false;
+                    }
+                    Some(cmd) => self.defer(cmd),
+                },
+            }
+        }
+    }
+
+    fn defer(&mut self, cmd: Command) {
+        match cmd {
+            Command::Publish(p, reply) => {
+                let queued = self
+                    .deferred
+                    .iter()
+                    .filter(|c| matches!(c, Command::Publish(..)))
+                    .count();
+                if queued >= self.offline_cap {
+                    if let Some(r) = reply {
+                        let _ = r.send(Err(ClientError::QueueFull));
+                    }
+                } else {
+                    self.deferred.push_back(Command::Publish(p, reply));
+                }
+            }
+            Command::Unsubscribe(id) => {
+                // Not subscribed on the wire yet: just forget it.
+                if self.subs.remove(&id).is_some() {
+                    self.deferred.push_back(Command::Unsubscribe(id));
+                } else {
+                    self.deferred.retain(
+                        |c| !matches!(c, Command::Subscribe(_, _, sid, _, _) if *sid == id),
+                    );
+                }
+            }
+            other => self.deferred.push_back(other),
+        }
+    }
+
+    /// Runs one network connection. Returns how it ended and whether CONNACK accepted it.
+    async fn serve(&mut self, stream: transport::BoxStream) -> (Outcome, bool) {
+        let (mut rd, mut wr) = tokio::io::split(stream);
+        let mut connected = false;
+        if let Err(e) = self.core.connect(now()) {
+            tracing::debug!(target: TRACE, error = %e, "connect refused locally");
+            return (Outcome::Lost, false);
+        }
+        let mut buf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            // Events first: answering them (replaying deferred commands, …) may queue output.
+            connected |= self.dispatch();
+            if self.flush(&mut wr).await.is_err() {
+                self.core.handle_close(now());
+                connected |= self.dispatch();
+            }
+            if self.core.state() == ClientState::Disconnected {
+                let _ = wr.shutdown().await;
+                return match &self.closing {
+                    Some(_) => (Outcome::Stop, connected),
+                    None => (Outcome::Lost, connected),
+                };
+            }
+            let deadline = self.core.poll_timeout().map(Instant::from_std);
+            let blocked = self.blocked_sender();
+            tokio::select! {
+                r = rd.read_buf(&mut buf) => {
+                    match r {
+                        Ok(0) | Err(_) => self.core.handle_close(now()),
+                        Ok(_) => {
+                            if let Err(e) = self.core.handle_bytes(now(), &buf) {
+                                tracing::debug!(target: TRACE, error = %e, "connection failed");
+                            }
+                            buf.clear();
+                        }
+                    }
+                }
+                cmd = self.rx.recv() => match cmd {
+                    Some(cmd) => self.command(cmd),
+                    None => {
+                        // Every handle is gone: leave cleanly.
+                        let _ = self.core.disconnect(now(), ReasonCode::Success, None);
+                        let _ = self.flush(&mut wr).await;
+                        let _ = wr.shutdown().await;
+                        return (Outcome::Stop, connected);
+                    }
+                },
+                _ = sleep_until_opt(deadline) => self.core.handle_timeout(now()),
+                _ = reserve(blocked) => self.drain_backlog(),
+            }
+        }
+    }
+
+    async fn flush(&mut self, wr: &mut (impl AsyncWriteExt + Unpin)) -> std::io::Result<()> {
+        let mut wrote = false;
+        while let Some(bytes) = self.core.poll_transmit() {
+            wr.write_all(&bytes).await?;
+            wrote = true;
+        }
+        if wrote {
+            wr.flush().await?;
+        }
+        for reply in self.written.drain(..) {
+            let _ = reply.send(Ok(ReasonCode::Success));
+        }
+        Ok(())
+    }
+
+    fn command(&mut self, cmd: Command) {
+        if self.core.state() != ClientState::Connected {
+            match cmd {
+                Command::Disconnect(reply) => self.disconnect(reply),
+                other => self.defer(other),
+            }
+            return;
+        }
+        match cmd {
+            Command::Publish(p, reply) => {
+                let qos = p.qos;
+                match self.core.publish(now(), p) {
+                    Ok(Some(id)) => {
+                        if let Some(r) = reply {
+                            self.pending_pub.insert(id, r);
+                        }
+                    }
+                    Ok(None) => {
+                        if let Some(r) = reply {
+                            debug_assert_eq!(qos, QoS::AtMostOnce);
+                            self.written.push(r);
+                        }
+                    }
+                    Err(e) => {
+                        if let Some(r) = reply {
+                            let _ = r.send(Err(e.into()));
+                        }
+                    }
+                }
+            }
+            Command::Subscribe(filters, props, id, tx, reply) => {
+                let names = filters.iter().map(|s| s.filter.clone()).collect::<Vec<_>>();
+                match self.core.subscribe(now(), filters.clone(), props.clone()) {
+                    Ok(packet) => {
+                        self.subs.insert(
+                            id,
+                            SubEntry {
+                                filters: names.clone(),
+                                tx,
+                            },
+                        );
+                        match packet {
+                            Some(pid) => {
+                                self.pending_sub.insert(pid, (id, filters, props, reply));
+                            }
+                            None => {
+                                let codes = names
+                                    .iter()
+                                    .map(|f| {
+                                        self.core
+                                            .subscription_granted(f)
+                                            .unwrap_or(ReasonCode::Success)
+                                    })
+                                    .collect();
+                                let _ = reply.send(Ok(codes));
+                            }
+                        }
+                    }
+                    Err(e) => {
+                        let _ = reply.send(Err(e.into()));
+                    }
+                }
+            }
+            Command::Unsubscribe(id) => {
+                if let Some(entry) = self.subs.remove(&id) {
+                    let _ = self
+                        .core
+                        .unsubscribe(now(), entry.filters, Default::default());
+                }
+            }
+            Command::Disconnect(reply) => self.disconnect(reply),
+        }
+    }
+
+    fn disconnect(&mut self, reply: Reply<()>) {
+        if self.core.state() != ClientState::Disconnected {
+            let _ = self.core.disconnect(now(), ReasonCode::Success, None);
+        }
+        self.closing = Some(reply);
+    }
+
+    /// Handles core events; returns whether the connection was accepted.
+    fn dispatch(&mut self) -> bool {
+        let mut connected = false;
+        while let Some(ev) = self.core.poll_event() {
+            match ev {
+                ClientEvent::Connected(connack) => {
+                    connected = true;
+                    tracing::info!(target: TRACE, session_present = connack.session_present, "connected");
+                    let _ = self.events.send(ConnectionEvent::Connected {
+                        session_present: connack.session_present,
+                    });
+                    for id in std::mem::take(&mut self.unacked) {
+                        // QoS 2 state survives the reconnect; QoS 1 messages are resent by the
+                        // broker and acknowledged again, so an unknown id is fine.
+                        let _ = self.core.acknowledge(now(), id, ReasonCode::Success);
+                    }
+                    for cmd in std::mem::take(&mut self.deferred) {
+                        self.command(cmd);
+                    }
+                }
+                ClientEvent::SessionLost => {
+                    tracing::info!(target: TRACE, "session lost; resubscribed");
+                    let _ = self.events.send(ConnectionEvent::SessionLost);
+                }
+                ClientEvent::Refused(connack) => {
+                    let _ = self.events.send(ConnectionEvent::Disconnected {
+                        reason: format!("connection refused: {}", connack.reason_code),
+                        reason_code: Some(connack.reason_code),
+                    });
+                }
+                ClientEvent::Message(m) => self.deliver(m),
+                ClientEvent::PublishComplete {
+                    packet_id,
+                    reason_code,
+                    ..
+                } => {
+                    if let Some(r) = self.pending_pub.remove(&packet_id) {
+                        let _ = r.send(Ok(reason_code));
+                    }
+                }
+                ClientEvent::Subscribed {
+                    packet_id,
+                    reason_codes,
+                    ..
+                } => {
+                    if let Some((_, _, _, r)) = self.pending_sub.remove(&packet_id) {
+                        let _ = r.send(Ok(reason_codes));
+                    }
+                }
+                ClientEvent::Unsubscribed { .. } | ClientEvent::Auth(_) => {}
+                ClientEvent::Disconnected { error, disconnect } => {
+                    tracing::info!(target: TRACE, %error, "disconnected");
+                    // A SUBSCRIBE without SUBACK is void: send it again on the next connection.
+                    let pending: Vec<_> = self.pending_sub.drain().map(|(_, v)| v).collect();
+                    for (id, filters, props, reply) in pending.into_iter().rev() {
+                        if let Some(entry) = self.subs.remove(&id) {
+                            self.deferred.push_front(Command::Subscribe(
+                                filters, props, id, entry.tx, reply,
+                            ));
+                        }
+                    }
+                    let _ = self.events.send(ConnectionEvent::Disconnected {
+                        reason: error.to_string(),
+                        reason_code: disconnect.map(|d| d.reason_code),
+                    });
+                }
+            }
+        }
+        connected
+    }
+
+    fn deliver(&mut self, msg: Message) {
+        let mut targets = self
+            .subs
+            .iter()
+            .filter(|(_, s)| s.filters.iter().any(|f| f.matches(&msg.topic)))
+            .map(|(id, _)| *id)
+            .collect::<Vec<_>>();
+        targets.sort_unstable();
+        if msg.qos == QoS::AtMostOnce && self.backlog.len() >= self.backlog_limit {
+            // A consumer this far behind loses QoS 0 messages (at most once), never QoS 1/2,
+            // which the broker's window bounds.
+            self.dropped_qos0 += 1;
+            tracing::warn!(target: TRACE, dropped = self.dropped_qos0, "subscription buffers full: QoS 0 message dropped");
+            return;
+        }
+        self.backlog.push_back((msg, targets));
+        self.drain_backlog();
+    }
+
+    /// The sender of the full subscription the oldest waiting message is stuck on.
+    fn blocked_sender(&self) -> Option<mpsc::Sender<Message>> {
+        let (_, targets) = self.backlog.front()?;
+        targets
+            .iter()
+            .find_map(|id| self.subs.get(id))
+            .map(|s| s.tx.clone())
+    }
+
+    /// Moves waiting messages into their subscriptions' buffers, in order, until one is full;
+    /// a message is acknowledged once it reached every subscription it matches.
+    fn drain_backlog(&mut self) {
+        while let Some((msg, targets)) = self.backlog.front_mut() {
+            while let Some(&id) = targets.first() {
+                let Some(entry) = self.subs.get(&id) else {
+                    targets.remove(0);
+                    continue;
+                };
+                match entry.tx.try_send(msg.clone()) {
+                    Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => {
+                        targets.remove(0);
+                    }
+                    Err(mpsc::error::TrySendError::Full(_)) => return,
+                }
+            }
+            if let Some((msg, _)) = self.backlog.pop_front() {
+                if let Some(id) = msg.packet_id {
+                    if self
+                        .core
+                        .acknowledge(now(), id, ReasonCode::Success)
+                        .is_err()
+                    {
+                        self.unacked.push(id);
+                    }
+                }
+            }
+        }
+    }
+
+    fn fail_all(&mut self) {
+        for (_, r) in self.pending_pub.drain() {
+            let _ = r.send(Err(ClientError::Closed));
+        }
+        for (_, (_, _, _, r)) in self.pending_sub.drain() {
+            let _ = r.send(Err(ClientError::Closed));
+        }
+        for cmd in self.deferred.drain(..) {
+            match cmd {
+                Command::Publish(_, Some(r)) => {
+                    let _ = r.send(Err(ClientError::Closed));
+                }
+                Command::Subscribe(_, _, _, _, r) => {
+                    let _ = r.send(Err(ClientError::Closed));
+                }
+                Command::Disconnect(r) => {
+                    let _ = r.send(Ok(()));
+                }
+                _ => {}
+            }
+        }
+        self.subs.clear();
+    }
+}
+
+async fn sleep_until_opt(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits until `tx` has room (the permit is released at once: the message is sent by
+/// `drain_backlog`, which is the only sender, so the room stays).
+async fn reserve(tx: Option<mpsc::Sender<Message>>) {
+    match tx {
+        Some(tx) => {
+            let _ = tx.reserve().await;
+        }
+        None => std::future::pending().await,
+    }
+}
