@@ -1,0 +1,188 @@
+//! Fault injection: publisher and subscriber both reach Mosquitto through a proxy that cuts
+//! their connections at random byte counts (mid-packet included) and at intervals. 20,000
+//! numbered messages go through persistent sessions: none may be lost at QoS 1; none lost and
+//! none duplicated at QoS 2.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::Mosquitto;
+use mqttproto::proto::QoS;
+use mqttproto::tokio::client::Reconnect;
+use mqttproto::tokio::Client;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::{timeout, Instant};
+
+const MESSAGES: usize = 20_000;
+
+/// A proxy that forwards each connection until a random number of bytes (both directions
+/// together) or a random time has passed, then cuts it.
+struct FaultyProxy {
+    addr: SocketAddr,
+    cuts: Arc<AtomicU64>,
+}
+
+fn xorshift(s: &mut u64) -> u64 {
+    *s ^= *s << 13;
+    *s ^= *s >> 7;
+    *s ^= *s << 17;
+    *s
+}
+
+async fn pump(mut r: OwnedReadHalf, mut w: OwnedWriteHalf, budget: Arc<AtomicU64>) {
+    let mut buf = vec![0u8; 8192];
+    loop {
+        let n = match r.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        let left = budget.load(Ordering::Relaxed);
+        let take = (n as u64).min(left) as usize;
+        budget.fetch_sub(take as u64, Ordering::Relaxed);
+        // The cut may fall in the middle of a packet: only what the budget allows goes through.
+        if w.write_all(&buf[..take]).await.is_err() || take < n {
+            return;
+        }
+    }
+}
+
+impl FaultyProxy {
+    async fn start(upstream: SocketAddr, seed: u64) -> FaultyProxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cuts = Arc::new(AtomicU64::new(0));
+        let counter = cuts.clone();
+        tokio::spawn(async move {
+            let mut rng = seed;
+            while let Ok((down, _)) = listener.accept().await {
+                let budget = Arc::new(AtomicU64::new(1 + xorshift(&mut rng) % 60_000));
+                let lifetime = Duration::from_millis(50 + xorshift(&mut rng) % 400);
+                let counter = counter.clone();
+                tokio::spawn(async move {
+                    let Ok(up) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let _ = down.set_nodelay(true);
+                    let _ = up.set_nodelay(true);
+                    let (dr, dw) = down.into_split();
+                    let (ur, uw) = up.into_split();
+                    tokio::select! {
+                        _ = pump(dr, uw, budget.clone()) => {}
+                        _ = pump(ur, dw, budget) => {}
+                        _ = tokio::time::sleep(lifetime) => {}
+                    }
+                    counter.fetch_add(1, Ordering::Relaxed);
+                });
+            }
+        });
+        FaultyProxy { addr, cuts }
+    }
+}
+
+async fn run(qos: QoS, seed: u64) {
+    let Some(m) = Mosquitto::start("max_queued_messages 0\nmax_inflight_messages 50") else {
+        return;
+    };
+    let upstream: SocketAddr = format!("127.0.0.1:{}", m.port).parse().unwrap();
+    let sub_proxy = FaultyProxy::start(upstream, seed).await;
+    let pub_proxy = FaultyProxy::start(upstream, seed.wrapping_mul(31).wrapping_add(7)).await;
+    let fast = Reconnect::Backoff {
+        initial: Duration::from_millis(5),
+        max: Duration::from_millis(50),
+    };
+    let tag = format!("{qos:?}-{seed}");
+    let sub_client = Client::builder(&format!("mqtt://{}", sub_proxy.addr))
+        .unwrap()
+        .client_id(&format!("faults-sub-{tag}"))
+        .session_expiry(3600)
+        .reconnect(fast.clone())
+        .build();
+    let mut sub = loop {
+        // The first SUBSCRIBE may itself be cut; retry until it lands.
+        match timeout(
+            Duration::from_secs(5),
+            sub_client.subscribe("faults/#", qos),
+        )
+        .await
+        {
+            Ok(Ok(s)) => break s,
+            _ => continue,
+        }
+    };
+    let pub_client = Client::builder(&format!("mqtt://{}", pub_proxy.addr))
+        .unwrap()
+        .client_id(&format!("faults-pub-{tag}"))
+        .session_expiry(3600)
+        .offline_queue(MESSAGES)
+        .reconnect(fast)
+        .build();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let publisher = {
+        let c = pub_client.clone();
+        tokio::spawn(async move {
+            let outcomes: Vec<_> = (0..MESSAGES)
+                .map(|i| c.publish("faults/n", format!("{i}"), qos))
+                .collect();
+            let mut failed = 0;
+            for o in outcomes {
+                match o.await {
+                    Ok(rc) if !rc.is_error() => {}
+                    _ => failed += 1,
+                }
+            }
+            failed
+        })
+    };
+    let mut seen = vec![0u32; MESSAGES];
+    let mut distinct = 0;
+    while distinct < MESSAGES {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = timeout(left, sub.recv())
+            .await
+            .unwrap_or_else(|_| panic!("{qos:?}: only {distinct} of {MESSAGES} arrived in time"))
+            .expect("subscription open");
+        let i: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
+        if seen[i] == 0 {
+            distinct += 1;
+        }
+        seen[i] += 1;
+    }
+    let failed = timeout(
+        deadline.saturating_duration_since(Instant::now()),
+        publisher,
+    )
+    .await
+    .expect("publishes complete in time")
+    .unwrap();
+    assert_eq!(failed, 0, "publishes that failed");
+    // Late duplicates would show up now.
+    while let Ok(Some(msg)) = timeout(Duration::from_millis(300), sub.recv()).await {
+        let i: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
+        seen[i] += 1;
+    }
+    let duplicates: u32 = seen.iter().map(|&n| n.saturating_sub(1)).sum();
+    let cuts = sub_proxy.cuts.load(Ordering::Relaxed) + pub_proxy.cuts.load(Ordering::Relaxed);
+    eprintln!("{qos:?}: {MESSAGES} messages, {cuts} connections cut, {duplicates} duplicates");
+    assert!(cuts >= 10, "the proxy should have cut connections ({cuts})");
+    if qos == QoS::ExactlyOnce {
+        assert_eq!(duplicates, 0, "QoS 2 must not duplicate");
+    }
+    let _ = timeout(Duration::from_secs(5), pub_client.disconnect()).await;
+    let _ = timeout(Duration::from_secs(5), sub_client.disconnect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_none_lost_through_random_cuts() {
+    run(QoS::AtLeastOnce, 0x1234_5678).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_none_lost_none_duplicated_through_random_cuts() {
+    run(QoS::ExactlyOnce, 0x0bad_cafe).await;
+}
