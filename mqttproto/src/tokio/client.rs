@@ -63,7 +63,7 @@ use crate::proto::{
     self, ClientEvent, ClientOptions, ClientState, MqttString, PacketId, QoS, ReasonCode,
     StateError, TopicFilter, TopicName, UserProperty,
 };
-use crate::transport::{self, Target, TransportError};
+use crate::transport::{self, Target, TransportError, TransportOptions};
 
 /// An application message received from the broker.
 pub type Message = Publish;
@@ -156,6 +156,7 @@ impl Reconnect {
 #[derive(Debug, Clone)]
 pub struct ClientBuilder {
     target: Target,
+    transport: TransportOptions,
     options: ClientOptions,
     reconnect: Reconnect,
     offline_queue: usize,
@@ -167,6 +168,7 @@ impl ClientBuilder {
     pub fn new(target: Target) -> ClientBuilder {
         ClientBuilder {
             target,
+            transport: TransportOptions::default(),
             options: ClientOptions {
                 // Bounds the QoS 1/2 messages that can wait for a slow consumer.
                 receive_maximum: std::num::NonZeroU16::new(1024)
@@ -177,6 +179,13 @@ impl ClientBuilder {
             offline_queue: 10_000,
             subscription_capacity: 1024,
         }
+    }
+
+    /// TLS settings for `mqtts://` and `wss://` (custom CA, client certificate, server name).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, tls: crate::transport::TlsOptions) -> Self {
+        self.transport.tls = tls;
+        self
     }
 
     /// Client identifier (empty: the broker assigns one, which is then reused on reconnects).
@@ -288,6 +297,7 @@ impl ClientBuilder {
         let task = Task {
             core: proto::Client::new(options),
             target: self.target,
+            transport: self.transport,
             reconnect: self.reconnect,
             offline_cap: self.offline_queue,
             rx,
@@ -534,6 +544,7 @@ enum Outcome {
 struct Task {
     core: proto::Client,
     target: Target,
+    transport: TransportOptions,
     reconnect: Reconnect,
     offline_cap: usize,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -566,7 +577,7 @@ impl Task {
     async fn run(mut self) {
         let mut attempt = 0u32;
         loop {
-            match transport::connect(&self.target).await {
+            match transport::connect(&self.target, &self.transport).await {
                 Ok(stream) => {
                     tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
                     let (outcome, connected) = self.serve(stream).await;

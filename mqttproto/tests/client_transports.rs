@@ -1,0 +1,310 @@
+//! The async client over every transport: TLS against Mosquitto (a test CA generated with rcgen
+//! at test time, a listener that requires client certificates, a bare IP as server name), a
+//! password-protected listener, WebSocket (through an in-test WebSocket-to-TCP bridge, since
+//! Debian's Mosquitto is built without WebSocket support), and Unix sockets.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::Mosquitto;
+use mqttproto::proto::QoS;
+use mqttproto::proto::ReasonCode;
+use mqttproto::tokio::client::{ConnectionEvent, Reconnect};
+use mqttproto::tokio::Client;
+use mqttproto::transport::{TlsOptions, WsStream};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
+use tokio::time::timeout;
+
+const WAIT: Duration = Duration::from_secs(10);
+
+struct Pki {
+    dir: PathBuf,
+}
+
+impl Pki {
+    /// A CA, a server certificate for 127.0.0.1 and localhost, and a client certificate.
+    fn generate(name: &str) -> Pki {
+        let dir = std::env::temp_dir().join(format!("mqttproto-pki-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca.distinguished_name
+            .push(DnType::CommonName, "mqttproto test CA");
+        let ca_key = KeyPair::generate().unwrap();
+        let ca_cert = ca.self_signed(&ca_key).unwrap();
+        let issuer = Issuer::new(ca, ca_key);
+        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        server
+            .subject_alt_names
+            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
+        server
+            .distinguished_name
+            .push(DnType::CommonName, "localhost");
+        let server_key = KeyPair::generate().unwrap();
+        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
+        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
+        client
+            .distinguished_name
+            .push(DnType::CommonName, "client-1");
+        let client_key = KeyPair::generate().unwrap();
+        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
+        for (file, text) in [
+            ("ca.pem", ca_cert.pem()),
+            ("server.pem", server_cert.pem()),
+            ("server.key", server_key.serialize_pem()),
+            ("client.pem", client_cert.pem()),
+            ("client.key", client_key.serialize_pem()),
+        ] {
+            std::fs::write(dir.join(file), text).unwrap();
+        }
+        Pki { dir }
+    }
+
+    fn path(&self, f: &str) -> PathBuf {
+        self.dir.join(f)
+    }
+
+    fn mosquitto_tls(&self, require_cert: bool) -> String {
+        format!(
+            "cafile {}\ncertfile {}\nkeyfile {}\nrequire_certificate {}\n",
+            self.path("ca.pem").display(),
+            self.path("server.pem").display(),
+            self.path("server.key").display(),
+            require_cert
+        )
+    }
+
+    fn tls(&self, client_cert: bool) -> TlsOptions {
+        TlsOptions {
+            system_roots: false,
+            ca_file: Some(self.path("ca.pem")),
+            client_cert_file: client_cert.then(|| self.path("client.pem")),
+            client_key_file: client_cert.then(|| self.path("client.key")),
+            server_name: None,
+        }
+    }
+}
+
+impl Drop for Pki {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Round trip through `c`: subscribe, publish at QoS 1, receive.
+async fn round_trip(c: &Client, topic: &str) {
+    let mut sub = timeout(WAIT, c.subscribe(topic, QoS::AtLeastOnce))
+        .await
+        .expect("subscribed in time")
+        .expect("subscribe");
+    let rc = timeout(WAIT, c.publish(topic, "over the wire", QoS::AtLeastOnce))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rc, ReasonCode::Success);
+    let msg = timeout(WAIT, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(&msg.payload[..], b"over the wire");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_a_test_ca_and_a_bare_ip_server_name() {
+    let pki = Pki::generate("tls");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(false)) else {
+        return;
+    };
+    let c = Client::builder(&format!("mqtts://127.0.0.1:{}", m.port))
+        .unwrap()
+        .tls(pki.tls(false))
+        .client_id("tls-1")
+        .build();
+    round_trip(&c, "tls/a").await;
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_name_override() {
+    let pki = Pki::generate("sni");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(false)) else {
+        return;
+    };
+    let mut tls = pki.tls(false);
+    tls.server_name = Some("localhost".into());
+    let c = Client::builder(&format!("mqtts://127.0.0.1:{}", m.port))
+        .unwrap()
+        .tls(tls)
+        .build();
+    round_trip(&c, "tls/sni").await;
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_listener_requiring_client_certificates() {
+    let pki = Pki::generate("mtls");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(true)) else {
+        return;
+    };
+    let url = format!("mqtts://127.0.0.1:{}", m.port);
+    // Without a certificate the handshake fails and the client reports it.
+    let refused = Client::builder(&url)
+        .unwrap()
+        .tls(pki.tls(false))
+        .reconnect(Reconnect::Off)
+        .build();
+    let mut events = refused.events();
+    let err = timeout(WAIT, refused.publish("x", "y", QoS::AtLeastOnce))
+        .await
+        .unwrap();
+    assert!(err.is_err());
+    let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    assert!(matches!(ev, ConnectionEvent::Disconnected { .. }), "{ev:?}");
+    // With one it works.
+    let c = Client::builder(&url).unwrap().tls(pki.tls(true)).build();
+    round_trip(&c, "mtls/a").await;
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_rejects_an_untrusted_server() {
+    let pki = Pki::generate("untrusted");
+    let other = Pki::generate("other-ca");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(false)) else {
+        return;
+    };
+    let c = Client::builder(&format!("mqtts://127.0.0.1:{}", m.port))
+        .unwrap()
+        .tls(other.tls(false))
+        .reconnect(Reconnect::Off)
+        .build();
+    let mut events = c.events();
+    let _ = c.publish("x", "y", QoS::AtMostOnce);
+    let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    let ConnectionEvent::Disconnected { reason, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    assert!(reason.to_lowercase().contains("certificate"), "{reason}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn password_listener() {
+    let dir = std::env::temp_dir().join(format!("mqttproto-pw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let pwfile = dir.join("passwd");
+    std::fs::write(&pwfile, "").unwrap();
+    let status = std::process::Command::new("mosquitto_passwd")
+        .arg("-b")
+        .arg(&pwfile)
+        .arg("alice")
+        .arg("s3cret")
+        .status();
+    if status.is_err() && common::peers_skipped() {
+        return;
+    }
+    assert!(
+        status.unwrap().success(),
+        "mosquitto_passwd (run ./scripts/test.sh)"
+    );
+    let Some(m) = Mosquitto::start(&format!(
+        "allow_anonymous false\npassword_file {}",
+        pwfile.display()
+    )) else {
+        return;
+    };
+    let bad = Client::builder(&m.url())
+        .unwrap()
+        .credentials("alice", "wrong")
+        .reconnect(Reconnect::Off)
+        .build();
+    let mut events = bad.events();
+    let _ = bad.publish("x", "y", QoS::AtMostOnce);
+    let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    assert!(
+        matches!(ev, ConnectionEvent::Disconnected { reason_code: Some(rc), .. } if rc == ReasonCode::BadUserNameOrPassword || rc == ReasonCode::NotAuthorized),
+        "{ev:?}"
+    );
+    let good = Client::builder(&m.url())
+        .unwrap()
+        .credentials("alice", "s3cret")
+        .build();
+    round_trip(&good, "pw/a").await;
+    good.disconnect().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A WebSocket server that bridges each connection to a TCP upstream, checking that the client
+/// asked for the `mqtt` subprotocol.
+async fn ws_bridge(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let check = |req: &Request, mut resp: Response| {
+                    let proto = req.headers().get("Sec-WebSocket-Protocol").cloned();
+                    assert_eq!(proto.as_ref().and_then(|v| v.to_str().ok()), Some("mqtt"));
+                    assert_eq!(req.uri().path(), "/mqtt");
+                    if let Some(p) = proto {
+                        resp.headers_mut().insert("Sec-WebSocket-Protocol", p);
+                    }
+                    Ok(resp)
+                };
+                let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, check).await else {
+                    return;
+                };
+                let mut ws = WsStream::new(ws);
+                let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut ws, &mut up).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_with_the_mqtt_subprotocol() {
+    let Some(m) = Mosquitto::start("") else {
+        return;
+    };
+    let bridge = ws_bridge(format!("127.0.0.1:{}", m.port).parse().unwrap()).await;
+    let c = Client::builder(&format!("ws://{bridge}/mqtt"))
+        .unwrap()
+        .client_id("ws-1")
+        .build();
+    round_trip(&c, "ws/a").await;
+    c.disconnect().await.unwrap();
+}
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unix_socket() {
+    let Some(m) = Mosquitto::start("") else {
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("mqttproto-unix-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("broker.sock");
+    let listener = tokio::net::UnixListener::bind(&path).unwrap();
+    let upstream = m.port;
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut up) = tokio::net::TcpStream::connect(("127.0.0.1", upstream)).await
+                else {
+                    return;
+                };
+                let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+            });
+        }
+    });
+    let c = Client::builder(&format!("unix://{}", path.display()))
+        .unwrap()
+        .build();
+    round_trip(&c, "unix/a").await;
+    c.disconnect().await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let _: &Path = &path;
+}
