@@ -152,15 +152,44 @@ impl Reconnect {
     }
 }
 
+/// Opens connections for a client: the built-in transports, or the application's own.
+pub type Connector = Arc<
+    dyn Fn() -> Pin<Box<dyn Future<Output = std::io::Result<transport::BoxStream>> + Send>>
+        + Send
+        + Sync,
+>;
+
+/// Answers the server's AUTH challenges during enhanced authentication (section 4.12).
+pub trait Authenticator: Send + 'static {
+    /// The server sent AUTH with Continue authentication and this Authentication Data: return
+    /// the next Authentication Data to send, or an error to give up (the client then sends
+    /// DISCONNECT 0x8C Bad authentication method).
+    fn challenge(&mut self, data: Option<&[u8]>) -> Result<Option<Bytes>, String>;
+    /// The server accepted (re-)authentication with this final Authentication Data.
+    fn success(&mut self, _data: Option<&[u8]>) {}
+}
+
 /// Builds a [`Client`].
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct ClientBuilder {
     target: Target,
     transport: TransportOptions,
+    connector: Option<Connector>,
+    authenticator: Option<Arc<std::sync::Mutex<dyn Authenticator>>>,
     options: ClientOptions,
     reconnect: Reconnect,
     offline_queue: usize,
     subscription_capacity: usize,
+}
+
+impl std::fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("target", &self.target)
+            .field("options", &self.options)
+            .field("reconnect", &self.reconnect)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ClientBuilder {
@@ -169,6 +198,8 @@ impl ClientBuilder {
         ClientBuilder {
             target,
             transport: TransportOptions::default(),
+            connector: None,
+            authenticator: None,
             options: ClientOptions {
                 // Bounds the QoS 1/2 messages that can wait for a slow consumer.
                 receive_maximum: std::num::NonZeroU16::new(1024)
@@ -279,6 +310,43 @@ impl ClientBuilder {
         self
     }
 
+    /// How long to wait for PINGRESP before the connection is considered lost.
+    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
+        self.options.ping_timeout = timeout;
+        self
+    }
+
+    /// How long to wait for CONNACK.
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.connect_timeout = timeout;
+        self
+    }
+
+    /// Enhanced authentication: the Authentication Method, the initial Authentication Data,
+    /// and the [`Authenticator`] that answers the server's challenges.
+    pub fn authentication(
+        mut self,
+        method: &str,
+        initial_data: Option<Bytes>,
+        authenticator: impl Authenticator,
+    ) -> Self {
+        self.options.authentication_method = MqttString::try_from(method).ok();
+        self.options.authentication_data = initial_data;
+        self.authenticator = Some(Arc::new(std::sync::Mutex::new(authenticator)));
+        self
+    }
+
+    /// Connects with the application's own transport instead of the URL's: `connector` is
+    /// called for every connection attempt (an in-memory pipe in tests, a SOCKS proxy, …).
+    pub fn custom_transport<F, Fut>(mut self, connector: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::io::Result<transport::BoxStream>> + Send + 'static,
+    {
+        self.connector = Some(Arc::new(move || Box::pin(connector())));
+        self
+    }
+
     /// All core options at once (advanced).
     pub fn options(mut self, options: ClientOptions) -> Self {
         self.options = options;
@@ -298,6 +366,8 @@ impl ClientBuilder {
             core: proto::Client::new(options),
             target: self.target,
             transport: self.transport,
+            connector: self.connector,
+            authenticator: self.authenticator,
             reconnect: self.reconnect,
             offline_cap: self.offline_queue,
             rx,
@@ -545,6 +615,8 @@ struct Task {
     core: proto::Client,
     target: Target,
     transport: TransportOptions,
+    connector: Option<Connector>,
+    authenticator: Option<Arc<std::sync::Mutex<dyn Authenticator>>>,
     reconnect: Reconnect,
     offline_cap: usize,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -577,7 +649,13 @@ impl Task {
     async fn run(mut self) {
         let mut attempt = 0u32;
         loop {
-            match transport::connect(&self.target, &self.transport).await {
+            let stream = match &self.connector {
+                Some(c) => c().await.map_err(|e| e.to_string()),
+                None => transport::connect(&self.target, &self.transport)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match stream {
                 Ok(stream) => {
                     tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
                     let (outcome, connected) = self.serve(stream).await;
@@ -591,7 +669,7 @@ impl Task {
                 Err(e) => {
                     tracing::debug!(target: TRACE, error = %e, "connect failed");
                     let _ = self.events.send(ConnectionEvent::Disconnected {
-                        reason: e.to_string(),
+                        reason: e,
                         reason_code: None,
                     });
                 }
@@ -859,7 +937,8 @@ impl Task {
                         let _ = r.send(Ok(reason_codes));
                     }
                 }
-                ClientEvent::Unsubscribed { .. } | ClientEvent::Auth(_) => {}
+                ClientEvent::Unsubscribed { .. } => {}
+                ClientEvent::Auth(auth) => self.on_auth(auth),
                 ClientEvent::Disconnected { error, disconnect } => {
                     tracing::info!(target: TRACE, %error, "disconnected");
                     // A SUBSCRIBE without SUBACK is void: send it again on the next connection.
@@ -879,6 +958,31 @@ impl Task {
             }
         }
         connected
+    }
+
+    fn on_auth(&mut self, auth: crate::proto::codec::Auth) {
+        let Some(authenticator) = self.authenticator.clone() else {
+            return;
+        };
+        let Ok(mut a) = authenticator.lock() else {
+            return;
+        };
+        let data = auth.properties.authentication_data.as_deref();
+        if auth.reason_code == ReasonCode::Success {
+            a.success(data);
+            return;
+        }
+        match a.challenge(data) {
+            Ok(next) => {
+                let _ = self.core.authenticate(now(), next);
+            }
+            Err(reason) => {
+                tracing::info!(target: TRACE, %reason, "authentication abandoned");
+                let _ = self
+                    .core
+                    .disconnect(now(), ReasonCode::BadAuthenticationMethod, None);
+            }
+        }
     }
 
     fn deliver(&mut self, msg: Message) {
