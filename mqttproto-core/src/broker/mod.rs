@@ -14,7 +14,8 @@
 pub mod index;
 pub mod retained;
 
-use std::collections::{HashMap, VecDeque};
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -140,6 +141,17 @@ struct Conn {
     generation: u32,
     session: Session,
     sid: Option<SessionId>,
+    /// The earliest deadline of this connection in the timer heap.
+    scheduled: Option<Instant>,
+}
+
+/// What a timer-heap entry is for. Entries are checked when they come due, so a stale one
+/// (the deadline moved, the connection closed) costs one look and nothing else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKey {
+    Conn(ConnectionHandle),
+    Slot(SessionId),
+    Retained,
 }
 
 #[derive(Debug)]
@@ -178,6 +190,9 @@ pub struct Broker {
     closing: VecDeque<(ConnectionHandle, Bytes)>,
     assigned: u64,
     scratch: HashMap<SessionId, Target>,
+    /// Deadlines of connections, sessions (wills, expiry) and retained messages, soonest first.
+    timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
+    open_conns: usize,
 }
 
 impl Broker {
@@ -198,6 +213,8 @@ impl Broker {
             closing: VecDeque::new(),
             assigned: 0,
             scratch: HashMap::new(),
+            timers: BinaryHeap::new(),
+            open_conns: 0,
         }
     }
 
@@ -210,7 +227,7 @@ impl Broker {
 
     /// Open connections.
     pub fn connection_count(&self) -> usize {
-        self.conns.iter().filter(|c| c.is_some()).count()
+        self.open_conns
     }
 
     /// Sessions, connected or not.
@@ -235,16 +252,14 @@ impl Broker {
 
     /// Whether a session exists for this client identifier.
     pub fn has_session(&self, client_id: &str) -> bool {
-        self.by_client_id.keys().any(|k| k == client_id)
+        MqttString::try_from(client_id).is_ok_and(|id| self.by_client_id.contains_key(&id))
     }
 
     /// Messages queued for a client's session (offline or beyond its Receive Maximum).
     pub fn queued_for(&self, client_id: &str) -> Option<usize> {
-        let sid = self
+        let sid = *self
             .by_client_id
-            .iter()
-            .find(|(k, _)| *k == client_id)
-            .map(|(_, v)| *v)?;
+            .get(&MqttString::try_from(client_id).ok()?)?;
         let slot = self.slots.get(sid as usize)?.as_ref()?;
         match (&slot.offline, slot.conn) {
             (Some(state), _) => Some(state.queued()),
@@ -262,7 +277,9 @@ impl Broker {
             generation: self.generation,
             session: Session::new(now, self.options.session.clone()),
             sid: None,
+            scheduled: None,
         };
+        self.open_conns += 1;
         let index = match self.free_conns.pop() {
             Some(i) => {
                 self.conns[i as usize] = Some(conn);
@@ -273,10 +290,12 @@ impl Broker {
                 (self.conns.len() - 1) as u32
             }
         };
-        ConnectionHandle {
+        let handle = ConnectionHandle {
             index,
             generation: self.generation,
-        }
+        };
+        self.schedule_conn(handle);
+        handle
     }
 
     /// Feeds bytes received on a connection. A fatal error is returned (and the connection is
@@ -307,38 +326,82 @@ impl Broker {
     /// Advances every timer: connect timeouts, keep alive, will delays, session expiry, message
     /// expiry.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for i in 0..self.conns.len() {
-            let Some(conn) = &mut self.conns[i] else {
-                continue;
-            };
-            if conn.session.poll_timeout().is_some_and(|t| t <= now) {
-                conn.session.handle_timeout(now);
-                let handle = ConnectionHandle {
-                    index: i as u32,
-                    generation: conn.generation,
-                };
-                self.process(now, handle);
+        while let Some(Reverse((t, key))) = self.timers.peek().copied() {
+            if t > now {
+                break;
             }
-        }
-        for sid in 0..self.slots.len() as SessionId {
-            let Some(slot) = &mut self.slots[sid as usize] else {
-                continue;
-            };
-            if slot.will_at.is_some_and(|t| t <= now) {
-                slot.will_at = None;
-                if let Some(will) = slot.will.take() {
-                    self.publish_will(now, will);
+            self.timers.pop();
+            match key {
+                TimerKey::Conn(h) => {
+                    let Some(conn) = self.conn_mut(h) else {
+                        continue;
+                    };
+                    conn.scheduled = None;
+                    if conn.session.poll_timeout().is_some_and(|t| t <= now) {
+                        conn.session.handle_timeout(now);
+                        self.process(now, h);
+                    } else {
+                        self.schedule_conn(h);
+                    }
+                }
+                TimerKey::Slot(sid) => self.slot_timeout(now, sid),
+                TimerKey::Retained => {
+                    self.retained
+                        .retain(|_, m| m.expires_at.is_none_or(|t| t > now));
                 }
             }
-            let Some(slot) = &self.slots[sid as usize] else {
-                continue;
-            };
-            if slot.conn.is_none() && slot.expires_at.is_some_and(|t| t <= now) {
-                self.end_session(now, sid);
+        }
+    }
+
+    fn slot_timeout(&mut self, now: Instant, sid: SessionId) {
+        let Some(slot) = self.slots.get_mut(sid as usize).and_then(|s| s.as_mut()) else {
+            return;
+        };
+        if slot.will_at.is_some_and(|t| t <= now) {
+            slot.will_at = None;
+            if let Some(will) = slot.will.take() {
+                self.publish_will(now, will);
             }
         }
-        self.retained
-            .retain(|_, m| m.expires_at.is_none_or(|t| t > now));
+        let Some(slot) = self.slots.get(sid as usize).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        if slot.conn.is_none() && slot.expires_at.is_some_and(|t| t <= now) {
+            self.end_session(now, sid);
+        } else {
+            self.schedule_slot(sid);
+        }
+    }
+
+    /// Puts a connection's next deadline in the timer heap if it is earlier than the one there.
+    fn schedule_conn(&mut self, h: ConnectionHandle) {
+        let Some(conn) = self.conn_mut(h) else { return };
+        let Some(t) = conn.session.poll_timeout() else {
+            return;
+        };
+        if conn.scheduled.is_none_or(|s| t < s) {
+            conn.scheduled = Some(t);
+            self.timers.push(Reverse((t, TimerKey::Conn(h))));
+        }
+    }
+
+    /// Puts a session's will or expiry deadline in the timer heap.
+    fn schedule_slot(&mut self, sid: SessionId) {
+        let Some(slot) = self.slots.get(sid as usize).and_then(|s| s.as_ref()) else {
+            return;
+        };
+        let expiry = if slot.conn.is_none() {
+            slot.expires_at
+        } else {
+            None
+        };
+        let next = match (slot.will_at, expiry) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        if let Some(t) = next {
+            self.timers.push(Reverse((t, TimerKey::Slot(sid))));
+        }
     }
 
     /// Disconnects every client with `reason_code` (0x8B Server shutting down for a graceful
@@ -555,16 +618,7 @@ impl Broker {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let conns = self
-            .conns
-            .iter()
-            .flatten()
-            .filter_map(|c| c.session.poll_timeout());
-        let slots = self.slots.iter().flatten().flat_map(|s| {
-            let expiry = if s.conn.is_none() { s.expires_at } else { None };
-            [s.will_at, expiry]
-        });
-        conns.chain(slots.flatten()).min()
+        self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
     // ---- internals ----------------------------------------------------------------------
@@ -595,8 +649,13 @@ impl Broker {
             .unwrap_or_default()
     }
 
-    /// Handles what a connection's session raised.
+    /// Handles what a connection's session raised, then keeps its deadline in the heap.
     fn process(&mut self, now: Instant, handle: ConnectionHandle) {
+        self.process_events(now, handle);
+        self.schedule_conn(handle);
+    }
+
+    fn process_events(&mut self, now: Instant, handle: ConnectionHandle) {
         self.mark(handle);
         loop {
             let Some(conn) = self.conn_mut(handle) else {
@@ -716,6 +775,8 @@ impl Broker {
             }
             if end {
                 self.end_session(now, sid);
+            } else {
+                self.schedule_slot(sid);
             }
         }
         self.events.push_back(BrokerEvent::Closed { handle, error });
@@ -729,8 +790,10 @@ impl Broker {
         if let Some(bytes) = pending {
             self.closing.push_back((handle, bytes));
         }
-        self.conns[handle.index as usize] = None;
-        self.free_conns.push(handle.index);
+        if self.conns[handle.index as usize].take().is_some() {
+            self.open_conns -= 1;
+            self.free_conns.push(handle.index);
+        }
     }
 
     /// The session ends: its will (if still pending) is published [MQTT-3.1.2-8], its
@@ -847,6 +910,9 @@ impl Broker {
                         expires_at,
                     },
                 ); // [MQTT-3.3.1-5]
+                if let Some(t) = expires_at {
+                    self.timers.push(Reverse((t, TimerKey::Retained)));
+                }
             }
         }
         let mut targets = std::mem::take(&mut self.scratch);
@@ -926,6 +992,9 @@ impl Broker {
                     None => Ok(()),
                 };
                 self.dirty.push_back(h);
+                if expires_at.is_some() {
+                    self.schedule_conn(h);
+                }
                 r
             }
             (None, Some(state)) => state.enqueue(publish, expires_at, max),
