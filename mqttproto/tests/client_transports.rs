@@ -233,13 +233,40 @@ async fn password_listener() {
 }
 
 /// A WebSocket server that bridges each connection to a TCP upstream, checking that the client
-/// asked for the `mqtt` subprotocol.
+/// asked for the `mqtt` subprotocol; over TLS when `tls` is given.
 async fn ws_bridge(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
+    ws_bridge_tls(upstream, None).await
+}
+
+fn tls_acceptor(pki: &Pki) -> tokio_rustls::TlsAcceptor {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::Arc;
+    let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(pki.path("server.pem"))
+        .unwrap()
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_file(pki.path("server.key")).unwrap();
+    let config = tokio_rustls::rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    tokio_rustls::TlsAcceptor::from(Arc::new(config))
+}
+
+async fn ws_bridge_tls(
+    upstream: std::net::SocketAddr,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+) -> std::net::SocketAddr {
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((sock, _)) = listener.accept().await {
+            let tls = tls.clone();
             tokio::spawn(async move {
                 let check = |req: &Request, mut resp: Response| {
                     let proto = req.headers().get("Sec-WebSocket-Protocol").cloned();
@@ -250,14 +277,28 @@ async fn ws_bridge(upstream: std::net::SocketAddr) -> std::net::SocketAddr {
                     }
                     Ok(resp)
                 };
-                let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, check).await else {
-                    return;
-                };
-                let mut ws = WsStream::new(ws);
                 let Ok(mut up) = tokio::net::TcpStream::connect(upstream).await else {
                     return;
                 };
-                let _ = tokio::io::copy_bidirectional(&mut ws, &mut up).await;
+                match tls {
+                    Some(acceptor) => {
+                        let Ok(sock) = acceptor.accept(sock).await else {
+                            return;
+                        };
+                        let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, check).await else {
+                            return;
+                        };
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut WsStream::new(ws), &mut up).await;
+                    }
+                    None => {
+                        let Ok(ws) = tokio_tungstenite::accept_hdr_async(sock, check).await else {
+                            return;
+                        };
+                        let _ =
+                            tokio::io::copy_bidirectional(&mut WsStream::new(ws), &mut up).await;
+                    }
+                }
             });
         }
     });
@@ -275,6 +316,26 @@ async fn websocket_with_the_mqtt_subprotocol() {
         .client_id("ws-1")
         .build();
     round_trip(&c, "ws/a").await;
+    c.disconnect().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn websocket_over_tls() {
+    let pki = Pki::generate("wss");
+    let Some(m) = Mosquitto::start("") else {
+        return;
+    };
+    let bridge = ws_bridge_tls(
+        format!("127.0.0.1:{}", m.port).parse().unwrap(),
+        Some(tls_acceptor(&pki)),
+    )
+    .await;
+    let c = Client::builder(&format!("wss://{bridge}/mqtt"))
+        .unwrap()
+        .tls(pki.tls(false))
+        .client_id("wss-1")
+        .build();
+    round_trip(&c, "wss/a").await;
     c.disconnect().await.unwrap();
 }
 
