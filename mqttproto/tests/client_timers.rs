@@ -239,4 +239,51 @@ async fn enhanced_authentication_challenge_and_response() {
         ConnectionEvent::Connected { .. }
     ));
     assert_eq!(seen.lock().unwrap().as_slice(), &[b"nonce".to_vec()]);
+    // Re-authentication: AUTH 0x19, a challenge answered by the authenticator, then success.
+    client
+        .reauthenticate(Some(Bytes::from_static(b"again")))
+        .await
+        .unwrap();
+    let Some(Packet::Auth(re)) = server.next().await else {
+        panic!()
+    };
+    assert_eq!(re.reason_code, ReasonCode::ReAuthenticate);
+    assert_eq!(
+        re.properties.authentication_data.as_deref(),
+        Some(&b"again"[..])
+    );
+    server
+        .send(Packet::Auth(Auth {
+            reason_code: ReasonCode::ContinueAuthentication,
+            properties: AuthProperties {
+                authentication_method: method.clone(),
+                authentication_data: Some(Bytes::from_static(b"nonce2")),
+                ..Default::default()
+            },
+        }))
+        .await;
+    let Some(Packet::Auth(answer)) = server.next().await else {
+        panic!()
+    };
+    assert_eq!(
+        answer.properties.authentication_data.as_deref(),
+        Some(&b"re:nonce2"[..])
+    );
+    server
+        .send(Packet::Auth(Auth {
+            reason_code: ReasonCode::Success,
+            properties: AuthProperties {
+                authentication_method: method,
+                ..Default::default()
+            },
+        }))
+        .await;
+    // Still connected and usable.
+    let publish = client.publish("after/reauth", "x", QoS::AtMostOnce);
+    let Some(Packet::Publish(p)) = server.next().await else {
+        panic!()
+    };
+    assert_eq!(p.topic.as_str(), "after/reauth");
+    publish.await.unwrap();
+    assert_eq!(seen.lock().unwrap().len(), 2);
 }

@@ -421,6 +421,7 @@ enum Command {
         Reply<Vec<ReasonCode>>,
     ),
     Unsubscribe(u64),
+    Reauthenticate(Option<Bytes>, Reply<()>),
     Disconnect(Reply<()>),
 }
 
@@ -522,6 +523,21 @@ impl Client {
             .map_err(|_| ClientError::Closed)?;
         sub.granted = Pending { rx }.await?;
         Ok(sub)
+    }
+
+    /// Starts re-authentication (AUTH 0x19) with new Authentication Data; the configured
+    /// [`Authenticator`] answers the server's challenges. Resolves once the AUTH is written.
+    pub fn reauthenticate(&self, data: Option<Bytes>) -> Pending<()> {
+        let (tx, rx) = oneshot::channel();
+        if self
+            .inner
+            .tx
+            .send(Command::Reauthenticate(data, tx))
+            .is_err()
+        {
+            return failed(ClientError::Closed);
+        }
+        Pending { rx }
     }
 
     /// Sends DISCONNECT (normal disconnection), closes the connection and stops the task.
@@ -876,6 +892,9 @@ impl Task {
                         .core
                         .unsubscribe(now(), entry.filters, Default::default());
                 }
+            }
+            Command::Reauthenticate(data, reply) => {
+                let _ = reply.send(self.core.reauthenticate(now(), data).map_err(Into::into));
             }
             Command::Disconnect(reply) => self.disconnect(reply),
         }
