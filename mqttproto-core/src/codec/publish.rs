@@ -44,6 +44,7 @@ impl Publish {
         ((self.dup as u8) << 3) | ((self.qos as u8) << 1) | self.retain as u8
     }
 
+    #[inline]
     pub(crate) fn decode(
         r: &mut Reader,
         flags: u8,
@@ -66,7 +67,12 @@ impl Publish {
         } else {
             Some(r.packet_id()?)
         };
-        let properties = PublishProperties::read(r)?;
+        // Most messages carry no properties: a Property Length of 0 needs no property reader.
+        let properties = if r.skip_empty_properties() {
+            PublishProperties::default()
+        } else {
+            PublishProperties::read(r)?
+        };
         if topic.is_empty() && properties.topic_alias.is_none() {
             return Err(DecodeError::MissingTopicName);
         }
@@ -90,6 +96,7 @@ impl Publish {
         })
     }
 
+    #[inline]
     pub(crate) fn validate(&self) -> Result<(), EncodeError> {
         if (self.qos == QoS::AtMostOnce) != self.packet_id.is_none() {
             return Err(EncodeError::PacketIdMismatch);
@@ -103,20 +110,31 @@ impl Publish {
         self.properties.check()
     }
 
+    #[inline]
     pub(crate) fn remaining_len(&self, _version: ProtocolVersion) -> usize {
         let mut n = 2 + self.topic.len() + self.payload.len();
         if self.packet_id.is_some() {
             n += 2;
         }
-        n + block_len(self.properties.encoded_len())
+        if self.properties.is_empty() {
+            n + 1
+        } else {
+            n + block_len(self.properties.encoded_len())
+        }
     }
 
+    #[inline]
     pub(crate) fn write(&self, buf: &mut BytesMut, _version: ProtocolVersion) {
         put_prefixed(buf, self.topic.as_bytes());
         if let Some(id) = self.packet_id {
             buf.put_u16(id.get());
         }
-        self.properties.write(buf);
+        if self.properties.is_empty() {
+            // Property Length 0, without sizing the properties again.
+            buf.put_u8(0);
+        } else {
+            self.properties.write(buf);
+        }
         buf.extend_from_slice(&self.payload);
     }
 }

@@ -1,7 +1,7 @@
 //! Primitive data representations (section 1.5): integers, variable byte integers, strings,
 //! binary data, and a bounds-checked reader over one packet's body.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::string::{MqttString, StringError};
@@ -45,18 +45,23 @@ pub const fn varint_len(v: u32) -> usize {
 }
 
 /// Appends `v` as a Variable Byte Integer. `v` must not exceed [`MAX_REMAINING_LENGTH`].
-pub fn put_varint(buf: &mut BytesMut, mut v: u32) {
+#[inline]
+pub fn put_varint(buf: &mut BytesMut, v: u32) {
     debug_assert!(v <= MAX_REMAINING_LENGTH);
-    loop {
-        let mut b = (v & 0x7F) as u8;
-        v >>= 7;
-        if v > 0 {
-            b |= 0x80;
-        }
-        buf.put_u8(b);
-        if v == 0 {
-            break;
-        }
+    // One fixed-size append per size, rather than one capacity check per byte.
+    if v < 0x80 {
+        buf.put_u8(v as u8);
+    } else if v < 0x4000 {
+        buf.put_slice(&[(v as u8) | 0x80, (v >> 7) as u8]);
+    } else if v < 0x20_0000 {
+        buf.put_slice(&[(v as u8) | 0x80, ((v >> 7) as u8) | 0x80, (v >> 14) as u8]);
+    } else {
+        buf.put_slice(&[
+            (v as u8) | 0x80,
+            ((v >> 7) as u8) | 0x80,
+            ((v >> 14) as u8) | 0x80,
+            (v >> 21) as u8,
+        ]);
     }
 }
 
@@ -166,10 +171,28 @@ impl Reader {
     }
 
     /// Everything left.
+    ///
+    /// The reader gives up its buffer rather than sharing it: no reference count is touched, and
+    /// the reader is left empty.
+    #[inline]
     pub(crate) fn rest(&mut self) -> Bytes {
-        let b = self.buf.slice(self.pos..);
-        self.pos = self.buf.len();
+        let mut b = std::mem::take(&mut self.buf);
+        b.advance(self.pos);
+        self.pos = 0;
         b
+    }
+
+    /// Consumes an empty property block (a Property Length of 0, the single byte `0x00`) if one is
+    /// next, and says whether it did. Reading it with the property reader gives the same result;
+    /// this is the fast path for the common packet without properties.
+    #[inline]
+    pub(crate) fn skip_empty_properties(&mut self) -> bool {
+        if self.buf.get(self.pos) == Some(&0) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
     }
 
     /// Binary Data: a two-byte length and that many bytes.
@@ -195,6 +218,7 @@ impl Reader {
     }
 
     /// Fails if bytes are left.
+    #[inline]
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
         if self.pos == self.buf.len() {
             Ok(())
@@ -253,6 +277,27 @@ mod tests {
             read_varint(&[0x80, 0x80, 0x80, 0x80]),
             Err(DecodeError::VarintTooLong)
         );
+    }
+
+    #[test]
+    fn rest_takes_the_remainder_and_leaves_the_reader_finished() {
+        let mut r = Reader::new(Bytes::from_static(b"\x00\x01abc"), PacketType::Publish);
+        assert_eq!(r.u16(), Ok(1));
+        assert_eq!(r.rest(), Bytes::from_static(b"abc"));
+        assert!(r.is_empty());
+        assert_eq!(r.finish(), Ok(()));
+        assert_eq!(r.rest(), Bytes::new());
+        assert!(r.u8().is_err());
+    }
+
+    #[test]
+    fn skip_empty_properties_takes_only_a_zero_property_length() {
+        let mut r = Reader::new(Bytes::from_static(b"\x00\x02\x01\x01"), PacketType::Publish);
+        assert!(r.skip_empty_properties());
+        assert!(!r.skip_empty_properties());
+        assert_eq!(r.remaining(), 3);
+        let mut r = Reader::new(Bytes::new(), PacketType::Publish);
+        assert!(!r.skip_empty_properties());
     }
 
     #[test]
