@@ -24,14 +24,74 @@ pub enum StringError {
 ///
 /// Rust's UTF-8 validation already rejects encoded surrogates (U+D800..U+DFFF) and overlong forms.
 pub fn validate_utf8(bytes: &[u8]) -> Result<&str, StringError> {
+    check(bytes)?;
+    std::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)
+}
+
+/// [`validate_utf8`] without producing the `&str`: one word-at-a-time pass for the usual
+/// ASCII string, the full check otherwise.
+#[inline]
+pub(crate) fn check(bytes: &[u8]) -> Result<(), StringError> {
     if bytes.len() > MAX_STRING_LEN {
         return Err(StringError::TooLong(bytes.len()));
     }
-    let s = std::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)?;
+    if is_plain_ascii(bytes, false) {
+        return Ok(());
+    }
+    check_slow(bytes)
+}
+
+#[cold]
+fn check_slow(bytes: &[u8]) -> Result<(), StringError> {
+    std::str::from_utf8(bytes).map_err(|_| StringError::InvalidUtf8)?;
     if bytes.contains(&0) {
         return Err(StringError::NullCharacter);
     }
-    Ok(s)
+    Ok(())
+}
+
+const LO: u64 = 0x0101_0101_0101_0101;
+const HI: u64 = 0x8080_8080_8080_8080;
+
+/// Flags (bit 7 of) every zero byte of `w`. It may also flag a 0x01 byte just above a zero byte
+/// (the borrow), which only sends the input to the full check; it never misses a zero byte.
+#[inline(always)]
+fn zero_bytes(w: u64) -> u64 {
+    w.wrapping_sub(LO) & !w & HI
+}
+
+#[inline(always)]
+fn word_flags(w: u64, wildcards: bool) -> u64 {
+    let mut f = (w & HI) | zero_bytes(w);
+    if wildcards {
+        f |= zero_bytes(w ^ (LO * u64::from(b'+'))) | zero_bytes(w ^ (LO * u64::from(b'#')));
+    }
+    f
+}
+
+/// Whether every byte is ASCII and not NUL (and, with `wildcards`, neither `+` nor `#`), checked
+/// 8 bytes at a time. `true` proves the bytes are a valid MQTT string (topic name); `false` only
+/// means the full check must decide.
+#[inline]
+pub(crate) fn is_plain_ascii(bytes: &[u8], wildcards: bool) -> bool {
+    let mut flags = 0u64;
+    if bytes.len() >= 8 {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            flags |= word_flags(u64::from_le_bytes(c.try_into().unwrap()), wildcards);
+        }
+        if !chunks.remainder().is_empty() {
+            // The last 8 bytes, overlapping bytes already checked.
+            let c = &bytes[bytes.len() - 8..];
+            flags |= word_flags(u64::from_le_bytes(c.try_into().unwrap()), wildcards);
+        }
+    } else {
+        for &b in bytes {
+            let bad = b >= 0x80 || b == 0 || (wildcards && (b == b'+' || b == b'#'));
+            flags |= u64::from(bad);
+        }
+    }
+    flags == 0
 }
 
 /// A UTF-8 Encoded String as MQTT defines it: well-formed UTF-8, no U+0000, at most 65,535 bytes.
@@ -49,8 +109,13 @@ impl MqttString {
 
     /// Validates `bytes` and wraps them without copying.
     pub fn from_bytes(bytes: Bytes) -> Result<Self, StringError> {
-        validate_utf8(&bytes)?;
+        check(&bytes)?;
         Ok(MqttString(bytes))
+    }
+
+    /// Wraps bytes the caller has already proved valid (see [`is_plain_ascii`]).
+    pub(crate) fn from_validated(bytes: Bytes) -> Self {
+        MqttString(bytes)
     }
 
     /// Wraps a static string, validating it.

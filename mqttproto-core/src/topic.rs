@@ -51,6 +51,11 @@ impl TopicName {
 
     /// Validates, accepting the empty name that stands for "use the topic alias".
     pub(crate) fn from_bytes_allow_empty(bytes: Bytes) -> Result<TopicName, TopicError> {
+        if bytes.len() <= crate::string::MAX_STRING_LEN
+            && crate::string::is_plain_ascii(&bytes, true)
+        {
+            return Ok(TopicName(MqttString::from_validated(bytes)));
+        }
         let s = MqttString::from_bytes(bytes)?;
         if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
             return Err(TopicError::WildcardInName);

@@ -260,6 +260,10 @@ impl Packet {
 
     /// Checks that the packet can be encoded: field lengths, packet ids, reason codes.
     pub fn validate(&self, version: ProtocolVersion) -> Result<(), EncodeError> {
+        self.checked_remaining_len(version).map(|_| ())
+    }
+
+    fn checked_remaining_len(&self, version: ProtocolVersion) -> Result<usize, EncodeError> {
         let ty = self.packet_type();
         match self {
             Packet::Connect(p) => p.validate()?,
@@ -280,15 +284,14 @@ impl Packet {
         if remaining > MAX_REMAINING_LENGTH as usize {
             return Err(EncodeError::PacketTooLarge(remaining));
         }
-        Ok(())
+        Ok(remaining)
     }
 
     /// Appends the encoded packet to `buf`.
     ///
     /// The packet is checked first ([`validate`](Self::validate)); on error nothing is written.
     pub fn encode(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
-        self.validate(version)?;
-        let remaining = self.remaining_len(version);
+        let remaining = self.checked_remaining_len(version)?;
         buf.reserve(1 + varint_len(remaining as u32) + remaining);
         buf.extend_from_slice(&[self.first_byte()]);
         wire::put_varint(buf, remaining as u32);

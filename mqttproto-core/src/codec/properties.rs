@@ -324,11 +324,11 @@ macro_rules! property_set {
                 if len == 0 {
                     return Ok(props);
                 }
-                let packet = r.packet();
-                let mut r = Reader::new(r.take(len)?, packet);
+                let outer = r.limit(len)?;
                 let mut seen: u64 = 0;
                 while !r.is_empty() {
                     let pid = r.varint()?;
+                    let r = &mut *r;
                     match pid {
                         $( id::$pid => {
                             let bit = 1u64 << pid;
@@ -339,9 +339,9 @@ macro_rules! property_set {
                                 });
                             }
                             seen |= bit;
-                            props.$field = Some(read_value::<$ty>(&mut r, pid)?);
+                            props.$field = Some(read_value::<$ty>(r, pid)?);
                         } )*
-                        $( id::$rpid => props.$rfield.push(<$rty as PropValue>::read(&mut r, pid)?), )*
+                        $( id::$rpid => props.$rfield.push(<$rty as PropValue>::read(r, pid)?), )*
                         other => {
                             return Err(match property_name(other) {
                                 Some(name) => DecodeError::PropertyNotAllowed {
@@ -356,6 +356,7 @@ macro_rules! property_set {
                         }
                     }
                 }
+                r.end_limit(outer);
                 Ok(props)
             }
 

@@ -77,12 +77,15 @@ pub fn put_prefixed(buf: &mut BytesMut, data: &[u8]) {
 pub(crate) struct Reader {
     buf: Bytes,
     pos: usize,
+    /// End of the readable region: `buf.len()`, or the end of a nested block.
+    end: usize,
     packet: PacketType,
 }
 
 impl Reader {
     pub(crate) fn new(buf: Bytes, packet: PacketType) -> Reader {
         Reader {
+            end: buf.len(),
             buf,
             pos: 0,
             packet,
@@ -96,7 +99,7 @@ impl Reader {
 
     #[inline]
     pub(crate) fn remaining(&self) -> usize {
-        self.buf.len() - self.pos
+        self.end - self.pos
     }
 
     #[inline]
@@ -113,17 +116,20 @@ impl Reader {
 
     #[inline]
     pub(crate) fn u8(&mut self) -> Result<u8, DecodeError> {
-        let b = *self.buf.get(self.pos).ok_or_else(|| self.truncated())?;
+        if self.pos >= self.end {
+            return Err(self.truncated());
+        }
+        let b = self.buf[self.pos];
         self.pos += 1;
         Ok(b)
     }
 
     #[inline]
     pub(crate) fn u16(&mut self) -> Result<u16, DecodeError> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + 2)
-            .ok_or_else(|| self.truncated())?;
+        if self.remaining() < 2 {
+            return Err(self.truncated());
+        }
+        let s = &self.buf[self.pos..self.pos + 2];
         let v = u16::from_be_bytes([s[0], s[1]]);
         self.pos += 2;
         Ok(v)
@@ -131,10 +137,10 @@ impl Reader {
 
     #[inline]
     pub(crate) fn u32(&mut self) -> Result<u32, DecodeError> {
-        let s = self
-            .buf
-            .get(self.pos..self.pos + 4)
-            .ok_or_else(|| self.truncated())?;
+        if self.remaining() < 4 {
+            return Err(self.truncated());
+        }
+        let s = &self.buf[self.pos..self.pos + 4];
         let v = u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
         self.pos += 4;
         Ok(v)
@@ -142,7 +148,7 @@ impl Reader {
 
     #[inline]
     pub(crate) fn varint(&mut self) -> Result<u32, DecodeError> {
-        match read_varint(&self.buf[self.pos..])? {
+        match read_varint(&self.buf[self.pos..self.end])? {
             Some((v, n)) => {
                 self.pos += n;
                 Ok(v)
@@ -177,8 +183,10 @@ impl Reader {
     #[inline]
     pub(crate) fn rest(&mut self) -> Bytes {
         let mut b = std::mem::take(&mut self.buf);
+        b.truncate(self.end);
         b.advance(self.pos);
         self.pos = 0;
+        self.end = 0;
         b
     }
 
@@ -187,12 +195,30 @@ impl Reader {
     /// this is the fast path for the common packet without properties.
     #[inline]
     pub(crate) fn skip_empty_properties(&mut self) -> bool {
-        if self.buf.get(self.pos) == Some(&0) {
+        if self.pos < self.end && self.buf[self.pos] == 0 {
             self.pos += 1;
             true
         } else {
             false
         }
+    }
+
+    /// Limits reading to the next `n` bytes; returns what [`end_limit`](Self::end_limit) needs.
+    #[inline]
+    pub(crate) fn limit(&mut self, n: usize) -> Result<usize, DecodeError> {
+        if n > self.remaining() {
+            return Err(self.truncated());
+        }
+        let outer = self.end;
+        self.end = self.pos + n;
+        Ok(outer)
+    }
+
+    /// Lifts a limit set by [`limit`](Self::limit), which must have been read to its end.
+    #[inline]
+    pub(crate) fn end_limit(&mut self, outer: usize) {
+        debug_assert_eq!(self.pos, self.end);
+        self.end = outer;
     }
 
     /// Binary Data: a two-byte length and that many bytes.
@@ -220,7 +246,7 @@ impl Reader {
     /// Fails if bytes are left.
     #[inline]
     pub(crate) fn finish(&self) -> Result<(), DecodeError> {
-        if self.pos == self.buf.len() {
+        if self.pos == self.end {
             Ok(())
         } else {
             Err(DecodeError::TrailingBytes {
