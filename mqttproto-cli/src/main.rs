@@ -1,8 +1,17 @@
 //! `mqttproto`: the command-line tool.
 //!
-//! Today it offers `decode`, which parses MQTT 5 packets given in hex and prints them, or the
-//! reason code a receiver would answer with. `broker`, `pub` and `sub` arrive with the drivers.
+//! Subcommands:
+//!
+//! * `broker`: an MQTT 5 broker (by default on 127.0.0.1:1883) that prints where it listens and
+//!   serves until Ctrl-C or SIGTERM, then disconnects its clients with 0x8B and exits;
+//! * `pub` / `sub`: publish and subscribe, in the spirit of `mosquitto_pub` / `mosquitto_sub`
+//!   (the common short flags mean the same);
+//! * `decode`: parses MQTT 5 packets given in hex and prints them, or the reason code a
+//!   receiver would answer with.
 #![forbid(unsafe_code)]
+
+mod broker;
+mod client_cmds;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -21,6 +30,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Run an MQTT 5 broker. Prints one line per listener ("listening on mqtt://IP:PORT"), then
+    /// serves until Ctrl-C or SIGTERM.
+    Broker(broker::BrokerArgs),
+    /// Publish messages (flags as mosquitto_pub: -h -p -t -m -q -r -C -u -P -i -D …).
+    #[command(disable_help_flag = true)]
+    Pub(client_cmds::PubArgs),
+    /// Subscribe and print messages (flags as mosquitto_sub: -h -p -t -q -C -v -W -D …).
+    #[command(disable_help_flag = true)]
+    Sub(client_cmds::SubArgs),
     /// Decode MQTT 5 packets given as hex (arguments, or standard input) and print them.
     Decode {
         /// Hex bytes; whitespace and ':' separators are ignored. Reads stdin when absent.
@@ -89,9 +107,20 @@ fn run_decode(hex: Vec<String>, max_packet_size: u32) -> Result<(), String> {
     Ok(())
 }
 
+fn run_async(f: impl std::future::Future<Output = Result<(), String>>) -> Result<(), String> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?
+        .block_on(f)
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Broker(args) => broker::run(args),
+        Command::Pub(args) => run_async(client_cmds::run_pub(args)),
+        Command::Sub(args) => run_async(client_cmds::run_sub(args)),
         Command::Decode {
             hex,
             max_packet_size,

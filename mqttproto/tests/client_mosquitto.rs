@@ -231,10 +231,13 @@ async fn reconnect_and_resume_across_a_broker_restart_without_loss_or_duplicates
     let sub_client = Client::builder(&m.url())
         .unwrap()
         .client_id("resume-sub")
-        .clean_start(true)
+        // Mosquitto 2.0.11 does not persist across a restart a session that began with Clean
+        // Start = 1 (seen in its logs: CONNACK (0, 0) after the restart), so start with 0.
+        .clean_start(false)
         .session_expiry(600)
         .reconnect(fast.clone())
         .build();
+    let mut sub_events = sub_client.events();
     let mut sub = sub_client
         .subscribe("resume/#", QoS::ExactlyOnce)
         .await
@@ -242,6 +245,7 @@ async fn reconnect_and_resume_across_a_broker_restart_without_loss_or_duplicates
     let pub_client = Client::builder(&m.url())
         .unwrap()
         .client_id("resume-pub")
+        .clean_start(false)
         .session_expiry(600)
         .reconnect(fast)
         .build();
@@ -270,10 +274,15 @@ async fn reconnect_and_resume_across_a_broker_restart_without_loss_or_duplicates
     }
     let mut seen = vec![0u32; N];
     for _ in 0..N {
-        let msg = timeout(Duration::from_secs(30), sub.recv())
-            .await
-            .expect("all messages arrive")
-            .unwrap();
+        let Ok(msg) = timeout(Duration::from_secs(30), sub.recv()).await else {
+            let mut evs = Vec::new();
+            while let Ok(ev) = sub_events.try_recv() {
+                evs.push(ev);
+            }
+            let missing: Vec<_> = (0..N).filter(|&i| seen[i] == 0).collect();
+            panic!("messages missing: {missing:?}; subscriber events: {evs:?}");
+        };
+        let msg = msg.unwrap();
         let i: usize = std::str::from_utf8(&msg.payload).unwrap().parse().unwrap();
         seen[i] += 1;
     }
@@ -282,6 +291,18 @@ async fn reconnect_and_resume_across_a_broker_restart_without_loss_or_duplicates
     assert!(timeout(Duration::from_millis(300), sub.recv())
         .await
         .is_err());
+    // The subscriber's session was resumed, not recreated.
+    let mut resumed = false;
+    while let Ok(ev) = sub_events.try_recv() {
+        resumed |= matches!(
+            ev,
+            ConnectionEvent::Connected {
+                session_present: true
+            }
+        );
+        assert!(!matches!(ev, ConnectionEvent::SessionLost), "session lost");
+    }
+    assert!(resumed, "the subscriber resumed its session");
     let mut reconnected = false;
     while let Ok(ev) = pub_events.try_recv() {
         reconnected |= matches!(ev, ConnectionEvent::Connected { .. });

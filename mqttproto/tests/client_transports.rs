@@ -3,6 +3,8 @@
 //! password-protected listener, WebSocket (through an in-test WebSocket-to-TCP bridge, since
 //! Debian's Mosquitto is built without WebSocket support), and Unix sockets.
 
+#![allow(clippy::result_large_err)] // the WebSocket handshake callback's error type is tungstenite's
+
 mod common;
 
 use std::path::{Path, PathBuf};
@@ -178,7 +180,7 @@ async fn tls_rejects_an_untrusted_server() {
         .reconnect(Reconnect::Off)
         .build();
     let mut events = c.events();
-    let _ = c.publish("x", "y", QoS::AtMostOnce);
+    drop(c.publish("x", "y", QoS::AtMostOnce));
     let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
     let ConnectionEvent::Disconnected { reason, .. } = ev else {
         panic!("{ev:?}")
@@ -217,7 +219,7 @@ async fn password_listener() {
         .reconnect(Reconnect::Off)
         .build();
     let mut events = bad.events();
-    let _ = bad.publish("x", "y", QoS::AtMostOnce);
+    drop(bad.publish("x", "y", QoS::AtMostOnce));
     let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
     assert!(
         matches!(ev, ConnectionEvent::Disconnected { reason_code: Some(rc), .. } if rc == ReasonCode::BadUserNameOrPassword || rc == ReasonCode::NotAuthorized),

@@ -1,5 +1,7 @@
-//! The async drivers: [`Client`], on tokio.
+//! The async drivers, on tokio: [`Client`] and [`Broker`].
 
+pub mod broker;
 pub mod client;
 
+pub use broker::{Broker, BrokerConfig, BrokerHandle};
 pub use client::Client;

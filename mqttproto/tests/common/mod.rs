@@ -76,7 +76,9 @@ impl Mosquitto {
     fn launch(&mut self) {
         let conf = self.dir.join("mosquitto.conf");
         let text = format!(
-            "listener {} 127.0.0.1\nallow_anonymous true\npersistence_location {}/\n{}\n",
+            // `user root`: started as root, Mosquitto would otherwise switch to the `mosquitto`
+            // user, which cannot write its persistence file here (ignored when not root).
+            "user root\nlistener {} 127.0.0.1\nallow_anonymous true\npersistence_location {}/\n{}\n",
             self.port,
             self.dir.display(),
             self.extra

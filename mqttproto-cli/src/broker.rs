@@ -1,0 +1,82 @@
+//! `mqttproto broker`: serves MQTT 5 with [`mqttproto::tokio::Broker`].
+
+use std::num::NonZeroU32;
+
+use clap::Args;
+use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
+
+/// The address served when no `--listen` is given.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+
+/// Options of `mqttproto broker`.
+#[derive(Debug, Args)]
+pub struct BrokerArgs {
+    /// Where to listen: IP:PORT (port 0 picks a free port) or unix:PATH. Repeatable. Default:
+    /// 127.0.0.1:1883.
+    #[arg(long = "listen", value_name = "ADDR")]
+    listen: Vec<ListenAddr>,
+    /// The most connections open at once; more are refused.
+    #[arg(long, value_name = "N", default_value_t = BrokerConfig::default().max_connections)]
+    max_connections: usize,
+    /// The largest packet accepted from clients, in bytes (announced in CONNACK). Default: the
+    /// protocol's limit.
+    #[arg(long, value_name = "BYTES")]
+    max_packet_size: Option<NonZeroU32>,
+}
+
+impl BrokerArgs {
+    fn config(self) -> Result<BrokerConfig, String> {
+        let mut config = BrokerConfig::default().with_max_connections(self.max_connections);
+        if self.listen.is_empty() {
+            let addr = DEFAULT_LISTEN
+                .parse::<ListenAddr>()
+                .map_err(|e| e.to_string())?;
+            config = config.listen(addr);
+        } else {
+            config.listeners = self.listen;
+        }
+        if let Some(max) = self.max_packet_size {
+            config = config.with_max_packet_size(max);
+        }
+        Ok(config)
+    }
+}
+
+/// Runs the broker until Ctrl-C or SIGTERM, then shuts it down gracefully.
+pub fn run(args: BrokerArgs) -> Result<(), String> {
+    let config = args.config()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    runtime.block_on(async move {
+        let broker = Broker::bind(config).await.map_err(|e| e.to_string())?;
+        for addr in broker.local_addrs() {
+            println!("listening on {addr}");
+        }
+        let stop = shutdown_signal().await?;
+        broker.run_until(stop).await;
+        Ok(())
+    })
+}
+
+/// A future that completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM. Installing the handlers
+/// happens before it is returned, so that a signal sent right after start-up is not missed.
+async fn shutdown_signal() -> Result<impl std::future::Future<Output = ()> + Send, String> {
+    #[cfg(unix)]
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(|e| format!("installing the SIGTERM handler: {e}"))?;
+    #[cfg(unix)]
+    let mut int = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::interrupt())
+        .map_err(|e| format!("installing the SIGINT handler: {e}"))?;
+    Ok(async move {
+        #[cfg(unix)]
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+        eprintln!("shutting down");
+    })
+}

@@ -1,0 +1,1241 @@
+//! The async broker: [`Broker`] drives the sans-I/O [`proto::broker::Broker`](CoreBroker) on
+//! tokio.
+//!
+//! # Architecture
+//!
+//! One **owner task** holds the core broker and is the only code that touches it. Around it:
+//!
+//! * one **acceptor task** per listener (TCP with `TCP_NODELAY`, or a Unix socket), which hands
+//!   new sockets to the owner;
+//! * per connection, a **reader task** that forwards `(connection, bytes)` to the owner over a
+//!   bounded channel (so a busy owner slows readers down instead of buffering without bound),
+//!   and a **writer task** that drains a bounded per-connection queue, coalescing what is
+//!   pending into vectored writes;
+//! * per CONNECT, when an [`Authenticator`] is configured, a short task that awaits its verdict
+//!   and sends it back to the owner, which then answers the client. The owner never awaits an
+//!   authenticator.
+//!
+//! The owner loop waits for the next of: bytes or a closed socket from a reader, a new
+//! connection, a verdict, the core's next deadline (`poll_timeout`, on tokio's clock, so tests
+//! can use the paused clock), and shutdown. After each input it drains the core's transmits and
+//! events.
+//!
+//! # Slow consumers
+//!
+//! The owner never waits for a connection: it hands bytes to the connection's writer with a
+//! non-blocking send. When a connection's outbound queue is full (more than
+//! [`BrokerConfig::outbound_queue_capacity`] pending writes, or more than
+//! [`BrokerConfig::max_outbound_bytes`] pending bytes), the client is not keeping up and is
+//! **disconnected** (its socket is closed, as the specification allows a server to do at any
+//! time; no DISCONNECT can be sent through a full queue). It is treated as a lost connection:
+//! its will is published, and if its session is persistent (Session Expiry Interval above 0)
+//! the session lives on. QoS 1 and 2 messages that were in flight stay in the session and are
+//! resent when the client resumes it; new messages are queued for the offline session up to
+//! the offline-queue bound ([`BrokerConfig::with_max_queued_messages`]). QoS 0 messages in the
+//! dropped queue are lost. One stalled subscriber therefore never holds up the others.
+//!
+//! # Example
+//!
+//! A broker on a free port, and our async [`Client`](crate::tokio::Client) talking to it:
+//!
+//! ```
+//! use mqttproto::proto::QoS;
+//! use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
+//! use mqttproto::tokio::Client;
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let config = BrokerConfig::default()
+//!     .listen("127.0.0.1:0".parse::<ListenAddr>()?)
+//!     .with_max_connections(100);
+//! let broker = Broker::bind(config).await?;
+//! let url = broker.local_addrs()[0].to_string(); // mqtt://127.0.0.1:<the port picked>
+//! let handle = broker.spawn();
+//!
+//! let client = Client::builder(&url)?.client_id("demo").build();
+//! let mut greetings = client.subscribe("greetings/#", QoS::AtLeastOnce).await?;
+//! client.publish("greetings/world", "hello", QoS::AtLeastOnce).await?;
+//! let message = greetings.recv().await.expect("a message");
+//! assert_eq!(&message.payload[..], b"hello");
+//! client.disconnect().await?;
+//!
+//! // Stop accepting, disconnect every client with 0x8B (Server shutting down), flush.
+//! handle.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::future::Future;
+use std::io::{self, IoSlice};
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+#[cfg(unix)]
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, BrokerOptions, ConnectionHandle};
+use mqttproto_core::codec::Connect;
+use mqttproto_core::{Error, PacketType, ReasonCode};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::{AbortHandle, JoinHandle};
+use tokio::time::Instant;
+
+const TARGET: &str = "mqttproto::broker";
+
+/// Bytes asked of the socket per read.
+const READ_CHUNK: usize = 4096;
+/// Inputs (chunks of bytes, closes, verdicts) buffered between readers and the owner.
+const INBOUND_CAPACITY: usize = 1024;
+/// Inputs the owner processes before draining the core's output.
+const INBOUND_BATCH: usize = 64;
+/// Pending writes one vectored write takes at most.
+const WRITE_BATCH: usize = 64;
+/// New sockets buffered between acceptors and the owner.
+const ACCEPT_CAPACITY: usize = 64;
+
+// ---- addresses --------------------------------------------------------------------------
+
+/// Where the broker listens.
+///
+/// Parses from `IP:PORT` (`127.0.0.1:1883`, `[::1]:1883`), optionally prefixed with `mqtt://` or
+/// `tcp://`, and from `unix:PATH` or `unix://PATH` (on Unix). Displays as `mqtt://IP:PORT` or
+/// `unix://PATH`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ListenAddr {
+    /// A TCP socket address. Port 0 picks a free port; [`Broker::local_addrs`] tells which.
+    Tcp(SocketAddr),
+    /// A Unix domain socket path. A stale socket file left by a previous run is replaced; the
+    /// file is removed on shutdown.
+    #[cfg(unix)]
+    Unix(PathBuf),
+}
+
+impl From<SocketAddr> for ListenAddr {
+    fn from(addr: SocketAddr) -> Self {
+        ListenAddr::Tcp(addr)
+    }
+}
+
+impl fmt::Display for ListenAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ListenAddr::Tcp(a) => write!(f, "mqtt://{a}"),
+            #[cfg(unix)]
+            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
+        }
+    }
+}
+
+/// A listen address that does not parse.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid listen address {input:?}: {reason}")]
+pub struct ListenAddrError {
+    input: String,
+    reason: &'static str,
+}
+
+impl FromStr for ListenAddr {
+    type Err = ListenAddrError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ListenAddrError {
+            input: s.to_string(),
+            reason,
+        };
+        if let Some(path) = s.strip_prefix("unix:") {
+            #[cfg(unix)]
+            {
+                let path = path.strip_prefix("//").unwrap_or(path);
+                if path.is_empty() {
+                    return Err(err("no socket path"));
+                }
+                return Ok(ListenAddr::Unix(PathBuf::from(path)));
+            }
+            #[cfg(not(unix))]
+            {
+                let _ = path;
+                return Err(err("Unix sockets are not available on this platform"));
+            }
+        }
+        let rest = s
+            .strip_prefix("mqtt://")
+            .or_else(|| s.strip_prefix("tcp://"))
+            .unwrap_or(s);
+        let rest = rest.strip_suffix('/').unwrap_or(rest);
+        rest.parse::<SocketAddr>()
+            .map(ListenAddr::Tcp)
+            .map_err(|_| err("expected IP:PORT, [IPv6]:PORT or unix:PATH"))
+    }
+}
+
+/// The address of a connected client.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum PeerAddr {
+    /// A TCP peer.
+    Tcp(SocketAddr),
+    /// A peer on a Unix domain socket (such peers are usually unnamed).
+    Unix,
+    /// A stream handed to [`BrokerHandle::accept_stream`] without an address.
+    Unknown,
+}
+
+impl fmt::Display for PeerAddr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PeerAddr::Tcp(a) => a.fmt(f),
+            PeerAddr::Unix => f.write_str("unix"),
+            PeerAddr::Unknown => f.write_str("unknown"),
+        }
+    }
+}
+
+// ---- authentication ---------------------------------------------------------------------
+
+/// A CONNECT awaiting an [`Authenticator`]'s verdict.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct ConnectRequest {
+    /// The client's CONNECT packet (client id, credentials, will, properties).
+    pub connect: Box<Connect>,
+    /// Where the client connects from.
+    pub peer: PeerAddr,
+    /// The listener it connected to (`None` for [`BrokerHandle::accept_stream`]).
+    pub listener: Option<ListenAddr>,
+}
+
+impl ConnectRequest {
+    /// The Client Identifier; empty when the client asks the broker to assign one.
+    pub fn client_id(&self) -> &str {
+        self.connect.client_id.as_str()
+    }
+
+    /// The User Name, if any.
+    pub fn username(&self) -> Option<&str> {
+        self.connect.username.as_ref().map(|u| u.as_str())
+    }
+
+    /// The Password, if any (binary data).
+    pub fn password(&self) -> Option<&[u8]> {
+        self.connect.password.as_deref()
+    }
+}
+
+/// The future an [`Authenticator`] returns.
+pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = ReasonCode> + Send + 'a>>;
+
+/// Decides whether a client may connect.
+///
+/// The verdict is a reason code: any code below 0x80 accepts the client; a failure code (for
+/// example 0x86 Bad User Name or Password, or 0x87 Not authorized) is sent in CONNACK and the
+/// connection is closed. A failure code that CONNACK cannot carry is replaced by 0x87.
+///
+/// Each call runs in its own task, so a slow check (a database, a remote service) delays only
+/// the client it is about; the broker keeps serving everyone else meanwhile. A check that takes
+/// longer than the connect timeout loses the client (the broker closes the connection).
+///
+/// Closures `Fn(ConnectRequest) -> impl Future<Output = ReasonCode>` implement the trait:
+///
+/// ```
+/// use mqttproto::proto::ReasonCode;
+/// use mqttproto::tokio::broker::{BrokerConfig, ConnectRequest};
+///
+/// let config = BrokerConfig::default().with_authenticator(|req: ConnectRequest| async move {
+///     match (req.username(), req.password()) {
+///         (Some("alice"), Some(b"secret")) => ReasonCode::Success,
+///         _ => ReasonCode::BadUserNameOrPassword,
+///     }
+/// });
+/// # let _ = config;
+/// ```
+pub trait Authenticator: Send + Sync + 'static {
+    /// Checks a CONNECT.
+    fn authenticate(&self, request: ConnectRequest) -> AuthFuture<'_>;
+}
+
+impl<F, Fut> Authenticator for F
+where
+    F: Fn(ConnectRequest) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ReasonCode> + Send + 'static,
+{
+    fn authenticate(&self, request: ConnectRequest) -> AuthFuture<'_> {
+        Box::pin(self(request))
+    }
+}
+
+// ---- configuration ----------------------------------------------------------------------
+
+/// Configuration of a [`Broker`].
+///
+/// The defaults: no listener (add some with [`listen`](Self::listen)), the core's
+/// [`BrokerOptions`] with a Topic Alias Maximum of 10, at most 10,000 connections, a connect
+/// timeout of 10 s, 1,000 queued messages per session, no Maximum Packet Size beyond the
+/// protocol's, outbound queues of 1,024 writes and 8 MiB per connection, and everyone allowed
+/// to connect.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct BrokerConfig {
+    /// Where to listen.
+    pub listeners: Vec<ListenAddr>,
+    /// The core's options: what CONNACK announces and enforces (Receive Maximum, Maximum QoS,
+    /// Retain Available, Maximum Packet Size, Topic Alias Maximum, …), the connect timeout and
+    /// offline-queue bound (in [`BrokerOptions::session`]), the longest session expiry granted.
+    /// The `with_*` methods set the fields for the common limits.
+    pub options: BrokerOptions,
+    /// The most connections open at once (including those still waiting for CONNECT). A
+    /// socket beyond it is closed as soon as it is accepted.
+    pub max_connections: usize,
+    /// The most writes pending for one connection. Beyond it the client is disconnected (see
+    /// [the module documentation](self#slow-consumers)).
+    pub outbound_queue_capacity: usize,
+    /// The most bytes pending for one connection. Beyond it the client is disconnected (see
+    /// [the module documentation](self#slow-consumers)). A single packet larger than this is
+    /// still sent when nothing else is pending.
+    pub max_outbound_bytes: usize,
+    /// How long a closing connection (or a shutdown) may take to write out its last bytes
+    /// before its socket is closed regardless.
+    pub flush_timeout: Duration,
+    /// Who may connect; `None` accepts everyone.
+    pub authenticator: Option<Arc<dyn Authenticator>>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        let mut options = BrokerOptions::default();
+        options.connack.topic_alias_maximum = Some(10);
+        BrokerConfig {
+            listeners: Vec::new(),
+            options,
+            max_connections: 10_000,
+            outbound_queue_capacity: 1024,
+            max_outbound_bytes: 8 << 20,
+            flush_timeout: Duration::from_secs(5),
+            authenticator: None,
+        }
+    }
+}
+
+impl fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("listeners", &self.listeners)
+            .field("options", &self.options)
+            .field("max_connections", &self.max_connections)
+            .field("outbound_queue_capacity", &self.outbound_queue_capacity)
+            .field("max_outbound_bytes", &self.max_outbound_bytes)
+            .field("flush_timeout", &self.flush_timeout)
+            .field("authenticator", &self.authenticator.as_ref().map(|_| ".."))
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// Adds a listener.
+    pub fn listen(mut self, addr: impl Into<ListenAddr>) -> Self {
+        self.listeners.push(addr.into());
+        self
+    }
+
+    /// Sets [`max_connections`](Self::max_connections).
+    pub fn with_max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max;
+        self
+    }
+
+    /// The largest packet accepted from clients, before and after CONNACK (which announces it
+    /// as Maximum Packet Size). A larger packet closes the connection with 0x95.
+    pub fn with_max_packet_size(mut self, max: NonZeroU32) -> Self {
+        self.options.session.maximum_packet_size = Some(max);
+        self.options.connack.maximum_packet_size = Some(max);
+        self
+    }
+
+    /// How long a new connection may take to send CONNECT (and to be authenticated) before it
+    /// is closed.
+    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
+        self.options.session.connect_timeout = timeout;
+        self
+    }
+
+    /// How many messages may wait for a session (offline, or beyond the client's Receive
+    /// Maximum). When full, the oldest QoS 0 message makes room; without one the new message is
+    /// dropped.
+    pub fn with_max_queued_messages(mut self, max: usize) -> Self {
+        self.options.session.max_queued_messages = max;
+        self
+    }
+
+    /// The Topic Alias Maximum announced to clients (0: clients may not use topic aliases).
+    pub fn with_topic_alias_maximum(mut self, max: u16) -> Self {
+        self.options.connack.topic_alias_maximum = (max > 0).then_some(max);
+        self
+    }
+
+    /// Sets the [`Authenticator`].
+    pub fn with_authenticator(mut self, authenticator: impl Authenticator) -> Self {
+        self.authenticator = Some(Arc::new(authenticator));
+        self
+    }
+}
+
+// ---- the broker -------------------------------------------------------------------------
+
+enum BoundListener {
+    Tcp(TcpListener),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixListener, SocketFile),
+}
+
+/// A Unix socket file the broker created: removed when this is dropped (the broker stopped,
+/// or was never run).
+#[cfg(unix)]
+struct SocketFile(PathBuf);
+
+#[cfg(unix)]
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// A new connection for the owner.
+enum NewConn {
+    Tcp(TcpStream, SocketAddr, usize),
+    #[cfg(unix)]
+    Unix(tokio::net::UnixStream, usize),
+    Other(Box<dyn DynStream>, PeerAddr),
+}
+
+impl fmt::Debug for NewConn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("NewConn")
+    }
+}
+
+/// A stream handed in through [`BrokerHandle::accept_stream`].
+trait DynStream: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> DynStream for T {}
+
+/// What readers and authentication tasks tell the owner.
+enum Inbound {
+    Bytes(ConnectionHandle, Bytes),
+    Closed(ConnectionHandle),
+    Verdict(ConnectionHandle, ReasonCode),
+}
+
+/// An async MQTT 5 broker on tokio. See the [module documentation](self).
+///
+/// [`bind`](Self::bind) opens the listeners; [`run`](Self::run),
+/// [`run_until`](Self::run_until) or [`spawn`](Self::spawn) serves them.
+pub struct Broker {
+    config: BrokerConfig,
+    listeners: Vec<BoundListener>,
+    local_addrs: Vec<ListenAddr>,
+    accept_tx: mpsc::Sender<NewConn>,
+    accept_rx: mpsc::Receiver<NewConn>,
+}
+
+impl fmt::Debug for Broker {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Broker")
+            .field("local_addrs", &self.local_addrs)
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Broker {
+    /// Opens every listener of `config`. Fails with the first listener that cannot be bound
+    /// (the error names its address).
+    pub async fn bind(config: BrokerConfig) -> io::Result<Broker> {
+        let mut listeners = Vec::with_capacity(config.listeners.len());
+        let mut local_addrs = Vec::with_capacity(config.listeners.len());
+        for addr in &config.listeners {
+            let named =
+                |e: io::Error| io::Error::new(e.kind(), format!("listening on {addr}: {e}"));
+            match addr {
+                ListenAddr::Tcp(a) => {
+                    let l = TcpListener::bind(a).await.map_err(named)?;
+                    local_addrs.push(ListenAddr::Tcp(l.local_addr().map_err(named)?));
+                    listeners.push(BoundListener::Tcp(l));
+                }
+                #[cfg(unix)]
+                ListenAddr::Unix(path) => {
+                    let l = bind_unix(path).map_err(named)?;
+                    local_addrs.push(ListenAddr::Unix(path.clone()));
+                    listeners.push(BoundListener::Unix(l, SocketFile(path.clone())));
+                }
+            }
+        }
+        if listeners.is_empty() {
+            tracing::debug!(target: TARGET, "no listener: only streams from accept_stream");
+        }
+        let (accept_tx, accept_rx) = mpsc::channel(ACCEPT_CAPACITY);
+        Ok(Broker {
+            config,
+            listeners,
+            local_addrs,
+            accept_tx,
+            accept_rx,
+        })
+    }
+
+    /// The addresses listened on, in the order of [`BrokerConfig::listeners`], with the ports
+    /// the system picked for port 0.
+    pub fn local_addrs(&self) -> &[ListenAddr] {
+        &self.local_addrs
+    }
+
+    /// Serves until the future is dropped, which stops the broker abruptly: the listeners close,
+    /// and so do the connections, without DISCONNECT. Prefer [`run_until`](Self::run_until) or
+    /// [`spawn`](Self::spawn) for a graceful shutdown.
+    pub async fn run(self) {
+        self.run_until(std::future::pending()).await
+    }
+
+    /// Serves until `shutdown` completes, then shuts down gracefully: stops accepting,
+    /// disconnects every client with 0x8B (Server shutting down), waits up to
+    /// [`BrokerConfig::flush_timeout`] for the last bytes to be written, and returns.
+    pub async fn run_until(self, shutdown: impl Future<Output = ()> + Send) {
+        let Broker {
+            config,
+            listeners,
+            local_addrs,
+            accept_tx,
+            accept_rx,
+        } = self;
+        let mut listening = Listening::default();
+        for (i, l) in listeners.into_iter().enumerate() {
+            tracing::info!(target: TARGET, addr = %local_addrs[i], "listening");
+            let tx = accept_tx.clone();
+            let task = match l {
+                BoundListener::Tcp(l) => tokio::spawn(accept_tcp(l, i, tx)),
+                #[cfg(unix)]
+                BoundListener::Unix(l, file) => {
+                    listening.socket_files.push(file);
+                    tokio::spawn(accept_unix(l, i, tx))
+                }
+            };
+            listening.acceptors.push(task);
+        }
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let mut owner = Owner {
+            core: CoreBroker::new(config.options.clone()),
+            conns: HashMap::new(),
+            inbound_tx,
+            local_addrs,
+            shutting_down: false,
+            closing_writers: Vec::new(),
+            config,
+        };
+        owner.run(inbound_rx, accept_rx, shutdown).await;
+        listening.stop().await;
+        owner.shutdown().await;
+        drop(accept_tx);
+    }
+
+    /// Serves in a new task; the handle shuts it down. Dropping the handle leaves the broker
+    /// running until the runtime stops.
+    pub fn spawn(self) -> BrokerHandle {
+        let (tx, rx) = oneshot::channel::<()>();
+        let local_addrs = self.local_addrs.clone();
+        let accept_tx = self.accept_tx.clone();
+        let signal = async move {
+            if rx.await.is_err() {
+                // The handle was dropped without asking for a shutdown: serve on.
+                std::future::pending::<()>().await;
+            }
+        };
+        let task = tokio::spawn(self.run_until(signal));
+        BrokerHandle {
+            shutdown: tx,
+            task,
+            local_addrs,
+            accept_tx,
+        }
+    }
+}
+
+/// The acceptor tasks and the Unix socket files of a running broker. Dropped (the broker's
+/// future was cancelled), it stops them too.
+#[derive(Default)]
+struct Listening {
+    acceptors: Vec<JoinHandle<()>>,
+    #[cfg(unix)]
+    socket_files: Vec<SocketFile>,
+}
+
+impl Listening {
+    /// Stops accepting: when this returns, the listening sockets are closed and their socket
+    /// files removed.
+    async fn stop(&mut self) {
+        for a in &self.acceptors {
+            a.abort();
+        }
+        for a in self.acceptors.drain(..) {
+            let _ = a.await;
+        }
+        #[cfg(unix)]
+        self.socket_files.clear();
+    }
+}
+
+impl Drop for Listening {
+    fn drop(&mut self) {
+        for a in &self.acceptors {
+            a.abort();
+        }
+    }
+}
+
+/// Controls a [`Broker`] started with [`Broker::spawn`].
+#[derive(Debug)]
+pub struct BrokerHandle {
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+    local_addrs: Vec<ListenAddr>,
+    accept_tx: mpsc::Sender<NewConn>,
+}
+
+impl BrokerHandle {
+    /// The addresses listened on (see [`Broker::local_addrs`]).
+    pub fn local_addrs(&self) -> &[ListenAddr] {
+        &self.local_addrs
+    }
+
+    /// Serves a connection that arrived some other way (an in-memory pipe, a transport the
+    /// broker has no listener for). It counts towards [`BrokerConfig::max_connections`]. Fails
+    /// when the broker has stopped.
+    pub async fn accept_stream<S>(&self, stream: S, peer: PeerAddr) -> io::Result<()>
+    where
+        S: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+    {
+        self.accept_tx
+            .send(NewConn::Other(Box::new(stream), peer))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::BrokenPipe, "the broker has stopped"))
+    }
+
+    /// Whether the broker has stopped.
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+
+    /// Shuts the broker down gracefully (see [`Broker::run_until`]) and waits until it is done.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(());
+        if let Err(e) = self.task.await {
+            tracing::error!(target: TARGET, error = %e, "broker task failed");
+        }
+    }
+}
+
+// ---- listeners --------------------------------------------------------------------------
+
+#[cfg(unix)]
+fn bind_unix(path: &std::path::Path) -> io::Result<tokio::net::UnixListener> {
+    match tokio::net::UnixListener::bind(path) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => {
+            // A socket file left behind by a process that is gone: nobody answers on it.
+            use std::os::unix::fs::FileTypeExt;
+            let is_socket = std::fs::symlink_metadata(path)
+                .map(|m| m.file_type().is_socket())
+                .unwrap_or(false);
+            let stale = is_socket
+                && matches!(
+                    std::os::unix::net::UnixStream::connect(path),
+                    Err(ref c) if c.kind() == io::ErrorKind::ConnectionRefused
+                );
+            if !stale {
+                return Err(e);
+            }
+            std::fs::remove_file(path)?;
+            tokio::net::UnixListener::bind(path)
+        }
+        other => other,
+    }
+}
+
+/// Backs off after an accept error (for example, out of file descriptors).
+async fn accept_failed(error: io::Error) {
+    tracing::warn!(target: TARGET, %error, "accept failed");
+    tokio::time::sleep(Duration::from_millis(50)).await;
+}
+
+async fn accept_tcp(listener: TcpListener, index: usize, tx: mpsc::Sender<NewConn>) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, peer)) => {
+                if let Err(error) = sock.set_nodelay(true) {
+                    tracing::debug!(target: TARGET, %peer, %error, "TCP_NODELAY failed");
+                }
+                if tx.send(NewConn::Tcp(sock, peer, index)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+#[cfg(unix)]
+async fn accept_unix(listener: tokio::net::UnixListener, index: usize, tx: mpsc::Sender<NewConn>) {
+    loop {
+        match listener.accept().await {
+            Ok((sock, _)) => {
+                if tx.send(NewConn::Unix(sock, index)).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => accept_failed(e).await,
+        }
+    }
+}
+
+// ---- the owner --------------------------------------------------------------------------
+
+struct Conn {
+    /// The writer's queue.
+    tx: mpsc::Sender<Bytes>,
+    /// Bytes in the writer's queue, not yet written.
+    queued: Arc<AtomicUsize>,
+    /// Dropped when the connection closes: the writer then has `flush_timeout` to finish.
+    _closing: oneshot::Sender<()>,
+    reader: AbortHandle,
+    /// Taken when the connection closes.
+    writer: Option<JoinHandle<()>>,
+    peer: PeerAddr,
+    listener: Option<usize>,
+    /// The outbound queue overflowed: the socket is closed without flushing.
+    overflowed: bool,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // The reader has nothing more to do; the writer finishes on its own (see `write_loop`).
+        self.reader.abort();
+    }
+}
+
+struct Owner {
+    core: CoreBroker,
+    conns: HashMap<ConnectionHandle, Conn>,
+    inbound_tx: mpsc::Sender<Inbound>,
+    local_addrs: Vec<ListenAddr>,
+    config: BrokerConfig,
+    shutting_down: bool,
+    closing_writers: Vec<JoinHandle<()>>,
+}
+
+fn now() -> std::time::Instant {
+    Instant::now().into_std()
+}
+
+impl Owner {
+    async fn run(
+        &mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut accepted: mpsc::Receiver<NewConn>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) {
+        tokio::pin!(shutdown);
+        let far = Instant::now() + Duration::from_secs(86_400 * 365);
+        let timer = tokio::time::sleep_until(far);
+        tokio::pin!(timer);
+        let mut armed: Option<std::time::Instant> = None;
+        let mut fired_at: Option<std::time::Instant> = None;
+        loop {
+            let mut deadline = self.core.poll_timeout();
+            if let (Some(d), Some(f)) = (deadline, fired_at) {
+                if d <= f {
+                    // The core still wants a timeout it was just given: do not spin on it.
+                    tracing::debug!(target: TARGET, "timeout still due after handle_timeout");
+                    deadline = Some(f + Duration::from_millis(1));
+                }
+            }
+            fired_at = None;
+            if deadline != armed {
+                armed = deadline;
+                timer
+                    .as_mut()
+                    .reset(deadline.map_or(far, Instant::from_std));
+            }
+            tokio::select! {
+                () = &mut shutdown => return,
+                msg = inbound.recv() => {
+                    // The owner holds a sender, so the channel never closes.
+                    let Some(msg) = msg else { return };
+                    self.on_inbound(msg);
+                    for _ in 1..INBOUND_BATCH {
+                        match inbound.try_recv() {
+                            Ok(msg) => self.on_inbound(msg),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Some(conn) = accepted.recv() => self.on_accept(conn),
+                () = &mut timer, if armed.is_some() => {
+                    let now = now();
+                    self.core.handle_timeout(now);
+                    fired_at = Some(now);
+                    // Re-arm from the core's next deadline.
+                    armed = None;
+                    timer.as_mut().reset(far);
+                }
+            }
+            self.flush();
+        }
+    }
+
+    fn on_inbound(&mut self, msg: Inbound) {
+        match msg {
+            Inbound::Bytes(handle, bytes) => {
+                if let Err(error) = self.core.handle_bytes(now(), handle, &bytes) {
+                    if !matches!(error, Error::ConnectionClosed) {
+                        tracing::debug!(target: TARGET, conn = handle.index(), %error, "bad input");
+                    }
+                }
+            }
+            Inbound::Closed(handle) => self.core.handle_close(now(), handle),
+            Inbound::Verdict(handle, verdict) => self.acknowledge_connect(handle, verdict),
+        }
+    }
+
+    fn on_accept(&mut self, conn: NewConn) {
+        let (peer, listener) = match &conn {
+            NewConn::Tcp(_, peer, i) => (PeerAddr::Tcp(*peer), Some(*i)),
+            #[cfg(unix)]
+            NewConn::Unix(_, i) => (PeerAddr::Unix, Some(*i)),
+            NewConn::Other(_, peer) => (peer.clone(), None),
+        };
+        if self.shutting_down {
+            return;
+        }
+        if self.conns.len() >= self.config.max_connections {
+            tracing::warn!(
+                target: TARGET,
+                %peer,
+                max = self.config.max_connections,
+                "connection refused: too many connections"
+            );
+            return; // dropping the socket closes it
+        }
+        let handle = self.core.accept(now());
+        let (tx, rx) = mpsc::channel(self.config.outbound_queue_capacity.max(1));
+        let queued = Arc::new(AtomicUsize::new(0));
+        let (closing_tx, closing_rx) = oneshot::channel();
+        let inbound = self.inbound_tx.clone();
+        let linger = self.config.flush_timeout;
+        let q = queued.clone();
+        let (reader, writer) = match conn {
+            NewConn::Tcp(sock, _, _) => {
+                let (r, w) = sock.into_split();
+                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+            }
+            #[cfg(unix)]
+            NewConn::Unix(sock, _) => {
+                let (r, w) = sock.into_split();
+                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+            }
+            NewConn::Other(stream, _) => {
+                let (r, w) = tokio::io::split(stream);
+                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+            }
+        };
+        tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
+        self.conns.insert(
+            handle,
+            Conn {
+                tx,
+                queued,
+                _closing: closing_tx,
+                reader,
+                writer: Some(writer),
+                peer,
+                listener,
+                overflowed: false,
+            },
+        );
+    }
+
+    /// Drains the core's transmits and events until both are empty.
+    fn flush(&mut self) {
+        loop {
+            // Transmits first: a connection's last bytes come before its Closed event.
+            while let Some((handle, bytes)) = self.core.poll_transmit() {
+                self.transmit(handle, bytes);
+            }
+            match self.core.poll_event() {
+                Some(event) => self.on_event(event),
+                None => return,
+            }
+        }
+    }
+
+    fn transmit(&mut self, handle: ConnectionHandle, bytes: Bytes) {
+        let Some(conn) = self.conns.get_mut(&handle) else {
+            return;
+        };
+        if conn.overflowed {
+            return;
+        }
+        let len = bytes.len();
+        let pending = conn.queued.fetch_add(len, Ordering::AcqRel);
+        let too_many_bytes = pending > 0 && pending + len > self.config.max_outbound_bytes;
+        let result = if too_many_bytes {
+            Err(mpsc::error::TrySendError::Full(bytes))
+        } else {
+            conn.tx.try_send(bytes)
+        };
+        match result {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                conn.queued.fetch_sub(len, Ordering::AcqRel);
+                conn.overflowed = true;
+                tracing::warn!(
+                    target: TARGET,
+                    conn = handle.index(),
+                    peer = %conn.peer,
+                    pending_bytes = pending,
+                    "client not keeping up (outbound queue full): disconnecting it"
+                );
+                self.core.handle_close(now(), handle);
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                // The writer failed (the peer is gone); the reader reports it too.
+                conn.queued.fetch_sub(len, Ordering::AcqRel);
+                self.core.handle_close(now(), handle);
+            }
+        }
+    }
+
+    fn on_event(&mut self, event: BrokerEvent) {
+        match event {
+            BrokerEvent::Connect { handle, connect } => {
+                let Some(conn) = self.conns.get(&handle) else {
+                    return;
+                };
+                if connect.properties.authentication_method.is_some() {
+                    // Enhanced authentication is not offered yet [MQTT-4.12.0-1].
+                    tracing::info!(
+                        target: TARGET,
+                        conn = handle.index(),
+                        client_id = connect.client_id.as_str(),
+                        "connection refused: enhanced authentication is not supported"
+                    );
+                    self.acknowledge_connect(handle, ReasonCode::BadAuthenticationMethod);
+                    return;
+                }
+                let Some(auth) = self.config.authenticator.clone() else {
+                    self.acknowledge_connect(handle, ReasonCode::Success);
+                    return;
+                };
+                let request = ConnectRequest {
+                    connect,
+                    peer: conn.peer.clone(),
+                    listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
+                };
+                let mut guard = VerdictGuard {
+                    tx: Some(self.inbound_tx.clone()),
+                    handle,
+                };
+                tokio::spawn(async move {
+                    let verdict = auth.authenticate(request).await;
+                    if let Some(tx) = guard.tx.take() {
+                        let _ = tx.send(Inbound::Verdict(handle, verdict)).await;
+                    }
+                });
+            }
+            BrokerEvent::Auth { handle, .. } => {
+                // Unreachable while CONNECTs with an Authentication Method are refused.
+                tracing::debug!(target: TARGET, conn = handle.index(), "AUTH ignored");
+            }
+            BrokerEvent::Subscribe {
+                handle, subscribe, ..
+            } => {
+                // `options.authorize` was set, but this driver has no authorizer yet: allow.
+                let verdicts = vec![ReasonCode::Success; subscribe.subscriptions.len()];
+                let _ = self
+                    .core
+                    .acknowledge_subscribe(now(), handle, subscribe, verdicts);
+            }
+            BrokerEvent::Publish {
+                handle, publish, ..
+            } => {
+                let _ = self
+                    .core
+                    .acknowledge_publish(now(), handle, publish, ReasonCode::Success);
+            }
+            BrokerEvent::Closed { handle, error } => {
+                let Some(mut conn) = self.conns.remove(&handle) else {
+                    return;
+                };
+                match &error {
+                    Error::Decode(_) | Error::Protocol(_) => tracing::info!(
+                        target: TARGET, conn = handle.index(), peer = %conn.peer, %error,
+                        "connection closed"
+                    ),
+                    _ => tracing::debug!(
+                        target: TARGET, conn = handle.index(), peer = %conn.peer, %error,
+                        "connection closed"
+                    ),
+                }
+                if let Some(writer) = conn.writer.take() {
+                    if conn.overflowed {
+                        writer.abort();
+                    } else if self.shutting_down {
+                        self.closing_writers.push(writer);
+                    }
+                }
+                // Dropping the connection aborts its reader; dropping `tx` and `_closing` lets
+                // the writer flush, then close the socket.
+            }
+        }
+    }
+
+    fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
+        let code = if !verdict.is_error() {
+            ReasonCode::Success
+        } else if verdict.is_valid_for(PacketType::ConnAck) {
+            verdict
+        } else {
+            ReasonCode::NotAuthorized
+        };
+        match self.core.acknowledge_connect(now(), handle, code) {
+            Ok(()) if code.is_error() => tracing::info!(
+                target: TARGET, conn = handle.index(), reason = %code, "connection refused"
+            ),
+            Ok(()) => tracing::debug!(
+                target: TARGET,
+                conn = handle.index(),
+                client_id = ?self
+                    .core
+                    .session(handle)
+                    .and_then(|s| s.connect_packet())
+                    .map(|c| c.client_id.as_str()),
+                "client connected"
+            ),
+            // The connection closed while the verdict was pending.
+            Err(_) => {}
+        }
+    }
+
+    async fn shutdown(&mut self) {
+        tracing::info!(target: TARGET, connections = self.conns.len(), "shutting down");
+        self.shutting_down = true;
+        self.core
+            .disconnect_all(now(), ReasonCode::ServerShuttingDown);
+        self.flush();
+        // Connections the core did not close (those still waiting for CONNECT): close them.
+        for (_, mut conn) in self.conns.drain() {
+            self.closing_writers.extend(conn.writer.take());
+        }
+        let deadline = Instant::now() + self.config.flush_timeout;
+        for mut writer in std::mem::take(&mut self.closing_writers) {
+            if tokio::time::timeout_at(deadline, &mut writer)
+                .await
+                .is_err()
+            {
+                writer.abort();
+            }
+        }
+        tracing::info!(target: TARGET, "shut down");
+    }
+}
+
+/// Refuses the client (0x83) if an authentication task ends without a verdict (its
+/// authenticator panicked), instead of leaving it to the connect timeout.
+struct VerdictGuard {
+    tx: Option<mpsc::Sender<Inbound>>,
+    handle: ConnectionHandle,
+}
+
+impl Drop for VerdictGuard {
+    fn drop(&mut self) {
+        if let Some(tx) = self.tx.take() {
+            tracing::error!(target: TARGET, conn = self.handle.index(), "authenticator failed");
+            let code = ReasonCode::ImplementationSpecificError;
+            let _ = tx.try_send(Inbound::Verdict(self.handle, code));
+        }
+    }
+}
+
+// ---- connection tasks -------------------------------------------------------------------
+
+#[allow(clippy::too_many_arguments)]
+fn spawn_io<R, W>(
+    handle: ConnectionHandle,
+    read: R,
+    write: W,
+    inbound: mpsc::Sender<Inbound>,
+    outbound: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    closing: oneshot::Receiver<()>,
+    linger: Duration,
+) -> (AbortHandle, JoinHandle<()>)
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
+    let reader = tokio::spawn(read_loop(handle, read, inbound)).abort_handle();
+    let writer = tokio::spawn(write_loop(handle, write, outbound, queued, closing, linger));
+    (reader, writer)
+}
+
+async fn read_loop<R: AsyncRead + Unpin>(
+    handle: ConnectionHandle,
+    mut read: R,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut buf = BytesMut::new();
+    loop {
+        buf.reserve(READ_CHUNK);
+        match read.read_buf(&mut buf).await {
+            Ok(0) => break,
+            Ok(_) => {
+                let chunk = buf.split().freeze();
+                if inbound.send(Inbound::Bytes(handle, chunk)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) => {
+                tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
+                break;
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::Closed(handle)).await;
+}
+
+async fn write_loop<W: AsyncWrite + Unpin>(
+    handle: ConnectionHandle,
+    mut write: W,
+    mut outbound: mpsc::Receiver<Bytes>,
+    queued: Arc<AtomicUsize>,
+    closing: oneshot::Receiver<()>,
+    linger: Duration,
+) {
+    let writes = async {
+        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
+        while let Some(first) = outbound.recv().await {
+            batch.push_back(first);
+            while batch.len() < WRITE_BATCH {
+                match outbound.try_recv() {
+                    Ok(b) => batch.push_back(b),
+                    Err(_) => break,
+                }
+            }
+            let len: usize = batch.iter().map(Bytes::len).sum();
+            write_all_vectored(&mut write, &mut batch).await?;
+            queued.fetch_sub(len, Ordering::AcqRel);
+        }
+        write.shutdown().await
+    };
+    // Once the connection is closed, the last bytes have `linger` to go out.
+    let expiry = async {
+        let _ = closing.await;
+        tokio::time::sleep(linger).await;
+    };
+    tokio::select! {
+        result = writes => {
+            if let Err(error) = result {
+                tracing::debug!(target: TARGET, conn = handle.index(), %error, "write failed");
+            }
+        }
+        () = expiry => {
+            tracing::debug!(target: TARGET, conn = handle.index(), "flush timed out");
+        }
+    }
+}
+
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    bufs: &mut VecDeque<Bytes>,
+) -> io::Result<()> {
+    while !bufs.is_empty() {
+        let n = {
+            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+            let mut count = 0;
+            for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
+                *slot = IoSlice::new(b);
+                count += 1;
+            }
+            write.write_vectored(&slices[..count]).await?
+        };
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        let mut left = n;
+        while left > 0 {
+            let Some(front) = bufs.front_mut() else {
+                break;
+            };
+            if front.len() <= left {
+                left -= front.len();
+                bufs.pop_front();
+            } else {
+                bytes::Buf::advance(front, left);
+                left = 0;
+            }
+        }
+        while bufs.front().is_some_and(Bytes::is_empty) {
+            bufs.pop_front();
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listen_addrs_parse_and_display() {
+        let a: ListenAddr = "127.0.0.1:1883".parse().unwrap();
+        assert_eq!(a, ListenAddr::Tcp("127.0.0.1:1883".parse().unwrap()));
+        assert_eq!(a.to_string(), "mqtt://127.0.0.1:1883");
+        assert_eq!("mqtt://127.0.0.1:1883".parse::<ListenAddr>().unwrap(), a);
+        assert_eq!("tcp://127.0.0.1:1883/".parse::<ListenAddr>().unwrap(), a);
+        let v6: ListenAddr = "[::1]:0".parse().unwrap();
+        assert_eq!(v6.to_string(), "mqtt://[::1]:0");
+        #[cfg(unix)]
+        {
+            let u: ListenAddr = "unix:/tmp/x.sock".parse().unwrap();
+            assert_eq!(u, ListenAddr::Unix("/tmp/x.sock".into()));
+            assert_eq!(u.to_string(), "unix:///tmp/x.sock");
+            assert_eq!("unix:///tmp/x.sock".parse::<ListenAddr>().unwrap(), u);
+            assert!("unix:".parse::<ListenAddr>().is_err());
+        }
+        assert!("localhost".parse::<ListenAddr>().is_err());
+        assert!("1.2.3.4".parse::<ListenAddr>().is_err());
+    }
+
+    #[tokio::test]
+    async fn vectored_writes_handle_partial_progress() {
+        // A pipe with a tiny buffer forces short writes.
+        let (mut a, mut b) = tokio::io::duplex(7);
+        let reader = tokio::spawn(async move {
+            let mut all = Vec::new();
+            b.read_to_end(&mut all).await.unwrap();
+            all
+        });
+        let mut bufs: VecDeque<Bytes> = ["hello", "", " wor", "ld", "!"]
+            .iter()
+            .map(|s| Bytes::from_static(s.as_bytes()))
+            .collect();
+        write_all_vectored(&mut a, &mut bufs).await.unwrap();
+        a.shutdown().await.unwrap();
+        drop(a);
+        assert_eq!(reader.await.unwrap(), b"hello world!");
+    }
+}

@@ -1,0 +1,1336 @@
+//! `mqttproto::tokio::Broker` against real third-party clients: Debian's `mosquitto_pub` and
+//! `mosquitto_sub` in MQTT 5 mode (`-V 5`), plus a few raw-socket and core-client checks
+//! (connect timeout, limits, bad input, slow consumers, graceful shutdown).
+//!
+//! Every broker listens on a free loopback port. Every wait is bounded; child processes are
+//! killed when their guard drops. Without the mosquitto clients these tests fail and say how to
+//! install them (`./scripts/test.sh`), unless `MQTTPROTO_SKIP_PEER_TESTS=1`.
+
+use std::collections::{BTreeSet, VecDeque};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::num::NonZeroU32;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mqttproto::proto::codec::{decode, Packet, Publish, Subscription};
+use mqttproto::proto::{
+    Client, ClientEvent, ClientOptions, MqttString, ProtocolVersion, QoS, ReasonCode,
+    SubscriptionOptions, TopicFilter, TopicName,
+};
+use mqttproto::tokio::broker::{Broker, BrokerConfig, BrokerHandle, ListenAddr};
+
+/// The longest any single wait in these tests may take.
+const WAIT: Duration = Duration::from_secs(5);
+
+// ---- the peers ---------------------------------------------------------------------------
+
+/// Whether the mosquitto clients are here; fails the test when they are not, unless skipping
+/// was asked for.
+fn peers_available() -> bool {
+    let found = ["mosquitto_sub", "mosquitto_pub"].iter().all(|tool| {
+        Command::new(tool)
+            .arg("--help")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok()
+    });
+    if found {
+        return true;
+    }
+    if std::env::var("MQTTPROTO_SKIP_PEER_TESTS").as_deref() == Ok("1") {
+        eprintln!("skipped: mosquitto_sub / mosquitto_pub not found (MQTTPROTO_SKIP_PEER_TESTS=1)");
+        return false;
+    }
+    panic!(
+        "mosquitto_sub / mosquitto_pub not found: run ./scripts/test.sh (it installs Debian's \
+         mosquitto-clients), or set MQTTPROTO_SKIP_PEER_TESTS=1 to skip the peer tests"
+    );
+}
+
+/// A broker on a free loopback port, in its own runtime; shut down gracefully on drop.
+struct TestBroker {
+    runtime: tokio::runtime::Runtime,
+    handle: Option<BrokerHandle>,
+    port: u16,
+}
+
+impl TestBroker {
+    fn start(config: BrokerConfig) -> TestBroker {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let config = config.listen("127.0.0.1:0".parse::<ListenAddr>().expect("an address"));
+        let handle = runtime.block_on(async {
+            let broker = Broker::bind(config).await.expect("bind");
+            broker.spawn()
+        });
+        let port = handle
+            .local_addrs()
+            .iter()
+            .find_map(|a| match a {
+                ListenAddr::Tcp(a) => Some(a.port()),
+                _ => None,
+            })
+            .expect("a TCP listener");
+        assert_ne!(port, 0, "local_addrs reports the real port");
+        TestBroker {
+            runtime,
+            handle: Some(handle),
+            port,
+        }
+    }
+
+    fn shutdown(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let done = self
+                .runtime
+                .block_on(async { tokio::time::timeout(WAIT, handle.shutdown()).await });
+            assert!(done.is_ok(), "the broker shut down within {WAIT:?}");
+        }
+    }
+}
+
+impl Drop for TestBroker {
+    fn drop(&mut self) {
+        if let Some(handle) = self.handle.take() {
+            let _ = self
+                .runtime
+                .block_on(async { tokio::time::timeout(WAIT, handle.shutdown()).await });
+        }
+    }
+}
+
+/// A message as `mosquitto_sub -F 'MSG|%t|%q|%r|%S|%p'` prints it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Msg {
+    topic: String,
+    qos: u8,
+    retain: bool,
+    sub_ids: String,
+    payload: String,
+}
+
+const FORMAT: &str = "MSG|%t|%q|%r|%S|%p";
+
+impl Msg {
+    fn parse(line: &str) -> Option<Msg> {
+        let mut f = line.strip_prefix("MSG|")?.splitn(5, '|');
+        Some(Msg {
+            topic: f.next()?.to_string(),
+            qos: f.next()?.parse().ok()?,
+            retain: f.next()? == "1",
+            sub_ids: f.next()?.to_string(),
+            payload: f.next()?.to_string(),
+        })
+    }
+}
+
+/// A child process, killed on drop, whose stdout lines arrive on a channel.
+struct Peer {
+    name: String,
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    seen: Vec<String>,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Peer {
+    fn spawn(program: &str, args: &[String], stdin: Option<String>) -> Peer {
+        // The mosquitto tools buffer stdout when it is a pipe: ask for line buffering
+        // (coreutils' stdbuf execs the tool, so the child is the tool itself).
+        let mut command = if Command::new("stdbuf")
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let mut c = Command::new("stdbuf");
+            c.arg("-oL").arg(program);
+            c
+        } else {
+            Command::new(program)
+        };
+        let mut child = command
+            .args(args)
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {program}: {e} (run ./scripts/test.sh)"));
+        if let (Some(text), Some(mut pipe)) = (stdin, child.stdin.take()) {
+            std::thread::spawn(move || {
+                let _ = pipe.write_all(text.as_bytes());
+            });
+        }
+        let (tx, lines) = mpsc::channel();
+        if let Some(out) = child.stdout.take() {
+            std::thread::spawn(move || {
+                let mut out = BufReader::new(out);
+                let mut line = Vec::new();
+                while out.read_until(b'\n', &mut line).unwrap_or(0) > 0 {
+                    let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                    if tx.send(text).is_err() {
+                        return;
+                    }
+                    line.clear();
+                }
+            });
+        }
+        let stderr = Arc::new(Mutex::new(String::new()));
+        if let Some(mut err) = child.stderr.take() {
+            let sink = stderr.clone();
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = err.read_to_string(&mut text);
+                if let Ok(mut s) = sink.lock() {
+                    s.push_str(&text);
+                }
+            });
+        }
+        Peer {
+            name: format!("{program} {}", args.join(" ")),
+            child,
+            lines,
+            seen: Vec::new(),
+            stderr,
+        }
+    }
+
+    fn describe(&self) -> String {
+        let stderr = self.stderr.lock().map(|s| s.clone()).unwrap_or_default();
+        format!(
+            "{}\n--- stdout so far:\n{}\n--- stderr:\n{stderr}",
+            self.name,
+            self.seen.join("\n")
+        )
+    }
+
+    /// The next line matching `pred`, within `timeout`.
+    fn wait_line(&mut self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if pred(&line) {
+                        return Some(line);
+                    }
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    /// Waits for SUBACK (mosquitto_sub -d prints "Subscribed (mid: …)").
+    fn subscribed(&mut self) {
+        if self
+            .wait_line(WAIT, |l| l.starts_with("Subscribed (mid:"))
+            .is_none()
+        {
+            panic!("no SUBACK for {}", self.describe());
+        }
+    }
+
+    /// The next message, within `timeout`.
+    fn message_within(&mut self, timeout: Duration) -> Option<Msg> {
+        self.wait_line(timeout, |l| l.starts_with("MSG|"))
+            .and_then(|l| Msg::parse(&l))
+    }
+
+    fn message(&mut self) -> Msg {
+        match self.message_within(WAIT) {
+            Some(m) => m,
+            None => panic!("no message for {}", self.describe()),
+        }
+    }
+
+    /// Waits for the process to exit; returns its stdout lines.
+    fn finish(mut self) -> Vec<String> {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            match self.child.try_wait() {
+                Ok(Some(status)) => {
+                    // Collect the rest of the output.
+                    while let Ok(line) = self.lines.recv_timeout(Duration::from_millis(200)) {
+                        self.seen.push(line);
+                    }
+                    assert!(status.success(), "{status}: {}", self.describe());
+                    return std::mem::take(&mut self.seen);
+                }
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => panic!("did not finish within {WAIT:?}: {}", self.describe()),
+            }
+        }
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn args(port: u16, extra: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["-V", "5", "-h", "127.0.0.1", "-p", &port.to_string()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(extra.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `mosquitto_sub -V 5 -d -F FORMAT …`, subscribed when it returns.
+fn sub(port: u16, extra: &[&str]) -> Peer {
+    let mut a = args(port, &["-d", "-F", FORMAT]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let mut p = Peer::spawn("mosquitto_sub", &a, None);
+    p.subscribed();
+    p
+}
+
+/// `mosquitto_pub -V 5 …`, run to completion; returns its stdout.
+fn publish(port: u16, extra: &[&str]) -> Vec<String> {
+    Peer::spawn("mosquitto_pub", &args(port, extra), None).finish()
+}
+
+/// `mosquitto_pub -V 5 -l …` with `lines` on stdin.
+fn publish_lines(port: u16, extra: &[&str], lines: &[String]) -> Vec<String> {
+    let mut a = args(port, &["-l"]);
+    a.extend(extra.iter().map(|s| s.to_string()));
+    let text = lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+    Peer::spawn("mosquitto_pub", &a, Some(text)).finish()
+}
+
+// ---- a blocking client on the core state machine ----------------------------------------
+
+/// A minimal blocking driver of the core `Client`, for what the mosquitto tools cannot do.
+struct CoreClient {
+    sock: TcpStream,
+    client: Client,
+    events: VecDeque<ClientEvent>,
+    closed: bool,
+}
+
+impl CoreClient {
+    fn connect(port: u16, options: ClientOptions) -> CoreClient {
+        let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        sock.set_nodelay(true).expect("nodelay");
+        let mut c = CoreClient {
+            sock,
+            client: Client::new(options),
+            events: VecDeque::new(),
+            closed: false,
+        };
+        c.client.connect(Instant::now()).expect("CONNECT");
+        match c.wait_event(|e| matches!(e, ClientEvent::Connected(_) | ClientEvent::Refused(_))) {
+            Some(ClientEvent::Connected(_)) => c,
+            other => panic!("not connected: {other:?}"),
+        }
+    }
+
+    fn with_id(port: u16, id: &str) -> CoreClient {
+        let options = ClientOptions {
+            client_id: MqttString::try_from(id).expect("an id"),
+            ..ClientOptions::default()
+        };
+        CoreClient::connect(port, options)
+    }
+
+    /// Writes what is pending, reads once (waiting up to `wait`), feeds the client.
+    fn pump(&mut self, wait: Duration) {
+        while let Some(bytes) = self.client.poll_transmit() {
+            if self.sock.write_all(&bytes).is_err() {
+                self.closed = true;
+            }
+        }
+        if !self.closed {
+            let _ = self.sock.set_read_timeout(Some(wait));
+            let mut buf = [0u8; 16384];
+            match self.sock.read(&mut buf) {
+                Ok(0) => {
+                    self.closed = true;
+                    self.client.handle_close(Instant::now());
+                }
+                Ok(n) => {
+                    let _ = self.client.handle_bytes(Instant::now(), &buf[..n]);
+                }
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                            | std::io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    self.client.handle_timeout(Instant::now())
+                }
+                Err(_) => {
+                    self.closed = true;
+                    self.client.handle_close(Instant::now());
+                }
+            }
+        } else {
+            std::thread::sleep(wait);
+        }
+        while let Some(e) = self.client.poll_event() {
+            self.events.push_back(e);
+        }
+    }
+
+    /// The first event matching `pred` within [`WAIT`] (earlier non-matching ones are kept).
+    fn wait_event_within(
+        &mut self,
+        timeout: Duration,
+        pred: impl Fn(&ClientEvent) -> bool,
+    ) -> Option<ClientEvent> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(i) = self.events.iter().position(&pred) {
+                return self.events.remove(i);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            self.pump(Duration::from_millis(10));
+        }
+    }
+
+    fn wait_event(&mut self, pred: impl Fn(&ClientEvent) -> bool) -> Option<ClientEvent> {
+        self.wait_event_within(WAIT, pred)
+    }
+
+    fn subscribe(&mut self, filter: &str, options: SubscriptionOptions) -> Vec<ReasonCode> {
+        let sub = Subscription {
+            filter: TopicFilter::try_from(filter).expect("a filter"),
+            options,
+        };
+        self.client
+            .subscribe(Instant::now(), vec![sub], Default::default())
+            .expect("SUBSCRIBE");
+        match self.wait_event(|e| matches!(e, ClientEvent::Subscribed { .. })) {
+            Some(ClientEvent::Subscribed { reason_codes, .. }) => reason_codes,
+            other => panic!("no SUBACK: {other:?}"),
+        }
+    }
+
+    /// Publishes; QoS 1 and 2 wait for completion.
+    fn publish(&mut self, topic: &str, payload: &[u8], qos: QoS) {
+        let mut p = Publish::new(
+            TopicName::try_from(topic).expect("a topic"),
+            payload.to_vec(),
+        );
+        p.qos = qos;
+        let id = self.client.publish(Instant::now(), p).expect("PUBLISH");
+        if id.is_some() {
+            let done = self.wait_event(|e| matches!(e, ClientEvent::PublishComplete { .. }));
+            assert!(done.is_some(), "publish not acknowledged");
+        } else {
+            self.pump(Duration::ZERO);
+        }
+    }
+
+    fn message_within(&mut self, timeout: Duration) -> Option<Publish> {
+        match self.wait_event_within(timeout, |e| matches!(e, ClientEvent::Message(_))) {
+            Some(ClientEvent::Message(p)) => Some(p),
+            _ => None,
+        }
+    }
+}
+
+// ---- raw bytes ----------------------------------------------------------------------------
+
+/// An MQTT packet: the first byte, the remaining length, the body.
+fn packet(first: u8, body: &[u8]) -> Vec<u8> {
+    let mut out = vec![first];
+    let mut len = body.len();
+    loop {
+        let mut b = (len % 128) as u8;
+        len /= 128;
+        if len > 0 {
+            b |= 0x80;
+        }
+        out.push(b);
+        if len == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(body);
+    out
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// CONNECT (MQTT 5, Clean Start, Keep Alive 0, no properties).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[5, 0x02, 0, 0, 0]);
+    body.extend(string(client_id));
+    packet(0x10, &body)
+}
+
+/// PUBLISH QoS 1 with packet id 1 and no properties.
+fn publish_packet(topic: &str, payload: &[u8]) -> Vec<u8> {
+    let mut body = string(topic);
+    body.extend_from_slice(&[0, 1, 0]);
+    body.extend_from_slice(payload);
+    packet(0x32, &body)
+}
+
+/// SUBSCRIBE with packet id 2, QoS 1.
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 2, 0];
+    body.extend(string(filter));
+    body.push(1);
+    packet(0x82, &body)
+}
+
+/// Reads packets until the peer closes or `timeout` passes; returns them and whether the
+/// connection closed.
+fn read_packets(sock: &mut TcpStream, timeout: Duration) -> (Vec<Packet>, bool) {
+    read_until(sock, timeout, |_| false)
+}
+
+/// Reads packets until `done` says enough, the peer closes, or `timeout` passes; returns them
+/// and whether the connection closed.
+fn read_until(
+    sock: &mut TcpStream,
+    timeout: Duration,
+    done: impl Fn(&[Packet]) -> bool,
+) -> (Vec<Packet>, bool) {
+    let deadline = Instant::now() + timeout;
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (packets, false);
+        }
+        let _ = sock.set_read_timeout(Some(left));
+        match sock.read(&mut chunk) {
+            Ok(0) => return (packets, true),
+            Ok(n) => {
+                buf.extend_from_slice(&chunk[..n]);
+                while let Ok(Some(p)) = decode(&mut buf, ProtocolVersion::V5, u32::MAX) {
+                    packets.push(p);
+                }
+                if done(&packets) {
+                    return (packets, false);
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return (packets, false)
+            }
+            // A stop signal (a shared machine's scheduler, a debugger) interrupts reads that
+            // have a timeout even with SA_RESTART.
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return (packets, true),
+        }
+    }
+}
+
+/// A small deterministic generator (xorshift64*).
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+}
+
+// ---- QoS, retained, wills, sessions -------------------------------------------------------
+
+#[test]
+fn qos_0_1_2_round_trips_with_mosquitto_clients() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    for qos in 0..=2u8 {
+        let q = qos.to_string();
+        let topic = format!("qos/{qos}");
+        let mut s = sub(broker.port, &["-q", &q, "-t", &topic]);
+        let payload = format!("hello at QoS {qos}");
+        publish(broker.port, &["-q", &q, "-t", &topic, "-m", &payload]);
+        let m = s.message();
+        assert_eq!(
+            m,
+            Msg {
+                topic,
+                qos,
+                retain: false,
+                sub_ids: String::new(),
+                payload
+            }
+        );
+    }
+    // Many messages at QoS 2, in order.
+    let mut s = sub(broker.port, &["-q", "2", "-t", "many/#"]);
+    let lines: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
+    publish_lines(broker.port, &["-q", "2", "-t", "many/x"], &lines);
+    for l in &lines {
+        assert_eq!(&s.message().payload, l);
+    }
+}
+
+#[test]
+fn retained_messages_are_kept_replayed_and_cleared() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    publish(broker.port, &["-q", "1", "-r", "-t", "ret/a", "-m", "kept"]);
+    // A later subscriber gets it, flagged retained [MQTT-3.3.1-9].
+    let mut s = sub(broker.port, &["-q", "1", "-t", "ret/#"]);
+    let m = s.message();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str(), m.retain),
+        ("ret/a", "kept", true)
+    );
+    // A live message on the same topic is not flagged retained for an existing subscriber.
+    publish(
+        broker.port,
+        &["-q", "1", "-r", "-t", "ret/a", "-m", "newer"],
+    );
+    let m = s.message();
+    assert_eq!((m.payload.as_str(), m.retain), ("newer", false));
+    // An empty retained message clears it [MQTT-3.3.1-6, MQTT-3.3.1-7].
+    publish(broker.port, &["-q", "1", "-r", "-t", "ret/a", "-n"]);
+    assert_eq!(s.message().payload, "");
+    let mut s2 = sub(broker.port, &["-q", "1", "-t", "ret/#"]);
+    publish(broker.port, &["-q", "1", "-t", "ret/b", "-m", "marker"]);
+    assert_eq!(
+        s2.message().payload,
+        "marker",
+        "nothing retained was replayed first"
+    );
+}
+
+#[test]
+fn will_is_published_when_the_client_dies() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut watcher = sub(broker.port, &["-q", "1", "-t", "will/#"]);
+    let mut dying = sub(
+        broker.port,
+        &[
+            "-t",
+            "unrelated",
+            "--will-topic",
+            "will/dying",
+            "--will-payload",
+            "gone",
+            "--will-qos",
+            "1",
+        ],
+    );
+    dying.kill();
+    let m = watcher.message();
+    assert_eq!(
+        (m.topic.as_str(), m.payload.as_str()),
+        ("will/dying", "gone")
+    );
+
+    // A clean DISCONNECT (mosquitto_pub exits normally) discards the will [MQTT-3.14.4-3].
+    publish(
+        broker.port,
+        &[
+            "-t",
+            "x",
+            "-m",
+            "y",
+            "--will-topic",
+            "will/clean",
+            "--will-payload",
+            "no",
+        ],
+    );
+    publish(
+        broker.port,
+        &["-q", "1", "-t", "will/marker", "-m", "marker"],
+    );
+    assert_eq!(watcher.message().topic, "will/marker");
+}
+
+#[test]
+fn will_delay_defers_the_will() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut watcher = sub(broker.port, &["-q", "1", "-t", "will/#"]);
+    let mut dying = sub(
+        broker.port,
+        &[
+            "-t",
+            "unrelated",
+            "-x",
+            "60",
+            "-D",
+            "WILL",
+            "will-delay-interval",
+            "1",
+            "--will-topic",
+            "will/delayed",
+            "--will-payload",
+            "late",
+        ],
+    );
+    dying.kill();
+    let killed = Instant::now();
+    let m = watcher.message();
+    let waited = killed.elapsed();
+    assert_eq!(m.payload, "late");
+    assert!(
+        waited >= Duration::from_millis(900),
+        "the will came after {waited:?}, before its 1 s delay"
+    );
+}
+
+#[test]
+fn persistent_session_resumes_with_queued_messages() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut first = sub(
+        broker.port,
+        &["-q", "1", "-c", "-x", "60", "-i", "resumer", "-t", "sess/#"],
+    );
+    first.kill();
+    // Offline: messages are queued for the session.
+    let lines: Vec<String> = (0..3).map(|i| format!("queued-{i}")).collect();
+    publish_lines(broker.port, &["-q", "1", "-t", "sess/t"], &lines);
+    let mut again = Peer::spawn(
+        "mosquitto_sub",
+        &args(
+            broker.port,
+            &[
+                "-d", "-F", FORMAT, "-q", "1", "-c", "-x", "60", "-i", "resumer", "-t", "sess/#",
+            ],
+        ),
+        None,
+    );
+    // Published while no connection was subscribed: only the resumed session delivers them.
+    for l in &lines {
+        assert_eq!(&again.message().payload, l);
+    }
+}
+
+// ---- MQTT 5 features ----------------------------------------------------------------------
+
+#[test]
+fn shared_subscription_splits_messages_between_members() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut a = sub(broker.port, &["-q", "1", "-t", "$share/g/shared/t"]);
+    let mut b = sub(broker.port, &["-q", "1", "-t", "$share/g/shared/t"]);
+    let lines: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
+    publish_lines(broker.port, &["-q", "1", "-t", "shared/t"], &lines);
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while got_a.len() + got_b.len() < lines.len() && Instant::now() < deadline {
+        if let Some(m) = a.message_within(Duration::from_millis(20)) {
+            got_a.push(m.payload);
+        }
+        if let Some(m) = b.message_within(Duration::from_millis(20)) {
+            got_b.push(m.payload);
+        }
+    }
+    assert!(
+        !got_a.is_empty() && !got_b.is_empty(),
+        "both members got messages: {got_a:?} / {got_b:?}"
+    );
+    let all: BTreeSet<&String> = got_a.iter().chain(&got_b).collect();
+    assert_eq!(
+        all.len(),
+        lines.len(),
+        "each message once: {got_a:?} / {got_b:?}"
+    );
+    assert_eq!(got_a.len() + got_b.len(), lines.len());
+}
+
+#[test]
+fn subscription_identifiers_are_sent_with_matching_messages() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut s = sub(
+        broker.port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "sid/#",
+            "-D",
+            "subscribe",
+            "subscription-identifier",
+            "42",
+        ],
+    );
+    publish(broker.port, &["-q", "1", "-t", "sid/x", "-m", "with id"]);
+    let m = s.message();
+    assert_eq!((m.payload.as_str(), m.sub_ids.as_str()), ("with id", "42"));
+}
+
+#[test]
+fn topic_aliases_from_mosquitto_pub() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut s = sub(broker.port, &["-q", "1", "-t", "alias/#"]);
+    let lines: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
+    let out = publish_lines(
+        broker.port,
+        &[
+            "-d",
+            "-q",
+            "1",
+            "-t",
+            "alias/t",
+            "-D",
+            "publish",
+            "topic-alias",
+            "1",
+        ],
+        &lines,
+    );
+    // The second and third PUBLISH carried only the alias (no topic name).
+    let sent: Vec<&String> = out
+        .iter()
+        .filter(|l| l.contains("sending PUBLISH"))
+        .collect();
+    assert_eq!(sent.len(), 3, "{out:?}");
+    assert!(
+        sent[0].contains("'alias/t'") && sent[2].contains("'(null)'"),
+        "{out:?}"
+    );
+    for l in &lines {
+        let m = s.message();
+        assert_eq!((m.topic.as_str(), &m.payload), ("alias/t", l));
+    }
+}
+
+#[test]
+fn no_local_suppresses_own_messages() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let mut c = CoreClient::with_id(broker.port, "no-local");
+    let options = SubscriptionOptions {
+        no_local: true,
+        ..SubscriptionOptions::with_qos(QoS::AtLeastOnce)
+    };
+    assert_eq!(c.subscribe("nl/#", options), vec![ReasonCode::GrantedQoS1]);
+    // Our own message is routed first (PUBACK received), and must not come back
+    // [MQTT-3.8.3-3]; another client's message must.
+    c.publish("nl/t", b"own", QoS::AtLeastOnce);
+    publish(broker.port, &["-q", "1", "-t", "nl/t", "-m", "other"]);
+    let m = c.message_within(WAIT).expect("a message");
+    assert_eq!(&m.payload[..], b"other");
+    // Without no-local, our own message does come back.
+    assert_eq!(
+        c.subscribe("nl2/#", SubscriptionOptions::with_qos(QoS::AtLeastOnce)),
+        vec![ReasonCode::GrantedQoS1]
+    );
+    c.publish("nl2/t", b"echo", QoS::AtLeastOnce);
+    let m = c.message_within(WAIT).expect("a message");
+    assert_eq!(&m.payload[..], b"echo");
+}
+
+#[cfg(unix)]
+#[test]
+fn unix_socket_listener_serves_mosquitto_clients() {
+    if !peers_available() {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("mqttproto-broker-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("a temp dir");
+    let path = dir.join("broker.sock");
+    let config = BrokerConfig::default().listen(ListenAddr::Unix(path.clone()));
+    let mut broker = TestBroker::start(config);
+    let p = path.to_string_lossy().to_string();
+    let mut s = Peer::spawn(
+        "mosquitto_sub",
+        &[
+            "-V",
+            "5",
+            "--unix",
+            p.as_str(),
+            "-d",
+            "-F",
+            FORMAT,
+            "-q",
+            "1",
+            "-t",
+            "unix/#",
+        ]
+        .map(String::from),
+        None,
+    );
+    s.subscribed();
+    Peer::spawn(
+        "mosquitto_pub",
+        &[
+            "-V",
+            "5",
+            "--unix",
+            p.as_str(),
+            "-q",
+            "1",
+            "-t",
+            "unix/t",
+            "-m",
+            "over unix",
+        ]
+        .map(String::from),
+        None,
+    )
+    .finish();
+    assert_eq!(s.message().payload, "over unix");
+    broker.shutdown();
+    assert!(!path.exists(), "the socket file is removed on shutdown");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+// ---- limits, timeouts, shutdown ------------------------------------------------------------
+
+#[test]
+fn silent_socket_is_closed_by_the_connect_timeout() {
+    let broker =
+        TestBroker::start(BrokerConfig::default().with_connect_timeout(Duration::from_millis(200)));
+    let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let start = Instant::now();
+    let (packets, closed) = read_packets(&mut sock, WAIT);
+    let waited = start.elapsed();
+    assert!(closed, "closed within {WAIT:?}");
+    assert!(
+        packets.is_empty(),
+        "nothing sent before CONNECT: {packets:?}"
+    );
+    assert!(
+        waited >= Duration::from_millis(150),
+        "closed after {waited:?}, before the 200 ms timeout"
+    );
+}
+
+#[test]
+fn connections_beyond_the_maximum_are_refused() {
+    let broker = TestBroker::start(BrokerConfig::default().with_max_connections(2));
+    let mut one = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let _two = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let mut three = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let (_, closed) = read_packets(&mut three, WAIT);
+    assert!(closed, "the third connection is closed at once");
+    // The first two are served.
+    one.write_all(&connect_packet("one")).expect("write");
+    let (packets, _) = read_until(&mut one, WAIT, |p| !p.is_empty());
+    assert!(
+        matches!(packets.first(), Some(Packet::ConnAck(c)) if c.reason_code == ReasonCode::Success),
+        "{packets:?}"
+    );
+    // Once one closes, a new connection is accepted again.
+    drop(one);
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+        s.write_all(&connect_packet("again")).expect("write");
+        let (packets, _) = read_until(&mut s, WAIT, |p| !p.is_empty());
+        if matches!(packets.first(), Some(Packet::ConnAck(_))) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "a slot never freed up");
+    }
+}
+
+#[test]
+fn oversized_packet_is_refused_with_0x95() {
+    let limit = NonZeroU32::new(1024).expect("non-zero");
+    let broker = TestBroker::start(BrokerConfig::default().with_max_packet_size(limit));
+    let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    sock.write_all(&connect_packet("big")).expect("write");
+    let t0 = Instant::now();
+    let (packets, closed) = read_until(&mut sock, WAIT, |p| !p.is_empty());
+    match packets.first() {
+        Some(Packet::ConnAck(c)) => {
+            assert_eq!(c.properties.maximum_packet_size, Some(limit));
+        }
+        other => panic!(
+            "no CONNACK: {other:?} closed={closed} after {:?}",
+            t0.elapsed()
+        ),
+    }
+    let _ = sock.write_all(&publish_packet("big/t", &[b'x'; 2000]));
+    let (packets, closed) = read_packets(&mut sock, WAIT);
+    assert!(closed, "closed");
+    assert!(
+        matches!(
+            packets.first(),
+            Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::PacketTooLarge
+        ),
+        "{packets:?}"
+    );
+}
+
+#[test]
+fn graceful_shutdown_disconnects_clients_with_0x8b() {
+    let mut broker = TestBroker::start(BrokerConfig::default());
+    let mut c = CoreClient::with_id(broker.port, "till-the-end");
+    let mut silent = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    broker.shutdown();
+    match c.wait_event(|e| matches!(e, ClientEvent::Disconnected { .. })) {
+        Some(ClientEvent::Disconnected {
+            disconnect: Some(d),
+            ..
+        }) => assert_eq!(d.reason_code, ReasonCode::ServerShuttingDown),
+        other => panic!("no DISCONNECT 0x8B: {other:?}"),
+    }
+    let (_, closed) = read_packets(&mut silent, WAIT);
+    assert!(
+        closed,
+        "a connection still waiting for CONNECT is closed too"
+    );
+    // No longer accepting: connecting fails, or (if a signal confused connect) nobody answers.
+    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", broker.port)) {
+        let _ = s.write_all(&connect_packet("late"));
+        let (packets, _) = read_until(&mut s, Duration::from_millis(500), |p| !p.is_empty());
+        assert!(packets.is_empty(), "still accepting: {packets:?}");
+    }
+}
+
+#[test]
+fn authenticator_verdicts_reach_connack() {
+    // The check for "slow" waits until the test releases it: meanwhile other clients must be
+    // served, so the broker cannot be waiting for it.
+    let release = Arc::new(tokio::sync::Notify::new());
+    let gate = release.clone();
+    let (arrived_tx, arrived) = mpsc::channel::<()>();
+    let config = BrokerConfig::default().with_authenticator(
+        move |req: mqttproto::tokio::broker::ConnectRequest| {
+            let gate = gate.clone();
+            let arrived = arrived_tx.clone();
+            async move {
+                if req.client_id() == "slow" {
+                    let _ = arrived.send(());
+                    gate.notified().await;
+                }
+                if req.client_id() == "panic" {
+                    panic!("an authenticator bug (expected by the test)");
+                }
+                assert!(matches!(
+                    req.peer,
+                    mqttproto::tokio::broker::PeerAddr::Tcp(_)
+                ));
+                assert!(req.listener.is_some());
+                match (req.username(), req.password()) {
+                    (Some("alice"), Some(b"secret")) => ReasonCode::Success,
+                    (Some("alice"), _) => ReasonCode::BadUserNameOrPassword,
+                    // Not valid in CONNACK: replaced with 0x87.
+                    _ => ReasonCode::ServerShuttingDown,
+                }
+            }
+        },
+    );
+    let broker = TestBroker::start(config);
+    let port = broker.port;
+    let try_connect = |id: &str, user: Option<&str>, pass: Option<&[u8]>| -> ReasonCode {
+        let options = ClientOptions {
+            client_id: MqttString::try_from(id).expect("an id"),
+            username: user.map(|u| MqttString::try_from(u).expect("a name")),
+            password: pass.map(bytes::Bytes::copy_from_slice),
+            ..ClientOptions::default()
+        };
+        let sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let mut c = CoreClient {
+            sock,
+            client: Client::new(options),
+            events: VecDeque::new(),
+            closed: false,
+        };
+        c.client.connect(Instant::now()).expect("CONNECT");
+        match c.wait_event(|e| matches!(e, ClientEvent::Connected(_) | ClientEvent::Refused(_))) {
+            Some(ClientEvent::Connected(a)) | Some(ClientEvent::Refused(a)) => a.reason_code,
+            other => panic!("no CONNACK for {id}: {other:?}"),
+        }
+    };
+    std::thread::scope(|s| {
+        let slow = s.spawn(|| try_connect("slow", Some("alice"), Some(b"secret")));
+        arrived
+            .recv_timeout(WAIT)
+            .expect("the slow CONNECT reached the authenticator");
+        assert_eq!(
+            try_connect("fast", Some("alice"), Some(b"secret")),
+            ReasonCode::Success
+        );
+        assert_eq!(
+            try_connect("bad", Some("alice"), Some(b"wrong")),
+            ReasonCode::BadUserNameOrPassword
+        );
+        assert_eq!(try_connect("anon", None, None), ReasonCode::NotAuthorized);
+        // A panicking authenticator refuses the client at once.
+        assert_eq!(
+            try_connect("panic", None, None),
+            ReasonCode::ImplementationSpecificError
+        );
+        assert!(!slow.is_finished(), "the slow check is still pending");
+        release.notify_one();
+        assert_eq!(slow.join().expect("the slow client"), ReasonCode::Success);
+    });
+}
+
+/// The connect timeout on tokio's paused clock, over an in-memory stream: no real waiting.
+#[tokio::test(start_paused = true)]
+async fn connect_timeout_on_the_paused_clock() {
+    use mqttproto::tokio::broker::PeerAddr;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let config = BrokerConfig::default().with_connect_timeout(Duration::from_secs(5));
+    let handle = Broker::bind(config).await.expect("bind").spawn();
+
+    // Silent: closed after exactly the timeout.
+    let (mut silent, server) = tokio::io::duplex(4096);
+    handle
+        .accept_stream(server, PeerAddr::Unknown)
+        .await
+        .expect("accepted");
+    let start = tokio::time::Instant::now();
+    let mut buf = [0u8; 64];
+    let n = silent.read(&mut buf).await.expect("read");
+    assert_eq!(n, 0, "closed without a word");
+    let waited = start.elapsed();
+    assert!(
+        waited >= Duration::from_secs(5) && waited < Duration::from_secs(6),
+        "closed after {waited:?}"
+    );
+
+    // Connected in time: still open long after.
+    let (mut talker, server) = tokio::io::duplex(4096);
+    handle
+        .accept_stream(server, PeerAddr::Unknown)
+        .await
+        .expect("accepted");
+    talker
+        .write_all(&connect_packet("talker"))
+        .await
+        .expect("write");
+    let n = talker.read(&mut buf).await.expect("read");
+    assert!(n > 0 && buf[0] == 0x20, "CONNACK");
+    let more = tokio::time::timeout(Duration::from_secs(60), talker.read(&mut buf)).await;
+    assert!(more.is_err(), "the connected client was not disconnected");
+
+    handle.shutdown().await;
+}
+
+// ---- robustness ---------------------------------------------------------------------------
+
+#[test]
+fn bad_input_does_not_disturb_well_behaved_clients() {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start(BrokerConfig::default());
+    let port = broker.port;
+    let mut good = sub(
+        port,
+        &["-q", "1", "-i", "good-subscriber-7f3a", "-t", "good/#"],
+    );
+
+    // Valid packets to mutate.
+    let mut valid = connect_packet("fuzz");
+    valid.extend(subscribe_packet("fuzz/#"));
+    valid.extend(publish_packet("fuzz/t", b"payload"));
+
+    let fuzzer = std::thread::spawn(move || {
+        let mut rng = Rng(0x5EED_1234_ABCD_0001);
+        let mut closed = 0;
+        for round in 0..60 {
+            let input: Vec<u8> = match round % 3 {
+                // Random bytes.
+                0 => (0..1 + rng.below(300)).map(|_| rng.next() as u8).collect(),
+                // A valid CONNECT, then random bytes.
+                1 => {
+                    let mut v = connect_packet(&format!("fuzz-{round}"));
+                    v.extend((0..rng.below(200)).map(|_| rng.next() as u8));
+                    v
+                }
+                // Valid packets with a few bytes changed, dropped or inserted.
+                _ => {
+                    let mut v = valid.clone();
+                    for _ in 0..1 + rng.below(4) {
+                        let i = rng.below(v.len());
+                        match rng.below(3) {
+                            0 => v[i] = rng.next() as u8,
+                            1 => {
+                                v.remove(i);
+                            }
+                            _ => v.insert(i, rng.next() as u8),
+                        }
+                    }
+                    v
+                }
+            };
+            let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) else {
+                continue;
+            };
+            let _ = s.write_all(&input);
+            if round % 2 == 0 {
+                let _ = s.shutdown(Shutdown::Write);
+            }
+            let (_, was_closed) = read_packets(&mut s, Duration::from_millis(30));
+            closed += usize::from(was_closed);
+        }
+        closed
+    });
+
+    let lines: Vec<String> = (0..100).map(|i| format!("good-{i}")).collect();
+    publish_lines(port, &["-q", "1", "-t", "good/t"], &lines);
+    let closed = fuzzer.join().expect("the fuzzer");
+    assert!(closed > 0, "the broker closed some bad connections");
+
+    // Every message arrived, in order (mutated packets may have added others).
+    let mut expected = lines.iter().peekable();
+    let deadline = Instant::now() + WAIT;
+    while let Some(want) = expected.peek() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match good.message_within(left) {
+            Some(m) if &&m.payload == want => {
+                expected.next();
+            }
+            Some(_) => {}
+            None => panic!("lost {want}: {}", good.describe()),
+        }
+    }
+    // And the broker still serves new clients.
+    let mut late = sub(port, &["-q", "2", "-t", "late/#"]);
+    publish(port, &["-q", "2", "-t", "late/t", "-m", "still up"]);
+    assert_eq!(late.message().payload, "still up");
+}
+
+#[test]
+fn stalled_subscriber_is_disconnected_without_holding_up_others() {
+    if !peers_available() {
+        return;
+    }
+    let mut config = BrokerConfig::default();
+    config.outbound_queue_capacity = 64;
+    config.max_outbound_bytes = 1 << 20;
+    let broker = TestBroker::start(config);
+    let port = broker.port;
+
+    // A subscriber that stops reading after SUBACK.
+    let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    stalled
+        .write_all(&connect_packet("stalled"))
+        .expect("write");
+    stalled
+        .write_all(&subscribe_packet("flood/#"))
+        .expect("write");
+    let (packets, _) = read_until(&mut stalled, WAIT, |p| p.len() >= 2);
+    assert!(
+        matches!(packets.last(), Some(Packet::SubAck(_))),
+        "{packets:?}"
+    );
+
+    // A well-behaved subscriber with a small Receive Maximum (the broker holds the rest).
+    let mut fast = sub(
+        port,
+        &[
+            "-q",
+            "1",
+            "-t",
+            "flood/#",
+            "-F",
+            "MSG|%t|%q|%r|%S|%l",
+            "-D",
+            "connect",
+            "receive-maximum",
+            "4",
+        ],
+    );
+
+    // 24 MiB in 64 KiB messages: more than the kernel's socket buffers and the 1 MiB bound.
+    let count = 384;
+    let payload = vec![b'p'; 64 * 1024];
+    let mut publisher = CoreClient::with_id(port, "flooder");
+    for _ in 0..count {
+        publisher.publish("flood/t", &payload, QoS::AtLeastOnce);
+    }
+    for i in 0..count {
+        match fast.message_within(WAIT) {
+            Some(m) => assert_eq!(m.payload, payload.len().to_string()),
+            None => panic!("the fast subscriber lost message {i}: {}", fast.describe()),
+        }
+    }
+    // The stalled one was cut off: reading now ends before the flood does.
+    let mut total = 0usize;
+    let mut buf = vec![0u8; 1 << 16];
+    let deadline = Instant::now() + WAIT;
+    let _ = stalled.set_read_timeout(Some(Duration::from_millis(100)));
+    let closed = loop {
+        match stalled.read(&mut buf) {
+            Ok(0) => break true,
+            Ok(n) => total += n,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock
+                        | std::io::ErrorKind::TimedOut
+                        | std::io::ErrorKind::Interrupted
+                ) =>
+            {
+                if Instant::now() > deadline {
+                    break false;
+                }
+            }
+            Err(_) => break true,
+        }
+    };
+    assert!(closed, "the stalled subscriber was disconnected");
+    assert!(
+        total < count * payload.len(),
+        "it did not get the whole flood ({total} bytes)"
+    );
+}
