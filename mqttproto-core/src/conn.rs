@@ -4,6 +4,7 @@
 //! flows under ours (exactly-once for QoS 2), and topic aliases both ways.
 
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::num::NonZeroU16;
 use std::time::Instant;
 
@@ -16,6 +17,36 @@ use crate::types::{PacketId, PacketType, ProtocolVersion, QoS, ReasonCode};
 
 /// The tracing target on which every packet in and out is logged at DEBUG.
 pub(crate) const TRACE_TARGET: &str = "mqttproto";
+
+/// A multiplicative (Fx-style) hasher for integer keys the local side allocates (outbound packet
+/// identifiers, session ids): SipHash's flooding resistance buys nothing there.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+const ID_HASH_K: u64 = 0x517c_c1b7_2722_0a95;
+
+impl Hasher for IdHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_u16(&mut self, n: u16) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(ID_HASH_K);
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+/// Builds [`IdHasher`]s.
+pub(crate) type IdBuildHasher = BuildHasherDefault<IdHasher>;
 
 /// Which end of the connection this machine is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,6 +140,11 @@ impl Wire {
     /// Encodes `packet` for the peer. Reason String and User Properties are dropped first if the
     /// packet would exceed the peer's Maximum Packet Size; if it still does, nothing is written.
     pub fn send(&mut self, now: Instant, mut packet: Packet) -> Result<(), StateError> {
+        self.send_mut(now, &mut packet)
+    }
+
+    /// [`send`](Self::send) without taking the packet: the caller keeps it (possibly shrunk).
+    pub fn send_mut(&mut self, now: Instant, packet: &mut Packet) -> Result<(), StateError> {
         if self.closed {
             return Err(StateError::NotConnected);
         }
@@ -184,8 +220,8 @@ pub(crate) struct Outbound {
     next_id: u16,
     seq: u64,
     /// Every id in use: in flight, queued, or held by a SUBSCRIBE/UNSUBSCRIBE.
-    in_use: HashSet<u16>,
-    pub inflight: HashMap<u16, (u64, OutState)>,
+    in_use: HashSet<u16, IdBuildHasher>,
+    pub inflight: HashMap<u16, (u64, OutState), IdBuildHasher>,
     /// QoS 1/2 publishes with ids assigned, waiting for the window.
     pub waiting: VecDeque<Publish>,
     /// The peer's Receive Maximum.
@@ -477,6 +513,11 @@ impl OutboundAliases {
             enabled,
             ..Default::default()
         }
+    }
+
+    /// Whether [`apply`](Self::apply) may rewrite a PUBLISH.
+    pub fn active(&self) -> bool {
+        self.enabled && self.maximum != 0
     }
 
     /// Rewrites `publish` to use an alias: the first time a topic is sent it gets a new alias

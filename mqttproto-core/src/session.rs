@@ -289,7 +289,10 @@ impl Session {
     /// Maximum, Maximum QoS, Retain Available, Maximum Packet Size, Topic Alias Maximum, Server
     /// Keep Alive, …) and are enforced on the client from now on; the session's in-flight
     /// messages are resent, and queued ones delivered. On failure the CONNACK is sent and the
-    /// connection ends [MQTT-3.2.2-7].
+    /// connection ends [MQTT-3.2.2-7]. The CONNACK is bound by the client's Maximum Packet Size
+    /// (Reason String and User Properties are dropped to fit); if not even the bare CONNACK fits,
+    /// nothing is sent and the connection ends with
+    /// `Error::Disconnected(ReasonCode::PacketTooLarge)`.
     pub fn acknowledge_connect(
         &mut self,
         now: Instant,
@@ -306,7 +309,19 @@ impl Session {
             properties,
         };
         let p = connack.properties.clone();
-        self.wire.send(now, Packet::ConnAck(connack))?;
+        match self.wire.send(now, Packet::ConnAck(connack)) {
+            Ok(()) => {}
+            Err(StateError::PacketTooLarge { .. }) => {
+                // Not even a bare CONNACK fits the client's Maximum Packet Size
+                // [MQTT-3.1.2-24]: nothing can be sent, so the connection ends.
+                let err = self
+                    .wire
+                    .fail(now, Error::Disconnected(ReasonCode::PacketTooLarge), None);
+                self.end(err, None);
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        }
         if reason_code.is_error() {
             let err = self.wire.fail(now, Error::Disconnected(reason_code), None);
             self.end(err, None);
@@ -491,6 +506,16 @@ impl Session {
         publish: Publish,
         expires_at: Option<Instant>,
     ) -> Result<(), StateError> {
+        // Fast path: nothing waits ahead of it and the window has room, so send it now instead
+        // of moving it through the queue.
+        if self.phase == SessionPhase::Connected
+            && self.state.queue.is_empty()
+            && self.options.max_queued_messages > 0
+            && (publish.qos == QoS::AtMostOnce || self.state.outbound.has_room())
+        {
+            self.send_one(now, publish, expires_at);
+            return Ok(());
+        }
         self.state
             .enqueue(publish, expires_at, self.options.max_queued_messages)?;
         if self.phase == SessionPhase::Connected {
@@ -632,55 +657,83 @@ impl Session {
                 break;
             }
             let Some(Queued {
-                mut publish,
+                publish,
                 expires_at,
             }) = self.state.queue.pop_front()
             else {
                 break;
             };
-            if let Some(t) = expires_at {
-                // The remaining interval, rounded up [MQTT-3.3.2-6].
-                let left = t.saturating_duration_since(now);
-                let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-                publish.properties.message_expiry_interval =
-                    Some(u32::try_from(secs).unwrap_or(u32::MAX));
+            if !self.send_one(now, publish, expires_at) {
+                break;
             }
-            publish.dup = false;
-            publish.packet_id = None;
-            if publish.qos != QoS::AtMostOnce {
-                match self.state.outbound.allocate() {
-                    Ok(id) => publish.packet_id = Some(id),
-                    Err(_) => {
-                        self.state.queue.push_front(Queued {
-                            publish,
-                            expires_at,
-                        });
-                        break;
-                    }
-                }
-            }
-            let mut wire_form = publish.clone();
-            self.out_aliases.apply(&mut wire_form);
-            match self.wire.send(now, Packet::Publish(wire_form)) {
-                Ok(()) => self.state.outbound.track(publish),
-                Err(StateError::PacketTooLarge { size, max }) => {
-                    // Discarded as if delivered [MQTT-3.1.2-25].
-                    tracing::debug!(target: "mqttproto", size, max, "PUBLISH exceeds the client's Maximum Packet Size; discarded");
-                    if let Some(id) = publish.packet_id {
-                        self.state.outbound.release(id);
-                    }
-                    self.state.dropped += 1;
-                }
+        }
+    }
+
+    /// Sends one message (not expired, with room in the window if QoS > 0). Returns false if it
+    /// could not be sent and went back to the front of the queue.
+    fn send_one(&mut self, now: Instant, mut publish: Publish, expires_at: Option<Instant>) -> bool {
+        if expires_at.is_some_and(|t| t <= now) {
+            self.state.dropped += 1;
+            return true;
+        }
+        if let Some(t) = expires_at {
+            // The remaining interval, rounded up [MQTT-3.3.2-6].
+            let left = t.saturating_duration_since(now);
+            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+            publish.properties.message_expiry_interval =
+                Some(u32::try_from(secs).unwrap_or(u32::MAX));
+        }
+        publish.dup = false;
+        publish.packet_id = None;
+        if publish.qos != QoS::AtMostOnce {
+            match self.state.outbound.allocate() {
+                Ok(id) => publish.packet_id = Some(id),
                 Err(_) => {
-                    if let Some(id) = publish.packet_id {
-                        self.state.outbound.release(id);
-                    }
                     self.state.queue.push_front(Queued {
                         publish,
                         expires_at,
                     });
-                    break;
+                    return false;
                 }
+            }
+        }
+        // Encode the message itself unless an alias rewrites it: no clone.
+        let (wire_form, original) = if self.out_aliases.active() {
+            let mut w = publish.clone();
+            self.out_aliases.apply(&mut w);
+            (w, Some(publish))
+        } else {
+            (publish, None)
+        };
+        let mut packet = Packet::Publish(wire_form);
+        let result = self.wire.send_mut(now, &mut packet);
+        let Packet::Publish(wire_form) = packet else {
+            unreachable!("a PUBLISH stays a PUBLISH");
+        };
+        let publish = original.unwrap_or(wire_form);
+        match result {
+            Ok(()) => {
+                self.state.outbound.track(publish);
+                true
+            }
+            Err(StateError::PacketTooLarge { size, max }) => {
+                // Discarded as if delivered [MQTT-3.1.2-25].
+                tracing::debug!(target: "mqttproto", size, max, "PUBLISH exceeds the client's Maximum Packet Size; discarded");
+                if let Some(id) = publish.packet_id {
+                    self.state.outbound.release(id);
+                }
+                self.state.dropped += 1;
+                true
+            }
+            Err(_) => {
+                if let Some(id) = publish.packet_id {
+                    self.state.outbound.release(id);
+                }
+                self.state.queue.push_front(Queued {
+                    publish,
+                    expires_at,
+                });
+                false
             }
         }
     }
@@ -690,7 +743,12 @@ impl Session {
             if self.phase == SessionPhase::Authenticating {
                 // Hold pipelined packets until the CONNECT is decided; only AUTH and
                 // DISCONNECT are read meanwhile.
-                match codec::decode_fixed_header(self.wire_input())? {
+                // A malformed fixed header is fatal here too, like any decode error.
+                let header = match codec::decode_fixed_header(self.wire_input()) {
+                    Ok(h) => h,
+                    Err(e) => return Err(self.fail(now, Error::Decode(e))),
+                };
+                match header {
                     Some(h)
                         if matches!(h.packet_type, PacketType::Auth | PacketType::Disconnect) => {}
                     _ => return Ok(()),
@@ -776,6 +834,13 @@ impl Session {
         match (self.phase, packet) {
             (SessionPhase::AwaitingConnect, Packet::Connect(c)) => {
                 self.keep_alive = c.keep_alive;
+                // CONNACK, and any error CONNACK, is bound by the client's Maximum Packet Size
+                // too: its Reason String and User Properties are dropped to fit
+                // [MQTT-3.1.2-24, MQTT-3.2.2-19, MQTT-3.2.2-20].
+                self.wire.max_out = c
+                    .properties
+                    .maximum_packet_size
+                    .map_or(u32::MAX, NonZeroU32::get);
                 self.connect = Some(c.clone());
                 self.phase = SessionPhase::Authenticating;
                 self.events.push_back(SessionEvent::Connect(c));

@@ -189,7 +189,7 @@ pub struct Broker {
     /// Last bytes of connections that closed, to be written before their sockets close.
     closing: VecDeque<(ConnectionHandle, Bytes)>,
     assigned: u64,
-    scratch: HashMap<SessionId, Target>,
+    scratch: HashMap<SessionId, Target, crate::conn::IdBuildHasher>,
     /// Deadlines of connections, sessions (wills, expiry) and retained messages, soonest first.
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     open_conns: usize,
@@ -212,7 +212,7 @@ impl Broker {
             dirty: VecDeque::new(),
             closing: VecDeque::new(),
             assigned: 0,
-            scratch: HashMap::new(),
+            scratch: HashMap::default(),
             timers: BinaryHeap::new(),
             open_conns: 0,
         }
