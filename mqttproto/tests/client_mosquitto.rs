@@ -362,3 +362,41 @@ async fn connection_refused_is_reported_and_publish_fails_when_reconnect_is_off(
         .unwrap_err();
     assert!(matches!(err, ClientError::Closed), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_consumer_gets_back_pressure_not_loss_at_qos0() {
+    let Some(m) = Mosquitto::start("max_queued_messages 0") else {
+        return;
+    };
+    let slow = Client::builder(&m.url())
+        .unwrap()
+        .client_id("slow-qos0")
+        .subscription_capacity(4)
+        .build();
+    let mut sub = slow.subscribe("bp/#", QoS::AtMostOnce).await.unwrap();
+    let producer = client(&m.url(), "fast-qos0");
+    const N: usize = 5_000;
+    for i in 0..N - 1 {
+        producer
+            .try_publish({
+                let mut p = Publish::new(TopicName::try_from("bp/x").unwrap(), format!("{i}"));
+                p.qos = QoS::AtMostOnce;
+                p
+            })
+            .unwrap();
+    }
+    producer
+        .publish("bp/x", format!("{}", N - 1), QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Read slowly: the client must stop reading rather than drop.
+    for i in 0..N {
+        if i % 500 == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let msg = next(&mut sub).await;
+        assert_eq!(msg.payload, Bytes::from(format!("{i}")), "message {i}");
+    }
+    producer.disconnect().await.unwrap();
+    slow.disconnect().await.unwrap();
+}

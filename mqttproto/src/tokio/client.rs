@@ -30,9 +30,15 @@
 //! * **No deadlock from a message handler.** Commands travel over an unbounded channel to the
 //!   task, which never waits for the application: publishing from inside the loop that reads a
 //!   [`Subscription`] is safe.
-//! * **Back-pressure, not loss.** Each subscription has a bounded buffer; while one is full the
-//!   task stops reading from the socket (TCP pushes back on the broker) but keeps serving
-//!   commands.
+//! * **Bounded memory, back-pressure, no QoS 1/2 loss.** Each subscription has a bounded
+//!   buffer. Inbound QoS 1/2 messages are acknowledged only once they are in their
+//!   subscriptions' buffers, so the broker's window (our Receive Maximum) bounds what waits for
+//!   a slow consumer. When a bounded backlog fills up, the client stops reading from the socket,
+//!   so TCP pushes back on the broker; only while the application awaits an acknowledgement does
+//!   it keep reading (so that the wait cannot deadlock), and QoS 0 messages beyond the backlog
+//!   are then dropped (at most once) and counted in a warning on the `mqttproto::client` tracing
+//!   target. Messages are delivered in order: a subscription whose buffer is full holds up the
+//!   messages behind it.
 //!
 //! # Cancel safety
 //!
@@ -780,8 +786,14 @@ impl Task {
             }
             let deadline = self.core.poll_timeout().map(Instant::from_std);
             let blocked = self.blocked_sender();
+            // While messages wait for a full subscription, stop reading (TCP pushes back on the
+            // broker) unless the application awaits an acknowledgement, which must not be held
+            // up: then keep reading, and QoS 0 messages past the bounded backlog are dropped.
+            let reading = self.backlog.len() < self.backlog_limit
+                || !self.pending_pub.is_empty()
+                || !self.pending_sub.is_empty();
             tokio::select! {
-                r = rd.read_buf(&mut buf) => {
+                r = rd.read_buf(&mut buf), if reading => {
                     match r {
                         Ok(0) | Err(_) => self.core.handle_close(now()),
                         Ok(_) => {
@@ -793,7 +805,17 @@ impl Task {
                     }
                 }
                 cmd = self.rx.recv() => match cmd {
-                    Some(cmd) => self.command(cmd),
+                    Some(cmd) => {
+                        self.command(cmd);
+                        // Take what else is already queued (bounded), so that one write carries
+                        // many packets: a system call per message would dominate the cost.
+                        for _ in 0..255 {
+                            match self.rx.try_recv() {
+                                Ok(c) => self.command(c),
+                                Err(_) => break,
+                            }
+                        }
+                    }
                     None => {
                         // Every handle is gone: leave cleanly.
                         let _ = self.core.disconnect(now(), ReasonCode::Success, None);
@@ -1012,7 +1034,11 @@ impl Task {
             .map(|(id, _)| *id)
             .collect::<Vec<_>>();
         targets.sort_unstable();
-        if msg.qos == QoS::AtMostOnce && self.backlog.len() >= self.backlog_limit {
+        // Past the limit, reading stops (see `serve`); what one read brought in still fits. Only
+        // while an acknowledgement is awaited does reading go on, and then QoS 0 messages past
+        // the limit are dropped.
+        let must_read = !self.pending_pub.is_empty() || !self.pending_sub.is_empty();
+        if msg.qos == QoS::AtMostOnce && must_read && self.backlog.len() >= self.backlog_limit {
             // A consumer this far behind loses QoS 0 messages (at most once), never QoS 1/2,
             // which the broker's window bounds.
             self.dropped_qos0 += 1;
