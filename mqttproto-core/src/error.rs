@@ -152,6 +152,10 @@ pub enum DecodeError {
     /// Retain Handling 3 (section 3.8.3.1: a Protocol Error).
     #[error("Retain Handling 3 is a protocol error")]
     InvalidRetainHandling,
+    /// Authentication Data without an Authentication Method (section 3.1.2.11.10: a Protocol
+    /// Error).
+    #[error("Authentication Data without an Authentication Method is a protocol error")]
+    AuthenticationDataWithoutMethod,
     /// The reserved bit of the CONNECT flags is set [MQTT-3.1.2-3].
     #[error("reserved CONNECT flag is set [MQTT-3.1.2-3]")]
     ConnectReservedFlag,
@@ -221,6 +225,7 @@ impl DecodeError {
             | EmptyUnsubscribe
             | InvalidRetainHandling
             | InvalidSubscriptionQoS
+            | AuthenticationDataWithoutMethod
             | NoLocalOnSharedSubscription
             | SessionPresentOnFailure => ReasonCode::ProtocolError,
             InvalidPacketType
@@ -321,6 +326,9 @@ pub enum EncodeError {
         /// The code.
         code: ReasonCode,
     },
+    /// Authentication Data without an Authentication Method (section 3.1.2.11.10).
+    #[error("Authentication Data needs an Authentication Method")]
+    AuthenticationDataWithoutMethod,
     /// No Local on a shared subscription [MQTT-3.8.3-4].
     #[error("No Local cannot be set on a shared subscription [MQTT-3.8.3-4]")]
     NoLocalOnSharedSubscription,

@@ -655,3 +655,20 @@ fn errors_never_consume_a_following_valid_packet_silently() {
     assert_eq!(decode(&mut buf, V5, u32::MAX).unwrap(), None);
     assert_eq!(buf.len(), 5);
 }
+
+#[test]
+fn authentication_data_without_method_is_a_protocol_error() {
+    // CONNECT with Authentication Data (0x16) and no Authentication Method.
+    assert_eq!(
+        rejects(
+            "10 14 0004 4d515454 05 02 003c 04 16 0001 61 0003 616263",
+            ReasonCode::ProtocolError
+        ),
+        DecodeError::AuthenticationDataWithoutMethod
+    );
+    // The same in CONNACK.
+    assert_eq!(
+        rejects("20 07 00 00 04 16 0001 61", ReasonCode::ProtocolError),
+        DecodeError::AuthenticationDataWithoutMethod
+    );
+}

@@ -153,6 +153,8 @@ fn connect() -> impl Strategy<Value = Packet> {
     )
         .prop_map(
             |(clean_start, keep_alive, client_id, will, username, password, p)| {
+                // Authentication Data needs an Authentication Method (section 3.1.2.11.10).
+                let has_method = p.6.is_some();
                 Packet::Connect(Box::new(Connect {
                     protocol_version: V5,
                     clean_start,
@@ -169,7 +171,7 @@ fn connect() -> impl Strategy<Value = Packet> {
                         request_response_information: p.4,
                         request_problem_information: p.5,
                         authentication_method: p.6,
-                        authentication_data: p.7,
+                        authentication_data: p.7.filter(|_| has_method),
                         user_properties: p.8,
                     },
                 }))
@@ -204,6 +206,7 @@ fn connack() -> impl Strategy<Value = Packet> {
         ),
     )
         .prop_map(|(session_present, reason_code, a, b)| {
+            let has_method = b.6.is_some();
             Packet::ConnAck(ConnAck {
                 session_present: session_present && reason_code == ReasonCode::Success,
                 reason_code,
@@ -223,7 +226,7 @@ fn connack() -> impl Strategy<Value = Packet> {
                     response_information: b.4,
                     server_reference: b.5,
                     authentication_method: b.6,
-                    authentication_data: b.7,
+                    authentication_data: b.7.filter(|_| has_method),
                     user_properties: b.8,
                 },
             })

@@ -75,6 +75,9 @@ impl Connect {
         }
         let keep_alive = r.u16()?;
         let properties = ConnectProperties::read(r)?;
+        if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+            return Err(DecodeError::AuthenticationDataWithoutMethod); // section 3.1.2.11.10
+        }
         let client_id = r.string("Client Identifier")?;
         let will = if will_flag {
             let qos = QoS::from_u8(will_qos_bits).ok_or(DecodeError::InvalidQoS)?;
@@ -128,6 +131,11 @@ impl Connect {
 
     pub(crate) fn validate(&self) -> Result<(), EncodeError> {
         self.properties.check()?;
+        if self.properties.authentication_data.is_some()
+            && self.properties.authentication_method.is_none()
+        {
+            return Err(EncodeError::AuthenticationDataWithoutMethod);
+        }
         if let Some(will) = &self.will {
             will.properties.check()?;
             check_binary("Will Payload", &will.payload)?;
@@ -222,6 +230,9 @@ impl ConnAck {
             return Err(DecodeError::SessionPresentOnFailure);
         }
         let properties = ConnAckProperties::read(r)?;
+        if properties.authentication_data.is_some() && properties.authentication_method.is_none() {
+            return Err(DecodeError::AuthenticationDataWithoutMethod);
+        }
         Ok(ConnAck {
             session_present,
             reason_code,
@@ -233,6 +244,11 @@ impl ConnAck {
         check_reason(PacketType::ConnAck, self.reason_code)?;
         if self.session_present && self.reason_code != ReasonCode::Success {
             return Err(EncodeError::SessionPresentOnFailure);
+        }
+        if self.properties.authentication_data.is_some()
+            && self.properties.authentication_method.is_none()
+        {
+            return Err(EncodeError::AuthenticationDataWithoutMethod);
         }
         self.properties.check()
     }
