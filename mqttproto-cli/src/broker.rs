@@ -1,6 +1,7 @@
 //! `mqttproto broker`: serves MQTT 5 with [`mqttproto::tokio::Broker`].
 
 use std::num::NonZeroU32;
+use std::path::PathBuf;
 
 use clap::Args;
 use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
@@ -11,13 +12,18 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
 /// Options of `mqttproto broker`.
 #[derive(Debug, Args)]
 pub struct BrokerArgs {
-    /// Where to listen: IP:PORT (port 0 picks a free port) or unix:PATH. Repeatable. Default:
-    /// 127.0.0.1:1883.
+    /// A TOML configuration file: listeners (TLS, WebSocket), password file, ACL file, limits.
+    /// See docs/broker-config.md.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Where to listen: IP:PORT (port 0 picks a free port), mqtt://IP:PORT, ws://IP:PORT/PATH
+    /// or unix:PATH. Repeatable; added to the configuration file's listeners. Default (when
+    /// neither gives one): 127.0.0.1:1883.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<ListenAddr>,
     /// The most connections open at once; more are refused.
-    #[arg(long, value_name = "N", default_value_t = BrokerConfig::default().max_connections)]
-    max_connections: usize,
+    #[arg(long, value_name = "N")]
+    max_connections: Option<usize>,
     /// The largest packet accepted from clients, in bytes (announced in CONNACK). Default: the
     /// protocol's limit.
     #[arg(long, value_name = "BYTES")]
@@ -26,14 +32,21 @@ pub struct BrokerArgs {
 
 impl BrokerArgs {
     fn config(self) -> Result<BrokerConfig, String> {
-        let mut config = BrokerConfig::default().with_max_connections(self.max_connections);
-        if self.listen.is_empty() {
+        let mut config = BrokerConfig::default();
+        if let Some(path) = &self.config {
+            config = crate::config::load(path, config)?;
+        }
+        if let Some(max) = self.max_connections {
+            config = config.with_max_connections(max);
+        }
+        for addr in self.listen {
+            config = config.listen(addr);
+        }
+        if config.listeners.is_empty() {
             let addr = DEFAULT_LISTEN
                 .parse::<ListenAddr>()
                 .map_err(|e| e.to_string())?;
             config = config.listen(addr);
-        } else {
-            config.listeners = self.listen;
         }
         if let Some(max) = self.max_packet_size {
             config = config.with_max_packet_size(max);

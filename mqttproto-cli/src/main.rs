@@ -6,12 +6,16 @@
 //!   serves until Ctrl-C or SIGTERM, then disconnects its clients with 0x8B and exits;
 //! * `pub` / `sub`: publish and subscribe, in the spirit of `mosquitto_pub` / `mosquitto_sub`
 //!   (the common short flags mean the same);
+//! * `passwd FILE USER`: adds, updates (`--password` or stdin) or deletes (`-D`) a user of a
+//!   password file for the broker (`-c` creates the file);
 //! * `decode`: parses MQTT 5 packets given in hex and prints them, or the reason code a
 //!   receiver would answer with.
 #![forbid(unsafe_code)]
 
 mod broker;
 mod client_cmds;
+mod config;
+mod passwd;
 
 use std::io::Read;
 use std::process::ExitCode;
@@ -39,6 +43,9 @@ enum Command {
     /// Subscribe and print messages (flags as mosquitto_sub: -h -p -t -q -C -v -W -D …).
     #[command(disable_help_flag = true)]
     Sub(client_cmds::SubArgs),
+    /// Add, update or delete (-D) a user of a broker password file. The password comes from
+    /// --password or the first line of standard input; -c creates the file.
+    Passwd(passwd::PasswdArgs),
     /// Decode MQTT 5 packets given as hex (arguments, or standard input) and print them.
     Decode {
         /// Hex bytes; whitespace and ':' separators are ignored. Reads stdin when absent.
@@ -119,6 +126,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Broker(args) => broker::run(args),
+        Command::Passwd(args) => passwd::run(args),
         Command::Pub(args) => run_async(client_cmds::run_pub(args)),
         Command::Sub(args) => run_async(client_cmds::run_sub(args)),
         Command::Decode {

@@ -89,6 +89,9 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+#[cfg(feature = "tls")]
+pub use super::listen::{ClientCertificates, ServerTlsOptions};
+
 const TARGET: &str = "mqttproto::broker";
 
 /// Bytes asked of the socket per read.
@@ -107,13 +110,36 @@ const ACCEPT_CAPACITY: usize = 64;
 /// Where the broker listens.
 ///
 /// Parses from `IP:PORT` (`127.0.0.1:1883`, `[::1]:1883`), optionally prefixed with `mqtt://` or
-/// `tcp://`, and from `unix:PATH` or `unix://PATH` (on Unix). Displays as `mqtt://IP:PORT` or
-/// `unix://PATH`.
+/// `tcp://`; from `mqtts://IP:PORT` (or `ssl://`) for TLS; from `ws://IP:PORT/PATH` and
+/// `wss://IP:PORT/PATH` for WebSocket (the path defaults to `/mqtt`); and from `unix:PATH` or
+/// `unix://PATH` (on Unix). Displays as the same URLs (`mqtt://IP:PORT`, `mqtts://IP:PORT`,
+/// `ws://IP:PORT/PATH`, `wss://IP:PORT/PATH`, `unix://PATH`), which our client accepts.
+///
+/// TLS listeners need [`ServerTlsOptions`](super::listen::ServerTlsOptions): see [`Listener`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum ListenAddr {
     /// A TCP socket address. Port 0 picks a free port; [`Broker::local_addrs`] tells which.
     Tcp(SocketAddr),
+    /// TLS over TCP (`mqtts://`).
+    #[cfg(feature = "tls")]
+    Tls(SocketAddr),
+    /// WebSocket (`ws://`), on a request path such as `/mqtt`.
+    #[cfg(feature = "websocket")]
+    Ws {
+        /// The TCP socket address.
+        addr: SocketAddr,
+        /// The request path served (other paths get 404).
+        path: String,
+    },
+    /// WebSocket over TLS (`wss://`).
+    #[cfg(all(feature = "websocket", feature = "tls"))]
+    Wss {
+        /// The TCP socket address.
+        addr: SocketAddr,
+        /// The request path served (other paths get 404).
+        path: String,
+    },
     /// A Unix domain socket path. A stale socket file left by a previous run is replaced; the
     /// file is removed on shutdown.
     #[cfg(unix)]
@@ -130,6 +156,12 @@ impl fmt::Display for ListenAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             ListenAddr::Tcp(a) => write!(f, "mqtt://{a}"),
+            #[cfg(feature = "tls")]
+            ListenAddr::Tls(a) => write!(f, "mqtts://{a}"),
+            #[cfg(feature = "websocket")]
+            ListenAddr::Ws { addr, path } => write!(f, "ws://{addr}{path}"),
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            ListenAddr::Wss { addr, path } => write!(f, "wss://{addr}{path}"),
             #[cfg(unix)]
             ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
         }
@@ -167,14 +199,143 @@ impl FromStr for ListenAddr {
                 return Err(err("Unix sockets are not available on this platform"));
             }
         }
-        let rest = s
-            .strip_prefix("mqtt://")
-            .or_else(|| s.strip_prefix("tcp://"))
-            .unwrap_or(s);
-        let rest = rest.strip_suffix('/').unwrap_or(rest);
-        rest.parse::<SocketAddr>()
-            .map(ListenAddr::Tcp)
-            .map_err(|_| err("expected IP:PORT, [IPv6]:PORT or unix:PATH"))
+        let bad_addr = || err("expected IP:PORT, [IPv6]:PORT or unix:PATH");
+        let (scheme, rest) = match s.split_once("://") {
+            Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
+            None => ("mqtt".to_string(), s),
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let addr = authority.parse::<SocketAddr>().map_err(|_| bad_addr())?;
+        let ws_path = || -> Result<String, ListenAddrError> {
+            if path.is_empty() || path == "/" {
+                Ok("/mqtt".to_string())
+            } else if path.contains(['?', '#', ' ']) {
+                Err(err("a WebSocket path holds no query, fragment or space"))
+            } else {
+                Ok(path.to_string())
+            }
+        };
+        let no_path = || {
+            if path.is_empty() || path == "/" {
+                Ok(())
+            } else {
+                Err(err("only WebSocket listeners have a path"))
+            }
+        };
+        match scheme.as_str() {
+            "mqtt" | "tcp" => no_path().map(|()| ListenAddr::Tcp(addr)),
+            #[cfg(feature = "tls")]
+            "mqtts" | "ssl" => no_path().map(|()| ListenAddr::Tls(addr)),
+            #[cfg(feature = "websocket")]
+            "ws" => Ok(ListenAddr::Ws {
+                addr,
+                path: ws_path()?,
+            }),
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            "wss" => Ok(ListenAddr::Wss {
+                addr,
+                path: ws_path()?,
+            }),
+            _ => {
+                let _ = ws_path;
+                Err(err(
+                    "unsupported scheme (expected mqtt, mqtts, ws, wss or unix)",
+                ))
+            }
+        }
+    }
+}
+
+impl ListenAddr {
+    /// The TCP socket address, for every listener but Unix sockets.
+    pub fn socket_addr(&self) -> Option<SocketAddr> {
+        match self {
+            ListenAddr::Tcp(a) => Some(*a),
+            #[cfg(feature = "tls")]
+            ListenAddr::Tls(a) => Some(*a),
+            #[cfg(feature = "websocket")]
+            ListenAddr::Ws { addr, .. } => Some(*addr),
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            ListenAddr::Wss { addr, .. } => Some(*addr),
+            #[cfg(unix)]
+            ListenAddr::Unix(_) => None,
+        }
+    }
+
+    /// The same listener on another socket address.
+    fn with_socket_addr(&self, a: SocketAddr) -> ListenAddr {
+        match self {
+            #[cfg(feature = "tls")]
+            ListenAddr::Tls(_) => ListenAddr::Tls(a),
+            #[cfg(feature = "websocket")]
+            ListenAddr::Ws { path, .. } => ListenAddr::Ws {
+                addr: a,
+                path: path.clone(),
+            },
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            ListenAddr::Wss { path, .. } => ListenAddr::Wss {
+                addr: a,
+                path: path.clone(),
+            },
+            _ => ListenAddr::Tcp(a),
+        }
+    }
+
+    /// Whether this listener runs TLS (`mqtts://`, `wss://`).
+    pub fn is_tls(&self) -> bool {
+        match self {
+            #[cfg(feature = "tls")]
+            ListenAddr::Tls(_) => true,
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            ListenAddr::Wss { .. } => true,
+            _ => false,
+        }
+    }
+}
+
+/// A listener: an address and, for `mqtts://` and `wss://`, its TLS settings.
+///
+/// [`ListenAddr`] and [`SocketAddr`] convert into listeners without TLS settings.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct Listener {
+    /// Where to listen.
+    pub addr: ListenAddr,
+    /// The TLS settings, required by (and only allowed for) `mqtts://` and `wss://`.
+    #[cfg(feature = "tls")]
+    pub tls: Option<super::listen::ServerTlsOptions>,
+}
+
+impl Listener {
+    /// A listener without TLS settings.
+    pub fn new(addr: impl Into<ListenAddr>) -> Listener {
+        Listener {
+            addr: addr.into(),
+            #[cfg(feature = "tls")]
+            tls: None,
+        }
+    }
+
+    /// Sets the TLS settings.
+    #[cfg(feature = "tls")]
+    pub fn with_tls(mut self, tls: super::listen::ServerTlsOptions) -> Listener {
+        self.tls = Some(tls);
+        self
+    }
+}
+
+impl From<ListenAddr> for Listener {
+    fn from(addr: ListenAddr) -> Self {
+        Listener::new(addr)
+    }
+}
+
+impl From<SocketAddr> for Listener {
+    fn from(addr: SocketAddr) -> Self {
+        Listener::new(addr)
     }
 }
 
@@ -212,6 +373,10 @@ pub struct ConnectRequest {
     pub peer: PeerAddr,
     /// The listener it connected to (`None` for [`BrokerHandle::accept_stream`]).
     pub listener: Option<ListenAddr>,
+    /// The DER of the client's TLS certificate (the leaf), when it connected over TLS with one
+    /// (which the listener's [`ClientCertificates`](super::listen::ClientCertificates) setting
+    /// verified).
+    pub client_cert: Option<Bytes>,
 }
 
 impl ConnectRequest {
@@ -273,6 +438,50 @@ where
     }
 }
 
+// ---- authorization ----------------------------------------------------------------------
+
+/// Who is asking, for an [`Authorizer`].
+#[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
+pub struct ClientInfo<'a> {
+    /// The Client Identifier (the assigned one, if the broker assigned it).
+    pub client_id: &'a str,
+    /// The User Name the client connected with.
+    pub username: Option<&'a str>,
+    /// Where the client connects from.
+    pub peer: &'a PeerAddr,
+    /// The DER of the client's TLS certificate (the leaf), if any.
+    pub client_cert: Option<&'a [u8]>,
+}
+
+impl<'a> ClientInfo<'a> {
+    /// A client without a TLS certificate.
+    pub fn new(client_id: &'a str, username: Option<&'a str>, peer: &'a PeerAddr) -> Self {
+        ClientInfo {
+            client_id,
+            username,
+            peer,
+            client_cert: None,
+        }
+    }
+}
+
+/// Decides what connected clients may publish and subscribe to.
+///
+/// A denied PUBLISH is answered with 0x87 Not authorized in PUBACK or PUBREC (a denied QoS 0
+/// message is dropped silently); a denied filter gets 0x87 in its SUBACK slot. The methods run
+/// on the broker's owner task, once per PUBLISH and per filter: they must be quick and must not
+/// block (keep rules in memory; refresh them from elsewhere if needed).
+///
+/// The built-in implementation is [`AclFile`](super::acl::AclFile).
+pub trait Authorizer: Send + Sync + 'static {
+    /// Whether `client` may publish to `topic`.
+    fn authorize_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool;
+    /// Whether `client` may subscribe to `filter` (for a shared subscription, the filter
+    /// without its `$share/GROUP/` prefix).
+    fn authorize_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool;
+}
+
 // ---- configuration ----------------------------------------------------------------------
 
 /// Configuration of a [`Broker`].
@@ -286,7 +495,7 @@ where
 #[non_exhaustive]
 pub struct BrokerConfig {
     /// Where to listen.
-    pub listeners: Vec<ListenAddr>,
+    pub listeners: Vec<Listener>,
     /// The core's options: what CONNACK announces and enforces (Receive Maximum, Maximum QoS,
     /// Retain Available, Maximum Packet Size, Topic Alias Maximum, …), the connect timeout and
     /// offline-queue bound (in [`BrokerOptions::session`]), the longest session expiry granted.
@@ -307,6 +516,8 @@ pub struct BrokerConfig {
     pub flush_timeout: Duration,
     /// Who may connect; `None` accepts everyone.
     pub authenticator: Option<Arc<dyn Authenticator>>,
+    /// What clients may publish and subscribe to; `None` allows everything.
+    pub authorizer: Option<Arc<dyn Authorizer>>,
 }
 
 impl Default for BrokerConfig {
@@ -321,6 +532,7 @@ impl Default for BrokerConfig {
             max_outbound_bytes: 8 << 20,
             flush_timeout: Duration::from_secs(5),
             authenticator: None,
+            authorizer: None,
         }
     }
 }
@@ -335,13 +547,15 @@ impl fmt::Debug for BrokerConfig {
             .field("max_outbound_bytes", &self.max_outbound_bytes)
             .field("flush_timeout", &self.flush_timeout)
             .field("authenticator", &self.authenticator.as_ref().map(|_| ".."))
+            .field("authorizer", &self.authorizer.as_ref().map(|_| ".."))
             .finish()
     }
 }
 
 impl BrokerConfig {
-    /// Adds a listener.
-    pub fn listen(mut self, addr: impl Into<ListenAddr>) -> Self {
+    /// Adds a listener: a [`ListenAddr`], a [`SocketAddr`], or a [`Listener`] with TLS
+    /// settings.
+    pub fn listen(mut self, addr: impl Into<Listener>) -> Self {
         self.listeners.push(addr.into());
         self
     }
@@ -386,12 +600,26 @@ impl BrokerConfig {
         self.authenticator = Some(Arc::new(authenticator));
         self
     }
+
+    /// Sets the [`Authorizer`] (and turns on the core's [`BrokerOptions::authorize`]).
+    pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {
+        self.authorizer = Some(Arc::new(authorizer));
+        self.options.authorize = true;
+        self
+    }
+
+    /// The Receive Maximum announced to clients: how many QoS 1 and 2 PUBLISH a client may
+    /// have in flight towards the broker at once.
+    pub fn with_receive_maximum(mut self, max: std::num::NonZeroU16) -> Self {
+        self.options.connack.receive_maximum = Some(max);
+        self
+    }
 }
 
 // ---- the broker -------------------------------------------------------------------------
 
 enum BoundListener {
-    Tcp(TcpListener),
+    Tcp(TcpListener, Wrap),
     #[cfg(unix)]
     Unix(tokio::net::UnixListener, SocketFile),
 }
@@ -408,9 +636,84 @@ impl Drop for SocketFile {
     }
 }
 
+/// What runs over an accepted TCP socket before MQTT.
+#[derive(Clone)]
+enum Wrap {
+    Plain,
+    #[cfg(feature = "tls")]
+    Tls(tokio_rustls::TlsAcceptor),
+    #[cfg(feature = "websocket")]
+    Ws(Arc<str>),
+    #[cfg(all(feature = "websocket", feature = "tls"))]
+    Wss(tokio_rustls::TlsAcceptor, Arc<str>),
+}
+
+impl Wrap {
+    /// The transport of `listener`, its TLS configuration loaded.
+    fn of(listener: &Listener) -> io::Result<Wrap> {
+        let invalid = |m: String| io::Error::new(io::ErrorKind::InvalidInput, m);
+        #[cfg(feature = "tls")]
+        let acceptor = || -> io::Result<tokio_rustls::TlsAcceptor> {
+            let tls = listener.tls.as_ref().ok_or_else(|| {
+                invalid(format!(
+                    "{} needs TLS settings (a certificate and a key)",
+                    listener.addr
+                ))
+            })?;
+            Ok(tokio_rustls::TlsAcceptor::from(Arc::new(
+                tls.server_config()?,
+            )))
+        };
+        #[cfg(feature = "tls")]
+        if listener.tls.is_some() && !listener.addr.is_tls() {
+            return Err(invalid(format!(
+                "TLS settings given for {}, which is not a TLS listener (use mqtts:// or wss://)",
+                listener.addr
+            )));
+        }
+        let _ = &invalid;
+        Ok(match &listener.addr {
+            #[cfg(feature = "tls")]
+            ListenAddr::Tls(_) => Wrap::Tls(acceptor()?),
+            #[cfg(feature = "websocket")]
+            ListenAddr::Ws { path, .. } => Wrap::Ws(path.as_str().into()),
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            ListenAddr::Wss { path, .. } => Wrap::Wss(acceptor()?, path.as_str().into()),
+            _ => Wrap::Plain,
+        })
+    }
+
+    /// Runs the handshakes over `sock`.
+    async fn handshake(self, sock: TcpStream) -> io::Result<(Box<dyn DynStream>, Option<Bytes>)> {
+        match self {
+            Wrap::Plain => Ok((Box::new(sock), None)),
+            #[cfg(feature = "tls")]
+            Wrap::Tls(acceptor) => {
+                let (tls, cert) = super::listen::tls_accept(&acceptor, sock).await?;
+                Ok((Box::new(tls), cert))
+            }
+            #[cfg(feature = "websocket")]
+            Wrap::Ws(path) => Ok((Box::new(super::listen::ws_accept(sock, &path).await?), None)),
+            #[cfg(all(feature = "websocket", feature = "tls"))]
+            Wrap::Wss(acceptor, path) => {
+                let (tls, cert) = super::listen::tls_accept(&acceptor, sock).await?;
+                let ws = super::listen::ws_accept(tls, &path).await?;
+                Ok((Box::new(ws), cert))
+            }
+        }
+    }
+}
+
 /// A new connection for the owner.
 enum NewConn {
     Tcp(TcpStream, SocketAddr, usize),
+    /// A TCP connection after its TLS and/or WebSocket handshakes.
+    Wrapped {
+        stream: Box<dyn DynStream>,
+        peer: SocketAddr,
+        listener: usize,
+        client_cert: Option<Bytes>,
+    },
     #[cfg(unix)]
     Unix(tokio::net::UnixStream, usize),
     Other(Box<dyn DynStream>, PeerAddr),
@@ -460,22 +763,31 @@ impl Broker {
     pub async fn bind(config: BrokerConfig) -> io::Result<Broker> {
         let mut listeners = Vec::with_capacity(config.listeners.len());
         let mut local_addrs = Vec::with_capacity(config.listeners.len());
-        for addr in &config.listeners {
+        for listener in &config.listeners {
+            let addr = &listener.addr;
             let named =
                 |e: io::Error| io::Error::new(e.kind(), format!("listening on {addr}: {e}"));
-            match addr {
-                ListenAddr::Tcp(a) => {
-                    let l = TcpListener::bind(a).await.map_err(named)?;
-                    local_addrs.push(ListenAddr::Tcp(l.local_addr().map_err(named)?));
-                    listeners.push(BoundListener::Tcp(l));
+            #[cfg(unix)]
+            if let ListenAddr::Unix(path) = addr {
+                #[cfg(feature = "tls")]
+                if listener.tls.is_some() {
+                    return Err(named(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        "TLS settings given for a Unix socket",
+                    )));
                 }
-                #[cfg(unix)]
-                ListenAddr::Unix(path) => {
-                    let l = bind_unix(path).map_err(named)?;
-                    local_addrs.push(ListenAddr::Unix(path.clone()));
-                    listeners.push(BoundListener::Unix(l, SocketFile(path.clone())));
-                }
+                let l = bind_unix(path).map_err(named)?;
+                local_addrs.push(ListenAddr::Unix(path.clone()));
+                listeners.push(BoundListener::Unix(l, SocketFile(path.clone())));
+                continue;
             }
+            let Some(a) = addr.socket_addr() else {
+                continue;
+            };
+            let wrap = Wrap::of(listener).map_err(named)?;
+            let l = TcpListener::bind(a).await.map_err(named)?;
+            local_addrs.push(addr.with_socket_addr(l.local_addr().map_err(named)?));
+            listeners.push(BoundListener::Tcp(l, wrap));
         }
         if listeners.is_empty() {
             tracing::debug!(target: TARGET, "no listener: only streams from accept_stream");
@@ -515,11 +827,18 @@ impl Broker {
             accept_rx,
         } = self;
         let mut listening = Listening::default();
+        let handshakes = Handshakes {
+            pending: Arc::new(AtomicUsize::new(0)),
+            max: config.max_connections,
+            timeout: config.options.session.connect_timeout,
+        };
         for (i, l) in listeners.into_iter().enumerate() {
             tracing::info!(target: TARGET, addr = %local_addrs[i], "listening");
             let tx = accept_tx.clone();
             let task = match l {
-                BoundListener::Tcp(l) => tokio::spawn(accept_tcp(l, i, tx)),
+                BoundListener::Tcp(l, wrap) => {
+                    tokio::spawn(accept_tcp(l, i, tx, wrap, handshakes.clone()))
+                }
                 #[cfg(unix)]
                 BoundListener::Unix(l, file) => {
                     listening.socket_files.push(file);
@@ -529,8 +848,10 @@ impl Broker {
             listening.acceptors.push(task);
         }
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_CAPACITY);
+        let mut options = config.options.clone();
+        options.authorize |= config.authorizer.is_some();
         let mut owner = Owner {
-            core: CoreBroker::new(config.options.clone()),
+            core: CoreBroker::new(options),
             conns: HashMap::new(),
             inbound_tx,
             local_addrs,
@@ -672,19 +993,78 @@ async fn accept_failed(error: io::Error) {
     tokio::time::sleep(Duration::from_millis(50)).await;
 }
 
-async fn accept_tcp(listener: TcpListener, index: usize, tx: mpsc::Sender<NewConn>) {
+/// The TLS and WebSocket handshakes under way, bounded in number and in time.
+#[derive(Clone)]
+struct Handshakes {
+    pending: Arc<AtomicUsize>,
+    max: usize,
+    timeout: Duration,
+}
+
+/// Decrements the count of pending handshakes when the handshake task ends, however it ends.
+struct PendingHandshake(Arc<AtomicUsize>);
+
+impl Drop for PendingHandshake {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+async fn accept_tcp(
+    listener: TcpListener,
+    index: usize,
+    tx: mpsc::Sender<NewConn>,
+    wrap: Wrap,
+    handshakes: Handshakes,
+) {
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
-        match listener.accept().await {
-            Ok((sock, peer)) => {
-                if let Err(error) = sock.set_nodelay(true) {
-                    tracing::debug!(target: TARGET, %peer, %error, "TCP_NODELAY failed");
+        let (sock, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    accept_failed(e).await;
+                    continue;
                 }
-                if tx.send(NewConn::Tcp(sock, peer, index)).await.is_err() {
-                    return;
-                }
-            }
-            Err(e) => accept_failed(e).await,
+            },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+        };
+        if let Err(error) = sock.set_nodelay(true) {
+            tracing::debug!(target: TARGET, %peer, %error, "TCP_NODELAY failed");
         }
+        if matches!(wrap, Wrap::Plain) {
+            if tx.send(NewConn::Tcp(sock, peer, index)).await.is_err() {
+                return;
+            }
+            continue;
+        }
+        // Handshakes run in their own tasks (aborted with this one), so that a slow client
+        // does not hold up the others; each has the connect timeout to finish.
+        if handshakes.pending.fetch_add(1, Ordering::AcqRel) >= handshakes.max {
+            handshakes.pending.fetch_sub(1, Ordering::AcqRel);
+            tracing::warn!(target: TARGET, %peer, "connection refused: too many handshakes");
+            continue;
+        }
+        let guard = PendingHandshake(handshakes.pending.clone());
+        let (wrap, tx, timeout) = (wrap.clone(), tx.clone(), handshakes.timeout);
+        tasks.spawn(async move {
+            let _guard = guard;
+            match tokio::time::timeout(timeout, wrap.handshake(sock)).await {
+                Ok(Ok((stream, client_cert))) => {
+                    let conn = NewConn::Wrapped {
+                        stream,
+                        peer,
+                        listener: index,
+                        client_cert,
+                    };
+                    let _ = tx.send(conn).await;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(target: TARGET, %peer, %error, "handshake failed");
+                }
+                Err(_) => tracing::debug!(target: TARGET, %peer, "handshake timed out"),
+            }
+        });
     }
 }
 
@@ -716,6 +1096,8 @@ struct Conn {
     writer: Option<JoinHandle<()>>,
     peer: PeerAddr,
     listener: Option<usize>,
+    /// The DER of the client's TLS certificate.
+    client_cert: Option<Bytes>,
     /// The outbound queue overflowed: the socket is closed without flushing.
     overflowed: bool,
 }
@@ -814,6 +1196,7 @@ impl Owner {
     fn on_accept(&mut self, conn: NewConn) {
         let (peer, listener) = match &conn {
             NewConn::Tcp(_, peer, i) => (PeerAddr::Tcp(*peer), Some(*i)),
+            NewConn::Wrapped { peer, listener, .. } => (PeerAddr::Tcp(*peer), Some(*listener)),
             #[cfg(unix)]
             NewConn::Unix(_, i) => (PeerAddr::Unix, Some(*i)),
             NewConn::Other(_, peer) => (peer.clone(), None),
@@ -837,7 +1220,17 @@ impl Owner {
         let inbound = self.inbound_tx.clone();
         let linger = self.config.flush_timeout;
         let q = queued.clone();
+        let mut client_cert = None;
         let (reader, writer) = match conn {
+            NewConn::Wrapped {
+                stream,
+                client_cert: cert,
+                ..
+            } => {
+                client_cert = cert;
+                let (r, w) = tokio::io::split(stream);
+                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+            }
             NewConn::Tcp(sock, _, _) => {
                 let (r, w) = sock.into_split();
                 spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
@@ -863,6 +1256,7 @@ impl Owner {
                 writer: Some(writer),
                 peer,
                 listener,
+                client_cert,
                 overflowed: false,
             },
         );
@@ -944,6 +1338,7 @@ impl Owner {
                     connect,
                     peer: conn.peer.clone(),
                     listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
+                    client_cert: conn.client_cert.clone(),
                 };
                 let mut guard = VerdictGuard {
                     tx: Some(self.inbound_tx.clone()),
@@ -961,20 +1356,54 @@ impl Owner {
                 tracing::debug!(target: TARGET, conn = handle.index(), "AUTH ignored");
             }
             BrokerEvent::Subscribe {
-                handle, subscribe, ..
+                handle,
+                client_id,
+                subscribe,
             } => {
-                // `options.authorize` was set, but this driver has no authorizer yet: allow.
-                let verdicts = vec![ReasonCode::Success; subscribe.subscriptions.len()];
+                let verdicts = subscribe
+                    .subscriptions
+                    .iter()
+                    .map(|s| {
+                        let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
+                            a.authorize_subscribe(who, s.filter.filter_str())
+                        });
+                        if allowed {
+                            ReasonCode::Success
+                        } else {
+                            tracing::info!(
+                                target: TARGET, conn = handle.index(),
+                                client_id = client_id.as_str(), filter = s.filter.as_str(),
+                                "subscription not authorized"
+                            );
+                            ReasonCode::NotAuthorized
+                        }
+                    })
+                    .collect();
                 let _ = self
                     .core
                     .acknowledge_subscribe(now(), handle, subscribe, verdicts);
             }
             BrokerEvent::Publish {
-                handle, publish, ..
+                handle,
+                client_id,
+                publish,
             } => {
+                let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
+                    a.authorize_publish(who, publish.topic.as_str())
+                });
+                let verdict = if allowed {
+                    ReasonCode::Success
+                } else {
+                    tracing::info!(
+                        target: TARGET, conn = handle.index(),
+                        client_id = client_id.as_str(), topic = publish.topic.as_str(),
+                        "publish not authorized"
+                    );
+                    ReasonCode::NotAuthorized
+                };
                 let _ = self
                     .core
-                    .acknowledge_publish(now(), handle, publish, ReasonCode::Success);
+                    .acknowledge_publish(now(), handle, publish, verdict);
             }
             BrokerEvent::Closed { handle, error } => {
                 let Some(mut conn) = self.conns.remove(&handle) else {
@@ -1001,6 +1430,34 @@ impl Owner {
                 // the writer flush, then close the socket.
             }
         }
+    }
+
+    /// Asks the [`Authorizer`] (everything is allowed without one).
+    fn authorize(
+        &self,
+        handle: ConnectionHandle,
+        client_id: &str,
+        check: impl FnOnce(&dyn Authorizer, &ClientInfo<'_>) -> bool,
+    ) -> bool {
+        let Some(authorizer) = self.config.authorizer.as_deref() else {
+            return true;
+        };
+        let Some(conn) = self.conns.get(&handle) else {
+            return false;
+        };
+        let username = self
+            .core
+            .session(handle)
+            .and_then(|s| s.connect_packet())
+            .and_then(|c| c.username.as_ref())
+            .map(|u| u.as_str());
+        let who = ClientInfo {
+            client_id,
+            username,
+            peer: &conn.peer,
+            client_cert: conn.client_cert.as_deref(),
+        };
+        check(authorizer, &who)
     }
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
@@ -1137,6 +1594,8 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             }
             let len: usize = batch.iter().map(Bytes::len).sum();
             write_all_vectored(&mut write, &mut batch).await?;
+            // A no-op for TCP; WebSocket frames and TLS records go out on flush.
+            write.flush().await?;
             queued.fetch_sub(len, Ordering::AcqRel);
         }
         write.shutdown().await
