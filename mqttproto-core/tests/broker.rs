@@ -1071,3 +1071,181 @@ fn graceful_shutdown_disconnects_with_0x8b() {
     )));
     assert_eq!(w.broker.connection_count(), 0);
 }
+
+/// A persistent publisher with a backlog and a persistent subscriber, through connections that
+/// break after a pseudo-random number of bytes (both directions together, mid-packet included),
+/// some of them half-open until the client's next CONNECT takes the session over
+/// [MQTT-3.1.4-3]. On every reconnect both sides first resend what is unacknowledged
+/// [MQTT-4.4.0-1]; the window a receiver announces bounds that burst [MQTT-3.3.4-7,
+/// MQTT-3.3.4-9]. Returns every message's arrival count and the publisher's completion codes.
+fn through_random_cuts(
+    q: QoS,
+    seed: u64,
+    total: usize,
+    max_bytes: u64,
+) -> (Vec<u32>, Vec<ReasonCode>) {
+    let mut options = BrokerOptions::default();
+    options.session.max_queued_messages = total * 2;
+    let mut w = World::new(Split::Whole, options);
+    let mut rng = seed;
+    let mut next = move || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    let window = ClientOptions {
+        receive_maximum: NonZeroU16::new(100).unwrap(),
+        ..persistent("sub", 3600)
+    };
+    w.add("sub", window.clone());
+    w.add(
+        "pub",
+        ClientOptions {
+            client_id: MqttString::try_from("pub").unwrap(),
+            ..window
+        },
+    );
+    w.connect("sub");
+    w.subscribe("sub", "cut/#", qos(q), None);
+    let names = ["pub", "sub"];
+    let mut budget: HashMap<&'static str, u64> = HashMap::from([("pub", 0), ("sub", 0)]);
+    let mut half_open: Vec<ConnectionHandle> = Vec::new();
+    let mut seen = vec![0u32; total];
+    let mut completed = Vec::new();
+    let (mut distinct, mut sent, mut cuts, mut idle) = (0, 0, 0, 0);
+    while distinct < total || completed.len() < total {
+        idle += 1;
+        assert!(
+            idle < 5_000,
+            "{q:?}: stalled at {distinct} of {total} delivered, {} completed ({cuts} cuts)",
+            completed.len()
+        );
+        w.now += Duration::from_millis(1);
+        let now = w.now;
+        for name in names {
+            let p = w.peers.get_mut(name).unwrap();
+            p.client.handle_timeout(now);
+            if p.client.state() == ClientState::Disconnected && next() % 4 == 0 {
+                while p.client.poll_transmit().is_some() {}
+                p.handle = Some(w.broker.accept(now));
+                p.client.connect(now).unwrap();
+                budget.insert(name, 1 + next() % max_bytes);
+            }
+        }
+        w.broker.handle_timeout(now);
+        // The publisher hands over its whole backlog; the client sends within the window.
+        while sent < total && w.peers["pub"].client.state() == ClientState::Connected {
+            let mut p = Publish::new(
+                TopicName::try_from("cut/n").unwrap(),
+                Bytes::from(sent.to_string()),
+            );
+            p.qos = q;
+            w.client("pub").publish(now, p).unwrap();
+            sent += 1;
+        }
+        let mut cut = Vec::new();
+        for name in names {
+            let Some(h) = w.peers[name].handle else {
+                continue;
+            };
+            while let Some(b) = w.peers.get_mut(name).unwrap().client.poll_transmit() {
+                let left = budget[name];
+                let take = (b.len() as u64).min(left) as usize;
+                budget.insert(name, left - take as u64);
+                let _ = w.broker.handle_bytes(now, h, &b[..take]);
+                if take < b.len() {
+                    cut.push(name);
+                    break;
+                }
+            }
+        }
+        while let Some((h, b)) = w.broker.poll_transmit() {
+            let Some(name) = names.into_iter().find(|n| w.peers[n].handle == Some(h)) else {
+                continue;
+            };
+            if cut.contains(&name) {
+                continue;
+            }
+            let left = budget[name];
+            let take = (b.len() as u64).min(left) as usize;
+            budget.insert(name, left - take as u64);
+            let _ = w
+                .peers
+                .get_mut(name)
+                .unwrap()
+                .client
+                .handle_bytes(now, &b[..take]);
+            if take < b.len() {
+                cut.push(name);
+            }
+        }
+        // Half-open connections end once the client has connected again (or later).
+        if next() % 8 == 0 {
+            for h in half_open.drain(..) {
+                w.broker.handle_close(now, h);
+            }
+        }
+        for name in cut {
+            cuts += 1;
+            let p = w.peers.get_mut(name).unwrap();
+            p.client.handle_close(now);
+            let Some(h) = p.handle.take() else { continue };
+            if next() % 2 == 0 {
+                half_open.push(h);
+            } else {
+                w.broker.handle_close(now, h);
+            }
+        }
+        while let Some(ev) = w.broker.poll_event() {
+            w.decide(ev);
+        }
+        for name in names {
+            let p = w.peers.get_mut(name).unwrap();
+            while let Some(e) = p.client.poll_event() {
+                match e {
+                    ClientEvent::Message(m) => {
+                        let i: usize = std::str::from_utf8(&m.payload).unwrap().parse().unwrap();
+                        if seen[i] == 0 {
+                            distinct += 1;
+                            idle = 0;
+                        }
+                        seen[i] += 1;
+                    }
+                    ClientEvent::PublishComplete { reason_code, .. } => {
+                        completed.push(reason_code);
+                        idle = 0;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    assert!(cuts >= 20, "only {cuts} cuts");
+    (seen, completed)
+}
+
+#[test]
+fn publisher_backlog_not_stuck_resending_through_random_cuts_qos1_mqtt_4_4_0_1_and_3_3_4_7() {
+    let (seen, completed) = through_random_cuts(QoS::AtLeastOnce, 0x5151_0001, 2000, 4000);
+    assert!(seen.iter().all(|&n| n >= 1));
+    assert!(completed.iter().all(|rc| !rc.is_error()), "{completed:?}");
+}
+
+#[test]
+fn publisher_backlog_not_stuck_resending_through_random_cuts_qos2_mqtt_4_4_0_1_and_3_3_4_7() {
+    let (seen, completed) = through_random_cuts(QoS::ExactlyOnce, 0x5151_0002, 2000, 4000);
+    // Exactly once [MQTT-4.3.3-4]: no message lost, none duplicated.
+    assert!(
+        seen.iter().all(|&n| n == 1),
+        "QoS 2 lost or duplicated a message"
+    );
+    // Every publish completes; 0x92 answers a PUBREL resent after its PUBCOMP was cut off,
+    // "not an error during recovery" (section 3.7.2.1).
+    assert!(
+        completed
+            .iter()
+            .all(|&rc| rc == ReasonCode::Success || rc == ReasonCode::PacketIdentifierNotFound),
+        "{completed:?}"
+    );
+}

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::Mosquitto;
-use mqttproto::proto::QoS;
+use mqttproto::proto::{QoS, ReasonCode};
 use mqttproto::tokio::client::Reconnect;
 use mqttproto::tokio::Client;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,11 +85,30 @@ impl FaultyProxy {
     }
 }
 
+/// The broker under the test: Mosquitto, or our own async broker.
 async fn run(qos: QoS, seed: u64) {
     let Some(m) = Mosquitto::start("max_queued_messages 0\nmax_inflight_messages 50") else {
         return;
     };
     let upstream: SocketAddr = format!("127.0.0.1:{}", m.port).parse().unwrap();
+    run_against(qos, seed, upstream).await;
+}
+
+async fn run_ours(qos: QoS, seed: u64) {
+    use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
+    let config = BrokerConfig::default()
+        .listen("127.0.0.1:0".parse::<ListenAddr>().unwrap())
+        // The subscriber is cut off often: let its session queue everything meanwhile.
+        .with_max_queued_messages(MESSAGES * 2);
+    let broker = Broker::bind(config).await.unwrap();
+    let addr = broker.local_addrs()[0].to_string();
+    let upstream: SocketAddr = addr.trim_start_matches("mqtt://").parse().unwrap();
+    let handle = broker.spawn();
+    run_against(qos, seed, upstream).await;
+    let _ = timeout(Duration::from_secs(5), handle.shutdown()).await;
+}
+
+async fn run_against(qos: QoS, seed: u64, upstream: SocketAddr) {
     let sub_proxy = FaultyProxy::start(upstream, seed).await;
     let pub_proxy = FaultyProxy::start(upstream, seed.wrapping_mul(31).wrapping_add(7)).await;
     let fast = Reconnect::Backoff {
@@ -133,6 +152,11 @@ async fn run(qos: QoS, seed: u64) {
             for o in outcomes {
                 match o.await {
                     Ok(rc) if !rc.is_error() => {}
+                    // A QoS 2 flow whose PUBCOMP was cut off: the resent PUBREL finds the id
+                    // already released and is answered 0x92, "not an error during recovery"
+                    // (section 3.7.2.1); the message was accepted at PUBREC. Mosquitto answers
+                    // 0x00 instead.
+                    Ok(ReasonCode::PacketIdentifierNotFound) if qos == QoS::ExactlyOnce => {}
                     _ => failed += 1,
                 }
             }
@@ -185,4 +209,14 @@ async fn qos1_none_lost_through_random_cuts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn qos2_none_lost_none_duplicated_through_random_cuts() {
     run(QoS::ExactlyOnce, 0x0bad_cafe).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos1_none_lost_through_random_cuts_with_our_broker() {
+    run_ours(QoS::AtLeastOnce, 0x5151_0001).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos2_none_lost_none_duplicated_through_random_cuts_with_our_broker() {
+    run_ours(QoS::ExactlyOnce, 0x5151_0002).await;
 }

@@ -16,6 +16,7 @@ pub mod retained;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -51,7 +52,8 @@ pub struct BrokerOptions {
     pub session: SessionOptions,
     /// What CONNACK announces, and what the broker then enforces: Receive Maximum, Maximum QoS,
     /// Retain Available, Maximum Packet Size, Topic Alias Maximum, the wildcard, subscription
-    /// identifier and shared subscription availability flags, Server Keep Alive.
+    /// identifier and shared subscription availability flags, Server Keep Alive. By default
+    /// only the Receive Maximum is set, to [`DEFAULT_RECEIVE_MAXIMUM`].
     pub connack: ConnAckProperties,
     /// The longest Session Expiry Interval granted (a longer request is lowered and CONNACK says
     /// so).
@@ -63,11 +65,20 @@ pub struct BrokerOptions {
     pub assigned_client_id_prefix: String,
 }
 
+/// The Receive Maximum announced by default. Absent, it would mean 65,535 (section 3.2.2.3.3):
+/// a client with a backlog would put all of it in flight, and after every reconnect resend all
+/// of it before anything new [MQTT-4.4.0-1]; on a link that breaks sooner than that, no
+/// acknowledgement ever gets back and the client never gets past the head of its backlog.
+pub const DEFAULT_RECEIVE_MAXIMUM: u16 = 100;
+
 impl Default for BrokerOptions {
     fn default() -> Self {
         BrokerOptions {
             session: SessionOptions::default(),
-            connack: ConnAckProperties::default(),
+            connack: ConnAckProperties {
+                receive_maximum: NonZeroU16::new(DEFAULT_RECEIVE_MAXIMUM),
+                ..ConnAckProperties::default()
+            },
             maximum_session_expiry_interval: u32::MAX,
             authorize: false,
             assigned_client_id_prefix: "mqttproto-".to_string(),

@@ -487,10 +487,10 @@ pub trait Authorizer: Send + Sync + 'static {
 /// Configuration of a [`Broker`].
 ///
 /// The defaults: no listener (add some with [`listen`](Self::listen)), the core's
-/// [`BrokerOptions`] with a Topic Alias Maximum of 10, at most 10,000 connections, a connect
-/// timeout of 10 s, 1,000 queued messages per session, no Maximum Packet Size beyond the
-/// protocol's, outbound queues of 1,024 writes and 8 MiB per connection, and everyone allowed
-/// to connect.
+/// [`BrokerOptions`] (a Receive Maximum of 100) with a Topic Alias Maximum of 10, at most
+/// 10,000 connections, a connect timeout of 10 s, 1,000 queued messages per session, no Maximum
+/// Packet Size beyond the protocol's, outbound queues of 1,024 writes and 8 MiB per connection,
+/// and everyone allowed to connect.
 #[derive(Clone)]
 #[non_exhaustive]
 pub struct BrokerConfig {
