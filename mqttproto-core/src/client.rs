@@ -655,10 +655,11 @@ impl Client {
                     return;
                 }
                 if let Some(due) = self.ping_due() {
-                    if now >= due
-                        && self.ping_deadline.is_none()
-                        && self.wire.send(now, Packet::PingReq).is_ok()
-                    {
+                    if now >= due && self.ping_deadline.is_none() {
+                        // Wait for PINGRESP even if PINGREQ did not fit the server's Maximum
+                        // Packet Size: otherwise the keep-alive deadline stays in the past and
+                        // the driver is woken again at once, for ever.
+                        let _ = self.wire.send(now, Packet::PingReq);
                         self.ping_deadline = Some(now + self.options.ping_timeout);
                     }
                 }
@@ -987,6 +988,7 @@ impl Client {
         self.events
             .push_back(ClientEvent::Connected(connack.clone()));
         if connack.session_present {
+            self.outbound.fit_quota();
             self.resume(now);
         } else if self.connected_once && had_state {
             self.recover_lost_session(now);

@@ -324,6 +324,28 @@ impl Outbound {
         v.into_iter().map(|(_, id, st)| (id, st)).collect()
     }
 
+    /// A resumed session's in-flight window may exceed the peer's new Receive Maximum
+    /// [MQTT-3.3.4-7, MQTT-3.3.4-9]. The newest PUBLISHes not yet acknowledged leave the window,
+    /// keep their packet ids, and wait at the front of `waiting` (with DUP, as they were sent
+    /// before) for room. PUBRELs stay: they are not PUBLISHes, and their flows must complete.
+    pub fn fit_quota(&mut self) {
+        let mut order = self.in_order();
+        while self.inflight.len() > self.quota as usize {
+            let Some(pos) = order
+                .iter()
+                .rposition(|(_, st)| !matches!(st, OutState::AwaitPubComp))
+            else {
+                break;
+            };
+            let (id, st) = order.remove(pos);
+            self.inflight.remove(&id.get());
+            if let OutState::AwaitPubAck(mut p) | OutState::AwaitPubRec(mut p) = st {
+                p.dup = true;
+                self.waiting.push_front(p);
+            }
+        }
+    }
+
     /// Forgets everything (session state discarded).
     pub fn clear(&mut self) {
         self.inflight.clear();

@@ -314,9 +314,9 @@ impl Session {
             Err(StateError::PacketTooLarge { .. }) => {
                 // Not even a bare CONNACK fits the client's Maximum Packet Size
                 // [MQTT-3.1.2-24]: nothing can be sent, so the connection ends.
-                let err = self
-                    .wire
-                    .fail(now, Error::Disconnected(ReasonCode::PacketTooLarge), None);
+                let err =
+                    self.wire
+                        .fail(now, Error::Disconnected(ReasonCode::PacketTooLarge), None);
                 self.end(err, None);
                 return Ok(());
             }
@@ -353,7 +353,9 @@ impl Session {
         }
         self.phase = SessionPhase::Connected;
         self.connect_deadline = None;
-        // Resend what was in flight, in order, with DUP [MQTT-4.4.0-1, MQTT-4.4.0-2].
+        // Resend what was in flight, in order, with DUP [MQTT-4.4.0-1, MQTT-4.4.0-2], within the
+        // client's Receive Maximum: the rest is sent as acknowledgements make room.
+        self.state.outbound.fit_quota();
         for (id, st) in self.state.outbound.in_order() {
             let packet = match st {
                 OutState::AwaitPubAck(mut p) | OutState::AwaitPubRec(mut p) => {
@@ -558,6 +560,8 @@ impl Session {
     /// [MQTT-3.1.2-22].
     pub fn handle_timeout(&mut self, now: Instant) {
         if self.wire.error.is_some() {
+            // A closed connection's queue still expires: poll_timeout() reports its expiry.
+            self.expire_queue(now);
             return;
         }
         match self.phase {
@@ -566,6 +570,8 @@ impl Session {
                     let err = self.wire.fail(now, Error::ConnectTimeout, None);
                     self.end(err, None);
                 }
+                // poll_timeout() covers the queue in every phase, so expire it in every phase.
+                self.expire_queue(now);
             }
             SessionPhase::Connected => {
                 if self.keep_alive_deadline().is_some_and(|d| now >= d) {
@@ -647,6 +653,29 @@ impl Session {
 
     /// Sends queued messages while the client's Receive Maximum leaves room.
     fn drain_queue(&mut self, now: Instant) {
+        // First the resumed publishes that did not fit the client's Receive Maximum
+        // (`Outbound::fit_quota`), with their original packet ids.
+        while self.state.outbound.has_room() {
+            let Some(p) = self.state.outbound.waiting.pop_front() else {
+                break;
+            };
+            let mut wire_form = p.clone();
+            self.out_aliases.apply(&mut wire_form);
+            match self.wire.send(now, Packet::Publish(wire_form)) {
+                Ok(()) => self.state.outbound.track(p),
+                Err(StateError::PacketTooLarge { .. }) => {
+                    // Discarded as if delivered [MQTT-3.1.2-25].
+                    if let Some(id) = p.packet_id {
+                        self.state.outbound.release(id);
+                    }
+                    self.state.dropped += 1;
+                }
+                Err(_) => {
+                    self.state.outbound.waiting.push_front(p);
+                    return;
+                }
+            }
+        }
         while let Some(front) = self.state.queue.front() {
             if front.expires_at.is_some_and(|t| t <= now) {
                 self.state.queue.pop_front();
@@ -671,7 +700,12 @@ impl Session {
 
     /// Sends one message (not expired, with room in the window if QoS > 0). Returns false if it
     /// could not be sent and went back to the front of the queue.
-    fn send_one(&mut self, now: Instant, mut publish: Publish, expires_at: Option<Instant>) -> bool {
+    fn send_one(
+        &mut self,
+        now: Instant,
+        mut publish: Publish,
+        expires_at: Option<Instant>,
+    ) -> bool {
         if expires_at.is_some_and(|t| t <= now) {
             self.state.dropped += 1;
             return true;
