@@ -363,7 +363,7 @@ impl ClientBuilder {
     /// connection is made in the background; see [`Client::events`].
     pub fn build(self) -> Client {
         let (tx, rx) = mpsc::unbounded_channel();
-        let (events, _) = broadcast::channel(64);
+        let (events, first_events) = broadcast::channel(64);
         let mut options = self.options;
         // Inbound QoS 1/2 messages are acknowledged once they are in their subscriptions'
         // buffers: the broker's window (our Receive Maximum) then bounds what waits in memory.
@@ -395,6 +395,7 @@ impl ClientBuilder {
             inner: Arc::new(Inner {
                 tx,
                 events,
+                first_events: std::sync::Mutex::new(Some(first_events)),
                 sub_capacity: self.subscription_capacity,
             }),
         }
@@ -405,6 +406,9 @@ impl ClientBuilder {
 struct Inner {
     tx: mpsc::UnboundedSender<Command>,
     events: broadcast::Sender<ConnectionEvent>,
+    /// The receiver made with the channel, before the task started: handed to the first caller
+    /// of `events()`, so that it misses nothing (the connection starts at `build`).
+    first_events: std::sync::Mutex<Option<broadcast::Receiver<ConnectionEvent>>>,
     sub_capacity: usize,
 }
 
@@ -452,9 +456,16 @@ impl Client {
         Ok(ClientBuilder::new(Target::parse(url)?))
     }
 
-    /// Connection events (connected, session lost, disconnected). Each receiver sees the
-    /// events sent after it subscribed.
+    /// Connection events (connected, session lost, disconnected). The first call returns a
+    /// receiver that has every event since [`ClientBuilder::build`] (the connection starts
+    /// there, so a fast refusal is not missed); later calls see the events sent after them.
+    /// A receiver that falls more than 64 events behind skips the oldest.
     pub fn events(&self) -> broadcast::Receiver<ConnectionEvent> {
+        if let Ok(mut first) = self.inner.first_events.lock() {
+            if let Some(rx) = first.take() {
+                return rx;
+            }
+        }
         self.inner.events.subscribe()
     }
 
