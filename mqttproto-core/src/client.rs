@@ -767,11 +767,7 @@ impl Client {
     }
 
     fn fail(&mut self, now: Instant, error: Error) -> Error {
-        let reason = match &error {
-            Error::Decode(e) => Some(e.reason_code()),
-            Error::Protocol(e) => Some(e.reason_code()),
-            _ => None,
-        };
+        let reason = error.peer_violation_reason();
         let err = self.wire.fail(now, error, reason);
         self.end(err.clone(), None);
         err

@@ -442,6 +442,16 @@ pub enum Error {
 }
 
 impl Error {
+    /// For a malformed packet or a protocol violation by the peer, the reason code to report it
+    /// with (in DISCONNECT, or CONNACK before the connection is accepted); `None` otherwise.
+    pub fn peer_violation_reason(&self) -> Option<ReasonCode> {
+        match self {
+            Error::Decode(e) => Some(e.reason_code()),
+            Error::Protocol(e) => Some(e.reason_code()),
+            _ => None,
+        }
+    }
+
     /// The reason code we sent (or would send) in DISCONNECT for this error, if we send one.
     pub fn reason_code(&self) -> Option<ReasonCode> {
         match self {

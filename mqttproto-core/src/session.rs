@@ -808,11 +808,7 @@ impl Session {
     }
 
     fn fail(&mut self, now: Instant, error: Error) -> Error {
-        let reason = match &error {
-            Error::Decode(e) => Some(e.reason_code()),
-            Error::Protocol(e) => Some(e.reason_code()),
-            _ => None,
-        };
+        let reason = error.peer_violation_reason();
         let err = if self.phase == SessionPhase::Connected {
             self.wire.fail(now, error, reason)
         } else {
