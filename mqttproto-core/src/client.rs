@@ -74,6 +74,17 @@ pub struct ClientOptions {
     pub manual_acks: bool,
     /// Use topic aliases on outbound PUBLISHes, up to the server's Topic Alias Maximum.
     pub outbound_topic_aliases: bool,
+    /// Disconnect with 0x93 (Receive Maximum exceeded) when the server sends more QoS 1/2
+    /// messages than [`receive_maximum`](Self::receive_maximum) allows [MQTT-3.3.4-9].
+    ///
+    /// Off by default: such messages are accepted, traced as a warning (target `mqttproto`) and
+    /// counted in [`Client::receive_maximum_overruns`]. Mosquitto 2.0 has been seen sending a
+    /// burst past the client's Receive Maximum when a session resumes after a cut connection (84
+    /// unacknowledged messages against a Receive Maximum of 64, recorded on the wire); a strict
+    /// client then disconnects on every resume and may never catch up. Accepting them costs only
+    /// bookkeeping (at most one packet identifier per message, 65,535 at most); a driver bounds
+    /// the memory of undelivered messages by no longer reading from the socket.
+    pub strict_receive_maximum: bool,
 }
 
 impl Default for ClientOptions {
@@ -98,6 +109,7 @@ impl Default for ClientOptions {
             ping_timeout: Duration::from_secs(10),
             manual_acks: false,
             outbound_topic_aliases: false,
+            strict_receive_maximum: false,
         }
     }
 }
@@ -236,7 +248,10 @@ impl Client {
             state: ClientState::Disconnected,
             wire: Wire::new(Role::Client, max_in),
             outbound: Outbound::new(),
-            inbound: Inbound::new(options.receive_maximum.get()),
+            inbound: Inbound {
+                strict: options.strict_receive_maximum,
+                ..Inbound::new(options.receive_maximum.get())
+            },
             in_aliases: InboundAliases::new(options.topic_alias_maximum),
             out_aliases: OutboundAliases::new(options.outbound_topic_aliases),
             events: VecDeque::new(),
@@ -286,6 +301,12 @@ impl Client {
     /// Whether the server accepts retained messages.
     pub fn retain_available(&self) -> bool {
         self.limits.retain_available
+    }
+
+    /// How many QoS 1/2 messages the server sent past our Receive Maximum and were accepted
+    /// (see [`ClientOptions::strict_receive_maximum`]), since the client was created.
+    pub fn receive_maximum_overruns(&self) -> u64 {
+        self.inbound.overruns
     }
 
     /// The server's Receive Maximum: how many QoS 1/2 publishes may be unacknowledged at once.

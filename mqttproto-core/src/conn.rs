@@ -377,6 +377,11 @@ pub(crate) enum InboundVerdict {
 #[derive(Debug, Default)]
 pub(crate) struct Inbound {
     pub receive_maximum: u16,
+    /// Refuse a PUBLISH past the Receive Maximum (0x93). When off, it is accepted and counted
+    /// in `overruns`; the in-flight set stays bounded by the packet identifier space.
+    pub strict: bool,
+    /// PUBLISHes accepted past the Receive Maximum (when not strict), since construction.
+    pub overruns: u64,
     /// QoS 1 delivered, PUBACK not yet sent (manual acknowledgement).
     pub qos1: HashSet<u16>,
     /// QoS 2 messages between arrival and PUBCOMP. Kept across reconnects with the session.
@@ -387,8 +392,30 @@ impl Inbound {
     pub fn new(receive_maximum: u16) -> Inbound {
         Inbound {
             receive_maximum,
+            strict: true,
             ..Default::default()
         }
+    }
+
+    /// Checks the window before a new in-flight message is admitted.
+    fn admit(&mut self) -> Result<(), ProtocolError> {
+        if self.in_flight() < self.receive_maximum as usize {
+            return Ok(());
+        }
+        if self.strict {
+            return Err(ProtocolError::ReceiveMaximumExceeded(self.receive_maximum));
+        }
+        self.overruns += 1;
+        if self.overruns == 1 || self.overruns.is_power_of_two() {
+            tracing::warn!(
+                target: "mqttproto",
+                receive_maximum = self.receive_maximum,
+                overruns = self.overruns,
+                "the peer sent more QoS 1/2 messages than our Receive Maximum [MQTT-3.3.4-9]; \
+                 accepted (strict_receive_maximum is off)"
+            );
+        }
+        Ok(())
     }
 
     fn in_flight(&self) -> usize {
@@ -408,9 +435,7 @@ impl Inbound {
             QoS::AtMostOnce => Ok(InboundVerdict::Deliver),
             QoS::AtLeastOnce => {
                 if !self.qos1.contains(&id.get()) {
-                    if self.in_flight() >= self.receive_maximum as usize {
-                        return Err(ProtocolError::ReceiveMaximumExceeded(self.receive_maximum));
-                    }
+                    self.admit()?;
                     self.qos1.insert(id.get());
                 }
                 Ok(InboundVerdict::Deliver)
@@ -420,9 +445,7 @@ impl Inbound {
                     resend_pubrec: *state == InQos2::Recorded,
                 }),
                 None => {
-                    if self.in_flight() >= self.receive_maximum as usize {
-                        return Err(ProtocolError::ReceiveMaximumExceeded(self.receive_maximum));
-                    }
+                    self.admit()?;
                     self.qos2.insert(id.get(), InQos2::Delivered);
                     Ok(InboundVerdict::Deliver)
                 }
@@ -637,5 +660,29 @@ mod tests {
         );
         // QoS 0 is not counted.
         assert!(i.on_publish(QoS::AtMostOnce, None).is_ok());
+    }
+
+    #[test]
+    fn inbound_lenient_receive_maximum_counts_overruns() {
+        let mut i = Inbound::new(2);
+        i.strict = false;
+        i.on_publish(QoS::AtLeastOnce, Some(pid(1))).unwrap();
+        i.on_publish(QoS::ExactlyOnce, Some(pid(2))).unwrap();
+        assert_eq!(i.overruns, 0);
+        assert_eq!(
+            i.on_publish(QoS::AtLeastOnce, Some(pid(3))),
+            Ok(InboundVerdict::Deliver)
+        );
+        assert_eq!(
+            i.on_publish(QoS::ExactlyOnce, Some(pid(4))),
+            Ok(InboundVerdict::Deliver)
+        );
+        assert_eq!(i.overruns, 2);
+        // Every admitted message is still tracked and acknowledged once.
+        assert!(i.acknowledge(pid(3), ReasonCode::Success).is_some());
+        assert!(i.acknowledge(pid(3), ReasonCode::Success).is_none());
+        // A resent copy of a tracked message is not an overrun.
+        i.on_publish(QoS::AtLeastOnce, Some(pid(1))).unwrap();
+        assert_eq!(i.overruns, 2);
     }
 }

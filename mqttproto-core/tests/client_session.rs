@@ -453,6 +453,69 @@ fn receive_maximum_exceeded_by_peer_is_disconnect_0x93() {
     }
 }
 
+/// A server that sends more QoS 1/2 messages than the client's Receive Maximum
+/// [MQTT-3.3.4-9]: with `strict_receive_maximum` the client disconnects with 0x93; by default it
+/// accepts them, delivers each once and counts the overrun.
+#[test]
+fn server_exceeding_the_clients_receive_maximum_mqtt_3_3_4_9() {
+    for strict in [true, false] {
+        {
+            let split = SPLITS[0];
+            let opts = ClientOptions {
+                receive_maximum: NonZeroU16::new(2).unwrap(),
+                manual_acks: true,
+                strict_receive_maximum: strict,
+                ..Default::default()
+            };
+            let mut h = Harness::new(split, opts);
+            h.connect();
+            // A misbehaving server: raw PUBLISHes past the client's window.
+            let mut bytes = Vec::new();
+            for id in 1u16..=4 {
+                let mut p = msg("q", b"m", QoS::AtLeastOnce);
+                p.packet_id = PacketId::new(id);
+                bytes.extend_from_slice(&Packet::Publish(p).to_bytes(ProtocolVersion::V5).unwrap());
+            }
+            let result = h.client.handle_bytes(h.now, &bytes);
+            let delivered: Vec<PacketId> = std::iter::from_fn(|| h.client.poll_event())
+                .filter_map(|e| match e {
+                    ClientEvent::Message(p) => p.packet_id,
+                    _ => None,
+                })
+                .collect();
+            if strict {
+                assert!(result.is_err(), "{split:?}");
+                assert_eq!(delivered.len(), 2, "the first two are delivered");
+                let mut out = Vec::new();
+                while let Some(b) = h.client.poll_transmit() {
+                    out.extend_from_slice(&b);
+                }
+                assert_eq!(
+                    &out[out.len() - 3..],
+                    &[0xE0, 0x01, 0x93],
+                    "DISCONNECT 0x93"
+                );
+                assert_eq!(h.client.state(), ClientState::Disconnected);
+            } else {
+                assert!(result.is_ok(), "{split:?}: {result:?}");
+                assert_eq!(delivered.len(), 4, "all four delivered");
+                assert_eq!(h.client.receive_maximum_overruns(), 2);
+                assert_eq!(h.client.state(), ClientState::Connected);
+                // Each is acknowledged once.
+                for id in delivered {
+                    h.client
+                        .acknowledge(h.now, id, ReasonCode::Success)
+                        .unwrap();
+                    assert!(h
+                        .client
+                        .acknowledge(h.now, id, ReasonCode::Success)
+                        .is_err());
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn session_receive_maximum_backpressure_server_side() {
     for split in SPLITS {
