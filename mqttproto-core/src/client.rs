@@ -870,7 +870,15 @@ impl Client {
                 }
                 Ok(())
             }
-            (ClientState::Connected, Packet::PubComp(a)) => {
+            (ClientState::Connected, Packet::PubComp(mut a)) => {
+                if a.reason_code == ReasonCode::PacketIdentifierNotFound {
+                    // The server had already released the id: this PUBREL was sent again after
+                    // its PUBCOMP was lost, "not an error during recovery" (section 3.7.2.1).
+                    // PUBREL is only sent after a successful PUBREC, so the server accepted the
+                    // message: the publish succeeded.
+                    tracing::debug!(target: "mqttproto", packet_id = a.packet_id.get(), "PUBCOMP 0x92 for a resent PUBREL: completed");
+                    a.reason_code = ReasonCode::Success;
+                }
                 let outcome = self.outbound.on_pubcomp(a);
                 self.on_ack_outcome(now, outcome);
                 Ok(())
