@@ -371,3 +371,52 @@ async fn unix_socket() {
     let _ = std::fs::remove_dir_all(&dir);
     let _: &Path = &path;
 }
+
+/// The default TLS settings trust the operating system's roots (Debian's ca-certificates here)
+/// and verify the server against them: a server signed by a private CA is refused with a
+/// certificate error, not a configuration error (the system store loaded and was used).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_system_roots_verify_the_server() {
+    let pki = Pki::generate("sysroots");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(false)) else {
+        return;
+    };
+    let c = Client::builder(&format!("mqtts://127.0.0.1:{}", m.port))
+        .unwrap()
+        .reconnect(Reconnect::Off)
+        .build();
+    let mut events = c.events();
+    drop(c.publish("x", "y", QoS::AtMostOnce));
+    let ev = timeout(WAIT, events.recv()).await.unwrap().unwrap();
+    let ConnectionEvent::Disconnected { reason, .. } = ev else {
+        panic!("{ev:?}")
+    };
+    let reason = reason.to_lowercase();
+    assert!(
+        !reason.contains("no trusted root"),
+        "the system root store is empty on this machine (install ca-certificates): {reason}"
+    );
+    assert!(
+        reason.contains("certificate") || reason.contains("issuer"),
+        "{reason}"
+    );
+}
+
+/// A CA file adds to the system roots rather than replacing them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_system_roots_plus_a_ca_file() {
+    let pki = Pki::generate("sysroots-ca");
+    let Some(m) = Mosquitto::start(&pki.mosquitto_tls(false)) else {
+        return;
+    };
+    let tls = TlsOptions {
+        system_roots: true,
+        ..pki.tls(false)
+    };
+    let c = Client::builder(&format!("mqtts://127.0.0.1:{}", m.port))
+        .unwrap()
+        .tls(tls)
+        .build();
+    round_trip(&c, "sysroots/a").await;
+    c.disconnect().await.unwrap();
+}
