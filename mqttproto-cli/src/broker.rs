@@ -4,7 +4,9 @@ use std::num::NonZeroU32;
 use std::path::PathBuf;
 
 use clap::Args;
-use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
+use mqttproto::tokio::broker::{
+    Broker, BrokerConfig, ClientCertificates, ListenAddr, Listener, ServerTlsOptions,
+};
 
 /// The address served when no `--listen` is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
@@ -16,11 +18,27 @@ pub struct BrokerArgs {
     /// See docs/broker-config.md.
     #[arg(long, value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Where to listen: IP:PORT (port 0 picks a free port), mqtt://IP:PORT, ws://IP:PORT/PATH
-    /// or unix:PATH. Repeatable; added to the configuration file's listeners. Default (when
-    /// neither gives one): 127.0.0.1:1883.
+    /// Where to listen: IP:PORT (port 0 picks a free port), mqtt://IP:PORT, mqtts://IP:PORT,
+    /// ws://IP:PORT/PATH, wss://IP:PORT/PATH or unix:PATH. Repeatable; added to the
+    /// configuration file's listeners. TLS listeners (mqtts://, wss://) need --cert and --key.
+    /// Default (when neither gives one): 127.0.0.1:1883.
     #[arg(long = "listen", value_name = "ADDR")]
     listen: Vec<ListenAddr>,
+    /// The server's certificate chain (PEM, leaf first) for the TLS listeners given with
+    /// --listen.
+    #[arg(long, value_name = "FILE", requires = "key")]
+    cert: Option<PathBuf>,
+    /// The server's private key (PEM: PKCS#8, PKCS#1 or SEC1) for the TLS listeners given
+    /// with --listen.
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    key: Option<PathBuf>,
+    /// Ask TLS clients for a certificate chaining to the CAs of this PEM file (clients without
+    /// one are still served, unless --require-client-cert).
+    #[arg(long, value_name = "FILE", requires = "cert")]
+    client_ca: Option<PathBuf>,
+    /// Refuse TLS clients without a valid certificate (needs --client-ca).
+    #[arg(long, requires = "client_ca")]
+    require_client_cert: bool,
     /// The most connections open at once; more are refused.
     #[arg(long, value_name = "N")]
     max_connections: Option<usize>,
@@ -39,8 +57,40 @@ impl BrokerArgs {
         if let Some(max) = self.max_connections {
             config = config.with_max_connections(max);
         }
+        let tls = match (&self.cert, &self.key) {
+            (Some(cert), Some(key)) => {
+                let mut tls = ServerTlsOptions::new(cert, key);
+                if let Some(ca) = &self.client_ca {
+                    let mode = if self.require_client_cert {
+                        ClientCertificates::Required
+                    } else {
+                        ClientCertificates::Optional
+                    };
+                    tls = tls.with_client_certificates(mode, ca);
+                }
+                // Read the files now, so that a bad one is reported before anything listens.
+                tls.server_config()
+                    .map_err(|e| format!("TLS settings: {e}"))?;
+                Some(tls)
+            }
+            _ => None,
+        };
+        if tls.is_some() && !self.listen.iter().any(ListenAddr::is_tls) {
+            return Err(
+                "--cert and --key apply to mqtts:// or wss:// listeners given with --listen, \
+                 and there is none"
+                    .into(),
+            );
+        }
         for addr in self.listen {
-            config = config.listen(addr);
+            if addr.is_tls() {
+                let Some(tls) = &tls else {
+                    return Err(format!("{addr} is a TLS listener: give --cert and --key"));
+                };
+                config = config.listen(Listener::new(addr).with_tls(tls.clone()));
+            } else {
+                config = config.listen(addr);
+            }
         }
         if config.listeners.is_empty() {
             let addr = DEFAULT_LISTEN
