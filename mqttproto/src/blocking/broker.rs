@@ -1153,9 +1153,8 @@ impl Owner {
         // waits on a full channel meanwhile.
         let deadline = Instant::now() + STOP_WAIT;
         while live.load(Ordering::Acquire) > 0 && Instant::now() < deadline {
-            match inbound.recv_timeout(Duration::from_millis(5)) {
-                Ok(Inbound::Opened(opened, _)) => opened.killer.shutdown(),
-                Ok(_) | Err(_) => {}
+            if let Ok(Inbound::Opened(opened, _)) = inbound.recv_timeout(Duration::from_millis(5)) {
+                opened.killer.shutdown();
             }
         }
         tracing::info!(target: TARGET, "shut down");

@@ -39,7 +39,7 @@ pub use tls::{ClientCertificates, ServerTlsOptions};
 /// `unix://PATH` (on Unix). Displays as the same URLs (`mqtt://IP:PORT`, `mqtts://IP:PORT`,
 /// `ws://IP:PORT/PATH`, `wss://IP:PORT/PATH`, `unix://PATH`), which our client accepts.
 ///
-/// TLS listeners need [`ServerTlsOptions`](tls::ServerTlsOptions): see [`Listener`]. Every scheme
+/// TLS listeners need [`ServerTlsOptions`]: see [`Listener`]. Every scheme
 /// parses whatever the enabled features; a broker built without the transport (TLS: feature
 /// `tls` for the async broker; WebSocket: feature `websocket`) refuses to bind it, with an error
 /// that names the feature.
@@ -198,11 +198,7 @@ impl ListenAddr {
 
     /// Whether this listener runs TLS (`mqtts://`, `wss://`).
     pub fn is_tls(&self) -> bool {
-        match self {
-            ListenAddr::Tls(_) => true,
-            ListenAddr::Wss { .. } => true,
-            _ => false,
-        }
+        matches!(self, ListenAddr::Tls(_) | ListenAddr::Wss { .. })
     }
 }
 
@@ -282,7 +278,7 @@ pub struct ConnectRequest {
     /// The listener it connected to (`None` for a stream handed to `accept_stream`).
     pub listener: Option<ListenAddr>,
     /// The DER of the client's TLS certificate (the leaf), when it connected over TLS with one
-    /// (which the listener's [`ClientCertificates`](tls::ClientCertificates) setting
+    /// (which the listener's [`ClientCertificates`] setting
     /// verified).
     pub client_cert: Option<Bytes>,
 }
@@ -339,7 +335,7 @@ impl<'a> ClientInfo<'a> {
 /// on the broker's owner task, once per PUBLISH and per filter: they must be quick and must not
 /// block (keep rules in memory; refresh them from elsewhere if needed).
 ///
-/// The built-in implementation is [`AclFile`](super::acl::AclFile).
+/// The built-in implementation is [`AclFile`].
 pub trait Authorizer: Send + Sync + 'static {
     /// Whether `client` may publish to `topic`.
     fn authorize_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool;

@@ -497,6 +497,7 @@ pub(super) fn open(sock: Socket, wrap: &Wrap, timeout: Duration) -> io::Result<O
                 sink: sink.clone(),
             };
             let path = path.clone();
+            #[allow(clippy::result_large_err)] // the callback's error type is tungstenite's
             let ws = tungstenite::accept_hdr(duplex, move |req: &Request, resp: Response| {
                 check_ws_request(&path, req, resp)
             })
