@@ -8,6 +8,8 @@
 //! driver, in modules `tokio_broker` and `blocking_broker`.
 #![allow(dead_code)]
 
+pub mod pki;
+
 use std::io;
 use std::sync::mpsc;
 use std::time::Duration;

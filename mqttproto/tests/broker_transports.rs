@@ -1,0 +1,396 @@
+//! The brokers' TLS and WebSocket transports under load and under bad input, against both
+//! drivers (`tokio_broker::*`, `blocking_broker::*`; see `drivers/`): large payloads in both
+//! directions over `mqtts://`, `wss://` and `ws://` at once, WebSocket framing (several frames
+//! per packet, pings), and junk or silence on the secure and WebSocket listeners.
+
+#[macro_use]
+mod drivers;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use mqttproto::proto::codec::{decode, Packet};
+use mqttproto::proto::{ProtocolVersion, QoS, ReasonCode};
+use mqttproto::server::{ListenAddr, Listener};
+use mqttproto::tokio::client::Reconnect;
+use mqttproto::tokio::Client;
+use tungstenite::client::IntoClientRequest;
+use tungstenite::http::HeaderValue;
+use tungstenite::Message;
+
+use drivers::pki::Pki;
+use drivers::{Config, Driver, TestBroker};
+
+/// The longest any single wait may take.
+const WAIT: Duration = Duration::from_secs(10);
+
+fn listener(url: &str) -> Listener {
+    Listener::new(url.parse::<ListenAddr>().expect("a listen address"))
+}
+
+fn string(s: &str) -> Vec<u8> {
+    let mut v = (s.len() as u16).to_be_bytes().to_vec();
+    v.extend_from_slice(s.as_bytes());
+    v
+}
+
+/// CONNECT (MQTT 5, Clean Start, Keep Alive 0, no properties).
+fn connect_packet(client_id: &str) -> Vec<u8> {
+    let mut body = string("MQTT");
+    body.extend_from_slice(&[5, 0x02, 0, 0, 0]);
+    body.extend(string(client_id));
+    let mut out = vec![0x10, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// Every complete packet in `buf`.
+fn decode_all(buf: &mut BytesMut) -> Vec<Packet> {
+    let mut packets = Vec::new();
+    while let Ok(Some(p)) = decode(buf, ProtocolVersion::V5, 1 << 20) {
+        packets.push(p);
+    }
+    packets
+}
+
+/// Whether the peer closes `sock` within `WAIT` (reading and discarding what it sends).
+fn closed_by_peer(sock: &mut TcpStream) -> bool {
+    let deadline = Instant::now() + WAIT;
+    let mut buf = [0u8; 1024];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        sock.set_read_timeout(Some(left)).expect("a read timeout");
+        match sock.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+/// A small deterministic generator for junk bytes.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    match tokio::time::timeout(Duration::from_secs(60), f).await {
+        Ok(v) => v,
+        Err(_) => panic!("{what}: not within 60 s"),
+    }
+}
+
+/// Six pairs of clients, each subscriber on one of `mqtts://`, `wss://` and `ws://` and its
+/// publisher on another, move 8 messages of 200 kB each at QoS 1 (TLS records, WebSocket
+/// frames and reads and writes of one connection all interleave): every message arrives
+/// intact and in order.
+async fn large_payloads_over_tls_and_websocket(driver: Driver) {
+    const PAIRS: usize = 6;
+    const MESSAGES: usize = 8;
+    const SIZE: usize = 200_000;
+    let pki = Pki::generate(&format!("{driver:?}-large"));
+    let config = Config::default()
+        .listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()))
+        .listen(listener("wss://127.0.0.1:0/mqtt").with_tls(pki.server()))
+        .listen(listener("ws://127.0.0.1:0/mqtt"));
+    let broker = TestBroker::start(driver, config).expect("bind");
+    let urls: Vec<String> = broker.addrs.iter().map(|a| a.to_string()).collect();
+    let build = |url: &str, id: String| {
+        let mut b = Client::builder(url)
+            .expect("a URL")
+            .client_id(&id)
+            .reconnect(Reconnect::Off);
+        if !url.starts_with("ws://") {
+            b = b.tls(pki.client(false));
+        }
+        b.build()
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..PAIRS {
+        let sub = build(&urls[i % 3], format!("big-sub-{i}"));
+        let publisher = build(&urls[(i + 1) % 3], format!("big-pub-{i}"));
+        tasks.spawn(async move {
+            let topic = format!("big/{i}");
+            let mut messages = sub
+                .subscribe(&topic, QoS::AtLeastOnce)
+                .await
+                .expect("SUBACK");
+            let sending = async {
+                for k in 0..MESSAGES {
+                    let payload = vec![(i * MESSAGES + k) as u8; SIZE];
+                    let rc = publisher
+                        .publish(&topic, payload, QoS::AtLeastOnce)
+                        .await
+                        .expect("PUBACK");
+                    assert_eq!(rc, ReasonCode::Success);
+                }
+            };
+            let receiving = async {
+                for k in 0..MESSAGES {
+                    let m = messages.recv().await.expect("a message");
+                    assert_eq!(m.payload.len(), SIZE, "pair {i}, message {k}");
+                    let want = (i * MESSAGES + k) as u8;
+                    assert!(
+                        m.payload.iter().all(|b| *b == want),
+                        "pair {i}, message {k}: wrong content"
+                    );
+                }
+            };
+            tokio::join!(sending, receiving);
+            let _ = sub.disconnect().await;
+            let _ = publisher.disconnect().await;
+        });
+    }
+    within("the transfers", async {
+        while let Some(r) = tasks.join_next().await {
+            r.expect("a client pair");
+        }
+    })
+    .await;
+    broker.shutdown().await;
+}
+
+/// A raw WebSocket client offering the `mqtt` subprotocol.
+fn ws_connect(url: &str) -> tungstenite::WebSocket<TcpStream> {
+    let addr = url
+        .trim_start_matches("ws://")
+        .split('/')
+        .next()
+        .expect("an address")
+        .to_string();
+    let sock = TcpStream::connect(&addr).expect("connect");
+    sock.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let mut request = url.into_client_request().expect("a request");
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", HeaderValue::from_static("mqtt"));
+    let (ws, response) = tungstenite::client(request, sock).expect("the WebSocket handshake");
+    // [MQTT-6.0.0-4] The server selects "mqtt".
+    assert_eq!(
+        response
+            .headers()
+            .get("Sec-WebSocket-Protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("mqtt")
+    );
+    ws
+}
+
+/// Reads WebSocket messages until the MQTT packets received satisfy `done`.
+fn ws_read_until(
+    ws: &mut tungstenite::WebSocket<TcpStream>,
+    done: impl Fn(&[Packet]) -> bool,
+) -> Vec<Packet> {
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    let deadline = Instant::now() + WAIT;
+    while !done(&packets) {
+        assert!(Instant::now() < deadline, "no answer: {packets:?}");
+        match ws.read().expect("a WebSocket message") {
+            Message::Binary(b) => {
+                buf.extend_from_slice(&b);
+                packets.extend(decode_all(&mut buf));
+            }
+            Message::Text(t) => panic!("a text frame from the broker: {t}"),
+            _ => {}
+        }
+    }
+    packets
+}
+
+/// A CONNECT split over two binary frames and two packets in one frame are read as MQTT
+/// packets [MQTT-6.0.0-2]; pings are answered; the broker's packets come in binary frames
+/// [MQTT-6.0.0-1].
+fn websocket_frames_and_pings(driver: Driver) {
+    let broker = TestBroker::start(
+        driver,
+        Config::default().listen(listener("ws://127.0.0.1:0/mqtt")),
+    )
+    .expect("bind");
+    let mut ws = ws_connect(&broker.url());
+    let connect = connect_packet("ws-frames");
+    let (a, b) = connect.split_at(5);
+    ws.send(Message::Binary(a.to_vec().into())).expect("send");
+    ws.send(Message::Binary(b.to_vec().into())).expect("send");
+    let packets = ws_read_until(&mut ws, |p| !p.is_empty());
+    match &packets[0] {
+        Packet::ConnAck(c) => assert_eq!(c.reason_code, ReasonCode::Success),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+    ws.send(Message::Ping(b"are you there".to_vec().into()))
+        .expect("send");
+    // Two PINGREQs in one frame.
+    ws.send(Message::Binary(vec![0xC0, 0, 0xC0, 0].into()))
+        .expect("send");
+    let mut pong = false;
+    let mut pingresps = 0;
+    let mut buf = BytesMut::new();
+    let deadline = Instant::now() + WAIT;
+    while !(pong && pingresps == 2) {
+        assert!(
+            Instant::now() < deadline,
+            "pong {pong}, PINGRESPs {pingresps}"
+        );
+        match ws.read().expect("a WebSocket message") {
+            Message::Pong(p) => {
+                assert_eq!(&p[..], b"are you there");
+                pong = true;
+            }
+            Message::Binary(b) => {
+                buf.extend_from_slice(&b);
+                for p in decode_all(&mut buf) {
+                    assert!(matches!(p, Packet::PingResp), "{p:?}");
+                    pingresps += 1;
+                }
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // A WebSocket close ends the connection.
+    ws.close(None).expect("close");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match ws.read() {
+            Ok(_) => assert!(Instant::now() < deadline, "still open"),
+            Err(_) => break,
+        }
+    }
+}
+
+/// Junk on the TLS and WebSocket listeners, a wrong WebSocket path, and silent sockets (closed
+/// by the connect timeout, which bounds the handshakes too) leave the broker serving others.
+fn junk_on_secure_and_websocket_listeners(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-junk"));
+    let config = Config::default()
+        .listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()))
+        .listen(listener("ws://127.0.0.1:0/mqtt"))
+        .with_connect_timeout(Duration::from_millis(300));
+    let broker = TestBroker::start(driver, config).expect("bind");
+    let tls_addr = broker.addrs[0].socket_addr().expect("a TCP address");
+    let ws_addr = broker.addrs[1].socket_addr().expect("a TCP address");
+    let mut rng = Rng(0x0DDB_A11_5EED);
+
+    for round in 0..10 {
+        for addr in [tls_addr, ws_addr] {
+            let mut sock = TcpStream::connect(addr).expect("connect");
+            let len = 1 + (rng.next() % 600) as usize;
+            let junk = rng.bytes(len);
+            let _ = sock.write_all(&junk);
+            assert!(
+                closed_by_peer(&mut sock),
+                "round {round}: junk to {addr} not closed"
+            );
+        }
+    }
+    // A TLS record header announcing a ClientHello that never comes; a silent socket on each.
+    for (addr, bytes) in [
+        (tls_addr, &[0x16, 0x03, 0x01, 0x02, 0x00, 0x01][..]),
+        (tls_addr, &[][..]),
+        (ws_addr, &b"GET /mqtt HTTP/1.1\r\n"[..]),
+        (ws_addr, &[][..]),
+    ] {
+        let mut sock = TcpStream::connect(addr).expect("connect");
+        sock.write_all(bytes).expect("write");
+        assert!(
+            closed_by_peer(&mut sock),
+            "an idle handshake on {addr} not closed"
+        );
+    }
+    // A WebSocket request for another path gets 404.
+    let mut sock = TcpStream::connect(ws_addr).expect("connect");
+    sock.write_all(
+        b"GET /other HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .expect("write");
+    let mut answer = Vec::new();
+    sock.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let _ = sock.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+
+    // Still serving, over both listeners.
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a runtime");
+    runtime.block_on(async {
+        let tls = Client::builder(&broker.url())
+            .expect("a URL")
+            .tls(pki.client(false))
+            .client_id("after-junk-tls")
+            .build();
+        let ws = Client::builder(&broker.addrs[1].to_string())
+            .expect("a URL")
+            .client_id("after-junk-ws")
+            .build();
+        let mut sub = within("subscribe", tls.subscribe("after/junk", QoS::AtLeastOnce))
+            .await
+            .expect("SUBACK");
+        within(
+            "publish",
+            ws.publish("after/junk", "still up", QoS::AtLeastOnce),
+        )
+        .await
+        .expect("PUBACK");
+        let m = within("message", sub.recv()).await.expect("a message");
+        assert_eq!(&m.payload[..], b"still up");
+        let _ = tls.disconnect().await;
+        let _ = ws.disconnect().await;
+    });
+}
+
+/// [MQTT-6.0.0-1] A text frame is not MQTT: the blocking broker closes the connection. (The
+/// async broker's WebSocket stream, in `transport/ws.rs`, skips text frames instead.)
+#[test]
+fn blocking_broker_closes_a_websocket_on_a_text_frame() {
+    let broker = TestBroker::start(
+        Driver::Blocking,
+        Config::default().listen(listener("ws://127.0.0.1:0/mqtt")),
+    )
+    .expect("bind");
+    let mut ws = ws_connect(&broker.url());
+    ws.send(Message::Binary(connect_packet("texter").into()))
+        .expect("send");
+    let packets = ws_read_until(&mut ws, |p| !p.is_empty());
+    assert!(matches!(packets[0], Packet::ConnAck(_)), "{packets:?}");
+    ws.send(Message::Text("hello".into())).expect("send");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        match ws.read() {
+            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(_) => assert!(Instant::now() < deadline, "still open"),
+        }
+    }
+}
+
+per_driver!(async: large_payloads_over_tls_and_websocket);
+
+mod sync_scenarios {
+    use super::*;
+    per_driver!(sync: websocket_frames_and_pings, junk_on_secure_and_websocket_listeners);
+}
