@@ -19,6 +19,7 @@ use std::io::{self, IoSlice, Read, Write};
 use std::net::TcpStream;
 #[cfg(unix)]
 use std::os::unix::net::UnixStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -250,6 +251,8 @@ impl Sink {
 pub(super) struct Writer {
     sink: Arc<Mutex<Sink>>,
     ws: bool,
+    /// Set by the reader once the peer's WebSocket Close was answered (by tungstenite).
+    ws_closed: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -274,7 +277,7 @@ impl Writer {
     /// Ends the stream: a WebSocket Close frame, TLS close_notify, the socket's write side.
     pub(super) fn close(&mut self) {
         let mut sink = lock(&self.sink);
-        if self.ws {
+        if self.ws && !self.ws_closed.load(Ordering::Acquire) {
             let mut framed = Vec::new();
             if Frame::close(None).format(&mut framed).is_ok() {
                 let _ = sink.write_bufs(&mut VecDeque::from([Bytes::from(framed)]));
@@ -379,8 +382,9 @@ pub(super) enum Reader {
     // The variants' contents stay private to this module.
     /// MQTT straight over the socket or TLS.
     Raw(Source, BytesMut),
-    /// MQTT in WebSocket binary frames.
-    Ws(Box<WebSocket<WsDuplex>>),
+    /// MQTT in WebSocket binary frames; the flag tells the writer that the close handshake
+    /// is done.
+    Ws(Box<WebSocket<WsDuplex>>, Arc<AtomicBool>),
 }
 
 impl Reader {
@@ -401,8 +405,13 @@ impl Reader {
                 buf.truncate(n);
                 Ok(Some(buf.split().freeze()))
             }
-            Reader::Ws(ws) => loop {
-                match ws.read() {
+            Reader::Ws(ws, closed) => loop {
+                let read = ws.read();
+                if !ws.can_write() {
+                    // The peer's Close was answered: no Close frame from the writer.
+                    closed.store(true, Ordering::Release);
+                }
+                match read {
                     Ok(Message::Binary(data)) if data.is_empty() => {}
                     Ok(Message::Binary(data)) => return Ok(Some(data)),
                     Ok(Message::Text(_)) => {
@@ -488,6 +497,7 @@ pub(super) fn open(sock: Socket, wrap: &Wrap, timeout: Duration) -> io::Result<O
         }),
         deadline: Some(deadline),
     };
+    let ws_closed = Arc::new(AtomicBool::new(false));
     let reader = match ws_path {
         None => Reader::Raw(source, BytesMut::new()),
         Some(path) => {
@@ -502,19 +512,20 @@ pub(super) fn open(sock: Socket, wrap: &Wrap, timeout: Duration) -> io::Result<O
                 check_ws_request(&path, req, resp)
             })
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e.to_string()))?;
-            Reader::Ws(Box::new(ws))
+            Reader::Ws(Box::new(ws), ws_closed.clone())
         }
     };
     let mut reader = reader;
     let source = match &mut reader {
         Reader::Raw(source, _) => source,
-        Reader::Ws(ws) => &mut ws.get_mut().source,
+        Reader::Ws(ws, _) => &mut ws.get_mut().source,
     };
     source.deadline = None;
     source.sock.set_timeouts(None)?;
     let writer = Writer {
         sink,
         ws: ws_path.is_some(),
+        ws_closed,
     };
     Ok(Opened {
         reader,
