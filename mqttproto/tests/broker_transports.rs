@@ -14,7 +14,7 @@ use bytes::BytesMut;
 use mqttproto::proto::codec::{decode, Packet};
 use mqttproto::proto::{ProtocolVersion, QoS, ReasonCode};
 use mqttproto::server::{ListenAddr, Listener};
-use mqttproto::tokio::client::Reconnect;
+use mqttproto::tokio::client::{ConnectionEvent, Reconnect};
 use mqttproto::tokio::Client;
 use tungstenite::client::IntoClientRequest;
 use tungstenite::http::HeaderValue;
@@ -172,6 +172,51 @@ async fn large_payloads_over_tls_and_websocket(driver: Driver) {
     })
     .await;
     broker.shutdown().await;
+}
+
+/// A graceful shutdown reaches clients over TLS, WebSocket and WebSocket over TLS: each gets
+/// DISCONNECT 0x8B (Server shutting down) before the connection closes.
+async fn shutdown_reaches_tls_and_websocket_clients(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-shutdown"));
+    let config = Config::default()
+        .listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()))
+        .listen(listener("wss://127.0.0.1:0/mqtt").with_tls(pki.server()))
+        .listen(listener("ws://127.0.0.1:0/mqtt"));
+    let broker = TestBroker::start(driver, config).expect("bind");
+    let mut clients = Vec::new();
+    for (i, addr) in broker.addrs.iter().enumerate() {
+        let url = addr.to_string();
+        let mut b = Client::builder(&url)
+            .expect("a URL")
+            .client_id(&format!("till-the-end-{i}"))
+            .reconnect(Reconnect::Off);
+        if !url.starts_with("ws://") {
+            b = b.tls(pki.client(false));
+        }
+        let c = b.build();
+        let events = c.events();
+        // Connected and served.
+        within("subscribe", c.subscribe("x/#", QoS::AtLeastOnce))
+            .await
+            .expect("SUBACK");
+        clients.push((url, c, events));
+    }
+    broker.shutdown().await;
+    for (url, _c, mut events) in clients {
+        loop {
+            let event = within("an event", events.recv())
+                .await
+                .expect("events until the end");
+            match event {
+                ConnectionEvent::Connected { .. } => {}
+                ConnectionEvent::Disconnected { reason_code, .. } => {
+                    assert_eq!(reason_code, Some(ReasonCode::ServerShuttingDown), "{url}");
+                    break;
+                }
+                other => panic!("{url}: {other:?}"),
+            }
+        }
+    }
 }
 
 /// A raw WebSocket client offering the `mqtt` subprotocol.
@@ -388,7 +433,10 @@ fn blocking_broker_closes_a_websocket_on_a_text_frame() {
     }
 }
 
-per_driver!(async: large_payloads_over_tls_and_websocket);
+per_driver!(async:
+    large_payloads_over_tls_and_websocket,
+    shutdown_reaches_tls_and_websocket_clients,
+);
 
 mod sync_scenarios {
     use super::*;

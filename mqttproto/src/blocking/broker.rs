@@ -56,8 +56,13 @@
 //! practical ceiling is the process's thread limit (`ulimit -u`, `/proc/sys/kernel/threads-max`)
 //! and file descriptors (`ulimit -n`; one per connection): a few thousand connections on a
 //! default Linux system, about 10,000 with raised limits. When a thread cannot be started the
-//! connection is refused and the broker serves on. For tens of thousands of connections use the
-//! async broker ([`crate::tokio::Broker`]); both read the same configuration.
+//! connection is refused and the broker serves on. Authentication threads number at most one
+//! per connection (a client sends one CONNECT). For tens of thousands of connections use the
+//! async broker (`mqttproto::tokio::Broker`); both read the same configuration.
+//!
+//! A reader that must answer on its own (a WebSocket pong, a TLS alert or key update) waits
+//! while its writer is blocked on a peer that does not read; it resumes when the writer does,
+//! or when the connection is dropped as a slow consumer. Only that peer's connection waits.
 //!
 //! # Example
 //!
