@@ -439,3 +439,52 @@ mod sync_scenarios {
     use super::*;
     per_driver!(sync: websocket_frames_and_pings, junk_on_secure_and_websocket_listeners);
 }
+
+/// `BrokerHandle::accept_stream` serves a socket that did not come from a listener (here one
+/// end of a Unix socket pair), counted towards the connection limit.
+#[cfg(unix)]
+#[test]
+fn blocking_broker_serves_streams_handed_to_it() {
+    use std::os::unix::net::UnixStream;
+
+    let config = Config::default().with_max_connections(1);
+    let handle = mqttproto::blocking::Broker::bind(config)
+        .expect("bind")
+        .spawn()
+        .expect("spawn");
+    let (mut ours, theirs) = UnixStream::pair().expect("a socket pair");
+    handle
+        .accept_stream(theirs, mqttproto::server::PeerAddr::Unknown)
+        .expect("served");
+    ours.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    ours.write_all(&connect_packet("paired")).expect("CONNECT");
+    let mut buf = BytesMut::new();
+    let mut chunk = [0u8; 256];
+    let packets = loop {
+        let n = ours.read(&mut chunk).expect("CONNACK");
+        assert!(n > 0, "closed before CONNACK");
+        buf.extend_from_slice(&chunk[..n]);
+        let packets = decode_all(&mut buf);
+        if !packets.is_empty() {
+            break packets;
+        }
+    };
+    match &packets[0] {
+        Packet::ConnAck(c) => assert_eq!(c.reason_code, ReasonCode::Success),
+        other => panic!("not a CONNACK: {other:?}"),
+    }
+    // The limit is one connection.
+    let (_a, b) = UnixStream::pair().expect("a socket pair");
+    let refused = handle.accept_stream(b, mqttproto::server::PeerAddr::Unknown);
+    assert!(refused.is_err(), "over the connection limit");
+    // Shutdown: DISCONNECT 0x8B, then the end of the stream.
+    handle.shutdown();
+    let mut rest = Vec::new();
+    let _ = ours.read_to_end(&mut rest);
+    buf.extend_from_slice(&rest);
+    let packets = decode_all(&mut buf);
+    assert!(
+        matches!(packets.first(), Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::ServerShuttingDown),
+        "{packets:?}"
+    );
+}

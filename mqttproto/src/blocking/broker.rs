@@ -109,7 +109,8 @@ use bytes::Bytes;
 use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, ConnectionHandle};
 use mqttproto_core::{Error, ReasonCode};
 
-use self::conn::{Socket, Wrap};
+pub use self::conn::Stream;
+use self::conn::Wrap;
 use crate::server::connack_code;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
@@ -226,9 +227,9 @@ enum Inbound {
 struct Opened {
     tx: SyncSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Socket,
+    killer: Stream,
     peer: PeerAddr,
-    listener: usize,
+    listener: Option<usize>,
     client_cert: Option<Bytes>,
 }
 
@@ -242,6 +243,10 @@ pub struct Broker {
     local_addrs: Vec<ListenAddr>,
     inbound_tx: SyncSender<Inbound>,
     inbound_rx: Receiver<Inbound>,
+    /// Set once the broker stops accepting.
+    stop: Arc<AtomicBool>,
+    /// Connection threads alive.
+    live: Arc<AtomicUsize>,
 }
 
 impl fmt::Debug for Broker {
@@ -312,6 +317,8 @@ impl Broker {
             local_addrs,
             inbound_tx,
             inbound_rx,
+            stop: Arc::new(AtomicBool::new(false)),
+            live: Arc::new(AtomicUsize::new(0)),
         })
     }
 
@@ -340,16 +347,16 @@ impl Broker {
             local_addrs,
             inbound_tx,
             inbound_rx,
+            stop,
+            live,
         } = self;
-        let stop = Arc::new(AtomicBool::new(false));
-        let live = Arc::new(AtomicUsize::new(0));
         let mut acceptors = Vec::new();
         #[cfg(unix)]
         let mut socket_files = Vec::new();
         for (i, l) in listeners.into_iter().enumerate() {
             tracing::info!(target: TARGET, addr = %local_addrs[i], "listening");
             let ctx = AcceptCtx {
-                index: i,
+                index: Some(i),
                 stop: stop.clone(),
                 live: live.clone(),
                 max: config.max_connections,
@@ -421,6 +428,15 @@ impl Broker {
     pub fn spawn(self) -> io::Result<BrokerHandle> {
         let shutdown = self.shutdown_handle();
         let local_addrs = self.local_addrs.clone();
+        let streams = AcceptCtx {
+            index: None,
+            stop: self.stop.clone(),
+            live: self.live.clone(),
+            max: self.config.max_connections,
+            timeout: self.config.options.session.connect_timeout,
+            queue: self.config.outbound_queue_capacity.max(1),
+            inbound: self.inbound_tx.clone(),
+        };
         let thread = std::thread::Builder::new()
             .name("mqttproto-broker".into())
             .spawn(move || self.run())?;
@@ -428,16 +444,26 @@ impl Broker {
             shutdown,
             thread,
             local_addrs,
+            streams,
         })
     }
 }
 
 /// Controls a [`Broker`] started with [`Broker::spawn`].
-#[derive(Debug)]
 pub struct BrokerHandle {
     shutdown: ShutdownHandle,
     thread: JoinHandle<()>,
     local_addrs: Vec<ListenAddr>,
+    /// For [`accept_stream`](Self::accept_stream).
+    streams: AcceptCtx,
+}
+
+impl fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("local_addrs", &self.local_addrs)
+            .finish_non_exhaustive()
+    }
 }
 
 impl BrokerHandle {
@@ -454,6 +480,14 @@ impl BrokerHandle {
     /// Whether the broker has stopped.
     pub fn is_finished(&self) -> bool {
         self.thread.is_finished()
+    }
+
+    /// Serves a connection that arrived some other way (a socket inherited from a service
+    /// manager, one end of `UnixStream::pair`), as MQTT directly over it. It counts towards
+    /// [`BrokerConfig::max_connections`]. Fails when the broker is full or has stopped (the
+    /// stream is then closed).
+    pub fn accept_stream(&self, stream: impl Into<Stream>, peer: PeerAddr) -> io::Result<()> {
+        self.streams.admit(stream.into(), peer, &Wrap::Plain)
     }
 
     /// Shuts the broker down gracefully (see [`Broker::run`]) and waits until it is done.
@@ -548,7 +582,8 @@ impl Wake {
 
 /// What an acceptor needs.
 struct AcceptCtx {
-    index: usize,
+    /// The listener (`None` for [`BrokerHandle::accept_stream`]).
+    index: Option<usize>,
     stop: Arc<AtomicBool>,
     /// Connection threads alive (from accept to the end of the reader).
     live: Arc<AtomicUsize>,
@@ -569,9 +604,12 @@ impl Drop for Live {
 
 impl AcceptCtx {
     /// Starts a connection thread for `sock`, unless the broker stops or is full.
-    fn admit(&self, sock: Socket, peer: PeerAddr, wrap: &Wrap) {
+    fn admit(&self, sock: Stream, peer: PeerAddr, wrap: &Wrap) -> io::Result<()> {
         if self.stop.load(Ordering::SeqCst) {
-            return;
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the broker has stopped",
+            ));
         }
         if self.live.fetch_add(1, Ordering::AcqRel) >= self.max {
             self.live.fetch_sub(1, Ordering::AcqRel);
@@ -579,7 +617,10 @@ impl AcceptCtx {
                 target: TARGET, %peer, max = self.max,
                 "connection refused: too many connections"
             );
-            return;
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionRefused,
+                format!("too many connections (at most {})", self.max),
+            ));
         }
         let live = Live(self.live.clone());
         let conn = ConnThread {
@@ -595,9 +636,10 @@ impl AcceptCtx {
             .name("mqttproto-conn".into())
             .stack_size(CONNECTION_STACK_SIZE)
             .spawn(move || conn.run(sock));
-        if let Err(error) = spawned {
+        if let Err(error) = &spawned {
             tracing::warn!(target: TARGET, %error, "connection refused: cannot start a thread");
         }
+        spawned.map(drop)
     }
 
     fn accept_failed(&self, error: io::Error) {
@@ -616,7 +658,7 @@ fn accept_tcp(listener: TcpListener, wrap: Wrap, ctx: AcceptCtx) {
                 if let Err(error) = sock.set_nodelay(true) {
                     tracing::debug!(target: TARGET, %peer, %error, "TCP_NODELAY failed");
                 }
-                ctx.admit(Socket::Tcp(sock), PeerAddr::Tcp(peer), &wrap);
+                let _ = ctx.admit(Stream::Tcp(sock), PeerAddr::Tcp(peer), &wrap);
             }
             Err(e) => ctx.accept_failed(e),
         }
@@ -627,7 +669,9 @@ fn accept_tcp(listener: TcpListener, wrap: Wrap, ctx: AcceptCtx) {
 fn accept_unix(listener: std::os::unix::net::UnixListener, ctx: AcceptCtx) {
     while !ctx.stop.load(Ordering::SeqCst) {
         match listener.accept() {
-            Ok((sock, _)) => ctx.admit(Socket::Unix(sock), PeerAddr::Unix, &Wrap::Plain),
+            Ok((sock, _)) => {
+                let _ = ctx.admit(Stream::Unix(sock), PeerAddr::Unix, &Wrap::Plain);
+            }
             Err(e) => ctx.accept_failed(e),
         }
     }
@@ -638,7 +682,7 @@ fn accept_unix(listener: std::os::unix::net::UnixListener, ctx: AcceptCtx) {
 struct ConnThread {
     live: Live,
     peer: PeerAddr,
-    listener: usize,
+    listener: Option<usize>,
     wrap: Wrap,
     timeout: Duration,
     queue: usize,
@@ -647,7 +691,7 @@ struct ConnThread {
 
 impl ConnThread {
     /// The reader: handshakes, registers with the owner, starts the writer, then reads.
-    fn run(self, sock: Socket) {
+    fn run(self, sock: Stream) {
         let ConnThread {
             live: _live,
             peer,
@@ -730,7 +774,7 @@ fn write_loop(
     mut writer: conn::Writer,
     rx: Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Socket,
+    killer: Stream,
 ) {
     let mut batch = VecDeque::with_capacity(WRITE_BATCH);
     while let Ok(first) = rx.recv() {
@@ -760,9 +804,9 @@ struct Conn {
     tx: SyncSender<Bytes>,
     /// Bytes in the writer's queue, not yet written.
     queued: Arc<AtomicUsize>,
-    killer: Socket,
+    killer: Stream,
     peer: PeerAddr,
-    listener: usize,
+    listener: Option<usize>,
     client_cert: Option<Bytes>,
     /// The outbound queue overflowed: the socket is shut down without flushing.
     overflowed: bool,
@@ -770,7 +814,7 @@ struct Conn {
 
 /// A closed connection whose writer may still be flushing.
 struct Closing {
-    killer: Socket,
+    killer: Stream,
     deadline: Instant,
 }
 
@@ -973,7 +1017,7 @@ impl Owner {
                 let request = ConnectRequest {
                     connect,
                     peer: conn.peer.clone(),
-                    listener: self.local_addrs.get(conn.listener).cloned(),
+                    listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
                     client_cert: conn.client_cert.clone(),
                 };
                 let mut guard = VerdictGuard {

@@ -250,7 +250,7 @@ pub enum PeerAddr {
     Tcp(SocketAddr),
     /// A peer on a Unix domain socket (such peers are usually unnamed).
     Unix,
-    /// A stream handed to the async broker's `BrokerHandle::accept_stream` without an address.
+    /// A stream handed to a broker's `BrokerHandle::accept_stream` without an address.
     Unknown,
 }
 

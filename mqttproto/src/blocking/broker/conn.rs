@@ -4,8 +4,8 @@
 //! Blocking TLS and WebSocket streams cannot be split into independent halves: both directions
 //! share one protocol state. So the pieces are:
 //!
-//! * the socket, cloned ([`Socket::try_clone`]): one handle reads, one writes, one stays with the
-//!   owner to shut the connection down ([`Socket::shutdown`] unblocks both threads);
+//! * the socket, cloned ([`Stream::try_clone`]): one handle reads, one writes, one stays with the
+//!   owner to shut the connection down ([`Stream::shutdown`] unblocks both threads);
 //! * for TLS, the rustls [`ServerConnection`] behind a mutex, locked only to move bytes in or
 //!   out of it (never across socket I/O);
 //! * a [`Sink`] behind a mutex: every byte written to the socket goes through it, in order. The
@@ -42,9 +42,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A connected socket.
+/// A connected socket the broker serves: accepted by a listener, or handed to
+/// [`BrokerHandle::accept_stream`](super::BrokerHandle::accept_stream).
 #[derive(Debug)]
-pub(crate) enum Socket {
+#[non_exhaustive]
+pub enum Stream {
     /// TCP.
     Tcp(TcpStream),
     /// A Unix domain socket.
@@ -52,40 +54,53 @@ pub(crate) enum Socket {
     Unix(UnixStream),
 }
 
-impl Socket {
-    pub(crate) fn try_clone(&self) -> io::Result<Socket> {
+impl From<TcpStream> for Stream {
+    fn from(s: TcpStream) -> Self {
+        Stream::Tcp(s)
+    }
+}
+
+#[cfg(unix)]
+impl From<UnixStream> for Stream {
+    fn from(s: UnixStream) -> Self {
+        Stream::Unix(s)
+    }
+}
+
+impl Stream {
+    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
         Ok(match self {
-            Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
+            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
             #[cfg(unix)]
-            Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
         })
     }
 
     /// Shuts both directions down: blocked reads return end of stream, blocked writes fail.
     pub(crate) fn shutdown(&self) {
         let _ = match self {
-            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             #[cfg(unix)]
-            Socket::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Both),
         };
     }
 
     fn shutdown_write(&self) {
         let _ = match self {
-            Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Tcp(s) => s.shutdown(std::net::Shutdown::Write),
             #[cfg(unix)]
-            Socket::Unix(s) => s.shutdown(std::net::Shutdown::Write),
+            Stream::Unix(s) => s.shutdown(std::net::Shutdown::Write),
         };
     }
 
     fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
-            Socket::Tcp(s) => {
+            Stream::Tcp(s) => {
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)
             }
             #[cfg(unix)]
-            Socket::Unix(s) => {
+            Stream::Unix(s) => {
                 s.set_read_timeout(t)?;
                 s.set_write_timeout(t)
             }
@@ -94,9 +109,9 @@ impl Socket {
 
     fn set_read_timeout(&self, t: Option<Duration>) -> io::Result<()> {
         match self {
-            Socket::Tcp(s) => s.set_read_timeout(t),
+            Stream::Tcp(s) => s.set_read_timeout(t),
             #[cfg(unix)]
-            Socket::Unix(s) => s.set_read_timeout(t),
+            Stream::Unix(s) => s.set_read_timeout(t),
         }
     }
 
@@ -116,30 +131,30 @@ impl Socket {
     }
 }
 
-impl Read for Socket {
+impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         match self {
-            Socket::Tcp(s) => s.read(buf),
+            Stream::Tcp(s) => s.read(buf),
             #[cfg(unix)]
-            Socket::Unix(s) => s.read(buf),
+            Stream::Unix(s) => s.read(buf),
         }
     }
 }
 
-impl Write for Socket {
+impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
         match self {
-            Socket::Tcp(s) => s.write(buf),
+            Stream::Tcp(s) => s.write(buf),
             #[cfg(unix)]
-            Socket::Unix(s) => s.write(buf),
+            Stream::Unix(s) => s.write(buf),
         }
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
         match self {
-            Socket::Tcp(s) => s.write_vectored(bufs),
+            Stream::Tcp(s) => s.write_vectored(bufs),
             #[cfg(unix)]
-            Socket::Unix(s) => s.write_vectored(bufs),
+            Stream::Unix(s) => s.write_vectored(bufs),
         }
     }
 
@@ -191,7 +206,7 @@ pub(super) fn write_all_vectored(w: &mut impl Write, bufs: &mut VecDeque<Bytes>)
 
 /// Where every byte bound for the socket goes (see the module documentation).
 pub(super) struct Sink {
-    sock: Socket,
+    sock: Stream,
     tls: Option<Arc<Mutex<ServerConnection>>>,
     /// TLS records taken out of the connection, on their way to the socket.
     records: Vec<u8>,
@@ -291,7 +306,7 @@ impl Writer {
 
 /// The byte stream under WebSocket: the socket, or TLS over it.
 pub(super) struct Source {
-    sock: Socket,
+    sock: Stream,
     tls: Option<TlsRead>,
     /// While handshaking: when to give up.
     deadline: Option<Instant>,
@@ -450,13 +465,13 @@ pub(super) struct Opened {
     pub(super) reader: Reader,
     pub(super) writer: Writer,
     /// The owner's handle on the socket, to shut it down.
-    pub(super) killer: Socket,
+    pub(super) killer: Stream,
     /// The DER of the client's TLS certificate (the leaf), if it sent one.
     pub(super) client_cert: Option<Bytes>,
 }
 
 /// Runs the handshakes of `wrap` over `sock`, within `timeout`.
-pub(super) fn open(sock: Socket, wrap: &Wrap, timeout: Duration) -> io::Result<Opened> {
+pub(super) fn open(sock: Stream, wrap: &Wrap, timeout: Duration) -> io::Result<Opened> {
     let deadline = Instant::now() + timeout;
     let killer = sock.try_clone()?;
     let (tls_config, ws_path) = match wrap {
@@ -538,7 +553,7 @@ pub(super) fn open(sock: Socket, wrap: &Wrap, timeout: Duration) -> io::Result<O
 /// The server side of the TLS handshake, bounded by `deadline`.
 fn tls_handshake(
     conn: &mut ServerConnection,
-    sock: &mut Socket,
+    sock: &mut Stream,
     deadline: Instant,
 ) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
