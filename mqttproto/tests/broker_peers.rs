@@ -704,6 +704,47 @@ fn persistent_session_resumes_with_queued_messages(driver: Driver) {
 
 // ---- MQTT 5 features ----------------------------------------------------------------------
 
+/// A session with a Session Expiry Interval of 1 s, left offline well past it, is gone: a
+/// reconnect with Clean Start 0 starts afresh and the message queued for the old session is
+/// not delivered [MQTT-3.1.2-6].
+fn expired_session_is_discarded(driver: Driver) {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut first = sub(
+        broker.port(),
+        &["-q", "1", "-c", "-x", "1", "-i", "expirer", "-t", "exp/#"],
+    );
+    first.kill();
+    // Queued for the offline session, which expires 1 s after the close.
+    publish(
+        broker.port(),
+        &["-q", "1", "-t", "exp/t", "-m", "for the old session"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Only a resumed session would deliver exp/t: this one subscribes to another topic.
+    let mut again = sub(
+        broker.port(),
+        &["-q", "1", "-c", "-x", "1", "-i", "expirer", "-t", "fresh/#"],
+    );
+    publish(
+        broker.port(),
+        &["-q", "1", "-t", "fresh/t", "-m", "new session"],
+    );
+    assert_eq!(
+        again.message().payload,
+        "new session",
+        "{}",
+        again.describe()
+    );
+    assert!(
+        !again.seen.iter().any(|l| l.contains("for the old session")),
+        "the expired session's message was delivered: {}",
+        again.describe()
+    );
+}
+
 fn shared_subscription_splits_messages_between_members(driver: Driver) {
     if !peers_available() {
         return;
@@ -1272,6 +1313,7 @@ per_driver!(sync:
     will_is_published_when_the_client_dies,
     will_delay_defers_the_will,
     persistent_session_resumes_with_queued_messages,
+    expired_session_is_discarded,
     shared_subscription_splits_messages_between_members,
     subscription_identifiers_are_sent_with_matching_messages,
     topic_aliases_from_mosquitto_pub,
