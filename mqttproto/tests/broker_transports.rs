@@ -219,6 +219,126 @@ async fn shutdown_reaches_tls_and_websocket_clients(driver: Driver) {
     }
 }
 
+/// SUBSCRIBE to `filter` at QoS 1 (packet id 1, no properties).
+fn subscribe_packet(filter: &str) -> Vec<u8> {
+    let mut body = vec![0, 1, 0];
+    body.extend(string(filter));
+    body.push(1);
+    let mut out = vec![0x82, body.len() as u8];
+    out.extend(body);
+    out
+}
+
+/// A subscriber over TLS that stops reading after its SUBACK is disconnected once its queue
+/// overflows, while a subscriber over TLS that reads gets every message of the flood: the
+/// stalled writer (holding its connection's TLS writing lock) holds up nobody else.
+async fn stalled_tls_subscriber_does_not_hold_up_others(driver: Driver) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, ServerName};
+
+    let pki = Pki::generate(&format!("{driver:?}-stall"));
+    let mut config =
+        Config::default().listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()));
+    config.outbound_queue_capacity = 64;
+    config.max_outbound_bytes = 1 << 20;
+    let broker = TestBroker::start(driver, config).expect("bind");
+    let url = broker.url();
+    let addr = broker.addrs[0].socket_addr().expect("a TCP address");
+
+    // The stalled subscriber: rustls over a blocking socket.
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(pki.path("ca.pem")).expect("the CA") {
+        roots.add(cert.expect("a certificate")).expect("a root");
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("TLS versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = ServerName::try_from("127.0.0.1").expect("a server name");
+    let conn = rustls::ClientConnection::new(std::sync::Arc::new(tls), name).expect("TLS");
+    let sock = TcpStream::connect(addr).expect("connect");
+    sock.set_read_timeout(Some(WAIT)).expect("a read timeout");
+    let mut stalled = rustls::StreamOwned::new(conn, sock);
+    stalled
+        .write_all(&connect_packet("stalled-tls"))
+        .expect("CONNECT");
+    stalled
+        .write_all(&subscribe_packet("flood/#"))
+        .expect("SUBSCRIBE");
+    let mut buf = BytesMut::new();
+    let mut packets = Vec::new();
+    let mut chunk = [0u8; 1024];
+    while packets.len() < 2 {
+        let n = stalled.read(&mut chunk).expect("CONNACK and SUBACK");
+        assert!(n > 0, "closed early: {packets:?}");
+        buf.extend_from_slice(&chunk[..n]);
+        packets.extend(decode_all(&mut buf));
+    }
+    assert!(matches!(packets[1], Packet::SubAck(_)), "{packets:?}");
+
+    // With a small Receive Maximum the broker holds the reader's backlog in its session, not
+    // in the outbound queue, so a reader merely slower than the publisher is not cut off.
+    let client = |id: &str| {
+        Client::builder(&url)
+            .expect("a URL")
+            .tls(pki.client(false))
+            .client_id(id)
+            .receive_maximum(4)
+            .reconnect(Reconnect::Off)
+            .build()
+    };
+    let reader = client("reading-tls");
+    let mut messages = within("subscribe", reader.subscribe("flood/#", QoS::AtLeastOnce))
+        .await
+        .expect("SUBACK");
+    let publisher = client("flooder-tls");
+    // 24 MiB in 64 KiB messages: more than the kernel's socket buffers and the 1 MiB bound.
+    let count = 384;
+    let payload = vec![b'p'; 64 * 1024];
+    let flood = async {
+        for _ in 0..count {
+            publisher
+                .publish("flood/t", payload.clone(), QoS::AtLeastOnce)
+                .await
+                .expect("PUBACK");
+        }
+    };
+    let receive = async {
+        for i in 0..count {
+            let m = messages.recv().await.expect("a message");
+            assert_eq!(m.payload.len(), payload.len(), "message {i}");
+        }
+    };
+    within("the flood", async { tokio::join!(flood, receive) }).await;
+
+    // The stalled one was cut off: its socket ends before the flood would have.
+    let mut sock = stalled.sock;
+    let total = tokio::task::spawn_blocking(move || {
+        let deadline = Instant::now() + WAIT;
+        let mut total = 0usize;
+        let mut chunk = vec![0u8; 1 << 16];
+        loop {
+            assert!(Instant::now() < deadline, "still open after {total} bytes");
+            match sock.read(&mut chunk) {
+                Ok(0) | Err(_) => return total,
+                Ok(n) => total += n,
+            }
+        }
+    })
+    .await
+    .expect("the reader");
+    assert!(
+        total < count * payload.len(),
+        "the stalled subscriber got the whole flood ({total} bytes)"
+    );
+    let _ = reader.disconnect().await;
+    let _ = publisher.disconnect().await;
+    broker.shutdown().await;
+}
+
 /// A raw WebSocket client offering the `mqtt` subprotocol.
 fn ws_connect(url: &str) -> tungstenite::WebSocket<TcpStream> {
     let addr = url
@@ -433,6 +553,7 @@ fn blocking_broker_closes_a_websocket_on_a_text_frame() {
 per_driver!(async:
     large_payloads_over_tls_and_websocket,
     shutdown_reaches_tls_and_websocket_clients,
+    stalled_tls_subscriber_does_not_hold_up_others,
 );
 
 mod sync_scenarios {
