@@ -526,6 +526,33 @@ fn junk_on_secure_and_websocket_listeners(driver: Driver) {
     });
 }
 
+/// Stopping the broker ends connections still in their TLS or WebSocket handshakes at once,
+/// not when the (here very long) connect timeout would.
+fn shutdown_ends_pending_handshakes(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-pending"));
+    let config = Config::default()
+        .listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()))
+        .listen(listener("ws://127.0.0.1:0/mqtt"))
+        .with_connect_timeout(Duration::from_secs(600));
+    let mut broker = TestBroker::start(driver, config).expect("bind");
+    let mut silent: Vec<TcpStream> = broker
+        .addrs
+        .iter()
+        .map(|a| TcpStream::connect(a.socket_addr().expect("a TCP address")).expect("connect"))
+        .collect();
+    // Half a WebSocket request: the handshake is under way.
+    silent[1]
+        .write_all(b"GET /mqtt HTTP/1.1\r\n")
+        .expect("write");
+    // Wait until both are accepted: a byte written now stays unanswered, but the broker has
+    // the socket (a refused one would be closed at once, failing the test below anyway).
+    std::thread::sleep(Duration::from_millis(100));
+    broker.stop();
+    for (i, sock) in silent.iter_mut().enumerate() {
+        assert!(closed_by_peer(sock), "pending handshake {i} still open");
+    }
+}
+
 /// [MQTT-6.0.0-1] A text frame is not MQTT: the blocking broker closes the connection. (The
 /// async broker's WebSocket stream, in `transport/ws.rs`, skips text frames instead.)
 #[test]
@@ -558,7 +585,11 @@ per_driver!(async:
 
 mod sync_scenarios {
     use super::*;
-    per_driver!(sync: websocket_frames_and_pings, junk_on_secure_and_websocket_listeners);
+    per_driver!(sync:
+        websocket_frames_and_pings,
+        junk_on_secure_and_websocket_listeners,
+        shutdown_ends_pending_handshakes,
+    );
 }
 
 /// `BrokerHandle::accept_stream` serves a socket that did not come from a listener (here one

@@ -99,9 +99,9 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream};
 #[cfg(unix)]
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -247,6 +247,8 @@ pub struct Broker {
     stop: Arc<AtomicBool>,
     /// Connection threads alive.
     live: Arc<AtomicUsize>,
+    /// Sockets in their handshakes.
+    handshaking: Arc<Handshaking>,
 }
 
 impl fmt::Debug for Broker {
@@ -319,6 +321,7 @@ impl Broker {
             inbound_rx,
             stop: Arc::new(AtomicBool::new(false)),
             live: Arc::new(AtomicUsize::new(0)),
+            handshaking: Arc::default(),
         })
     }
 
@@ -349,6 +352,7 @@ impl Broker {
             inbound_rx,
             stop,
             live,
+            handshaking,
         } = self;
         let mut acceptors = Vec::new();
         #[cfg(unix)]
@@ -359,6 +363,7 @@ impl Broker {
                 index: Some(i),
                 stop: stop.clone(),
                 live: live.clone(),
+                handshaking: handshaking.clone(),
                 max: config.max_connections,
                 timeout: config.options.session.connect_timeout,
                 queue: config.outbound_queue_capacity.max(1),
@@ -420,6 +425,8 @@ impl Broker {
         }
         #[cfg(unix)]
         drop(socket_files);
+        // Connections still in their TLS or WebSocket handshakes fail them now.
+        handshaking.stop_all();
         owner.shutdown(&inbound_rx, &live);
     }
 
@@ -432,6 +439,7 @@ impl Broker {
             index: None,
             stop: self.stop.clone(),
             live: self.live.clone(),
+            handshaking: self.handshaking.clone(),
             max: self.config.max_connections,
             timeout: self.config.options.session.connect_timeout,
             queue: self.config.outbound_queue_capacity.max(1),
@@ -587,10 +595,63 @@ struct AcceptCtx {
     stop: Arc<AtomicBool>,
     /// Connection threads alive (from accept to the end of the reader).
     live: Arc<AtomicUsize>,
+    handshaking: Arc<Handshaking>,
     max: usize,
     timeout: Duration,
     queue: usize,
     inbound: SyncSender<Inbound>,
+}
+
+/// The sockets of connections not yet registered with the owner (in their handshakes), so
+/// that stopping the broker can end them at once.
+#[derive(Default)]
+struct Handshaking {
+    next: AtomicU64,
+    socks: Mutex<HashMap<u64, Stream>>,
+}
+
+impl Handshaking {
+    /// Registers `sock` until the guard drops (`None` if the socket cannot be cloned: it then
+    /// ends within the connect timeout instead).
+    fn register(self: &Arc<Self>, sock: &Stream) -> Option<HandshakeGuard> {
+        let clone = sock.try_clone().ok()?;
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        self.socks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, clone);
+        Some(HandshakeGuard {
+            set: self.clone(),
+            id,
+        })
+    }
+
+    fn stop_all(&self) {
+        for sock in self
+            .socks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .values()
+        {
+            sock.shutdown();
+        }
+    }
+}
+
+/// Unregisters a socket from [`Handshaking`] when dropped.
+struct HandshakeGuard {
+    set: Arc<Handshaking>,
+    id: u64,
+}
+
+impl Drop for HandshakeGuard {
+    fn drop(&mut self) {
+        self.set
+            .socks
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&self.id);
+    }
 }
 
 /// Counts a connection thread as alive until dropped.
@@ -623,8 +684,17 @@ impl AcceptCtx {
             ));
         }
         let live = Live(self.live.clone());
+        let handshake = self.handshaking.register(&sock);
+        // Stopping sets the flag, then ends registered handshakes: one of the two catches this.
+        if self.stop.load(Ordering::SeqCst) {
+            return Err(io::Error::new(
+                io::ErrorKind::BrokenPipe,
+                "the broker has stopped",
+            ));
+        }
         let conn = ConnThread {
             live,
+            handshake,
             peer,
             listener: self.index,
             wrap: wrap.clone(),
@@ -681,6 +751,7 @@ fn accept_unix(listener: std::os::unix::net::UnixListener, ctx: AcceptCtx) {
 
 struct ConnThread {
     live: Live,
+    handshake: Option<HandshakeGuard>,
     peer: PeerAddr,
     listener: Option<usize>,
     wrap: Wrap,
@@ -694,6 +765,7 @@ impl ConnThread {
     fn run(self, sock: Stream) {
         let ConnThread {
             live: _live,
+            handshake,
             peer,
             listener,
             wrap,
@@ -734,7 +806,10 @@ impl ConnThread {
         {
             return; // the broker has stopped
         }
-        let Ok(Some(handle)) = reply_rx.recv() else {
+        let reply = reply_rx.recv();
+        // Registered with the owner (or refused): the owner ends it from now on.
+        drop(handshake);
+        let Ok(Some(handle)) = reply else {
             return; // refused
         };
         let done = inbound.clone();
