@@ -340,7 +340,8 @@ impl Broker {
 
     /// Serves on the calling thread until a [`ShutdownHandle`] asks it to stop, then shuts down
     /// gracefully: stops accepting (the listening sockets are closed, Unix socket files
-    /// removed), disconnects every client with 0x8B (Server shutting down), waits up to
+    /// removed, TLS and WebSocket handshakes under way ended), disconnects every client with
+    /// 0x8B (Server shutting down), waits up to
     /// [`BrokerConfig::flush_timeout`] for the last bytes to be written, closes the
     /// connections, and returns.
     pub fn run(self) {
