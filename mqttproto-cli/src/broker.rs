@@ -1,15 +1,27 @@
-//! `mqttproto broker`: serves MQTT 5 with [`mqttproto::tokio::Broker`].
+//! `mqttproto broker`: serves MQTT 5 with [`mqttproto::tokio::Broker`] (the default) or
+//! [`mqttproto::blocking::Broker`] (`--driver blocking`), from the same options and
+//! configuration file.
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 
-use clap::Args;
-use mqttproto::tokio::broker::{
-    Broker, BrokerConfig, ClientCertificates, ListenAddr, Listener, ServerTlsOptions,
+use clap::{Args, ValueEnum};
+use mqttproto::server::{
+    BrokerConfig, ClientCertificates, ListenAddr, Listener, PasswordFile, ServerTlsOptions,
 };
 
 /// The address served when no `--listen` is given.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:1883";
+
+/// Which broker implementation serves.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, ValueEnum)]
+pub enum Driver {
+    /// The async broker, on a tokio runtime.
+    #[default]
+    Tokio,
+    /// The blocking broker: std::net and threads (two per connection), no async runtime.
+    Blocking,
+}
 
 /// Options of `mqttproto broker`.
 #[derive(Debug, Args)]
@@ -46,13 +58,22 @@ pub struct BrokerArgs {
     /// protocol's limit.
     #[arg(long, value_name = "BYTES")]
     max_packet_size: Option<NonZeroU32>,
+    /// The broker implementation: `tokio` (async) or `blocking` (threads). Both serve the same
+    /// listeners and read the same configuration.
+    #[arg(long, value_enum, default_value_t = Driver::Tokio)]
+    driver: Driver,
 }
 
 impl BrokerArgs {
-    fn config(self) -> Result<BrokerConfig, String> {
-        let mut config = BrokerConfig::default();
+    /// The configuration for either driver, and the password file to install as its
+    /// authenticator.
+    fn config<A: ?Sized>(self) -> Result<(BrokerConfig<A>, Option<PasswordFile>), String> {
+        let mut config = BrokerConfig::<A>::default();
+        let mut password_file = None;
         if let Some(path) = &self.config {
-            config = crate::config::load(path, config)?;
+            let loaded = crate::config::load(path, config)?;
+            config = loaded.config;
+            password_file = loaded.password_file;
         }
         if let Some(max) = self.max_connections {
             config = config.with_max_connections(max);
@@ -101,26 +122,65 @@ impl BrokerArgs {
         if let Some(max) = self.max_packet_size {
             config = config.with_max_packet_size(max);
         }
-        Ok(config)
+        Ok((config, password_file))
     }
 }
 
 /// Runs the broker until Ctrl-C or SIGTERM, then shuts it down gracefully.
 pub fn run(args: BrokerArgs) -> Result<(), String> {
-    let config = args.config()?;
+    match args.driver {
+        Driver::Tokio => run_tokio(args),
+        Driver::Blocking => run_blocking(args),
+    }
+}
+
+fn run_tokio(args: BrokerArgs) -> Result<(), String> {
+    use mqttproto::tokio::broker::{Broker, BrokerConfig};
+
+    let (mut config, password_file): (BrokerConfig, _) = args.config()?;
+    if let Some(file) = password_file {
+        config = config.with_authenticator(file);
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("starting the runtime: {e}"))?;
     runtime.block_on(async move {
         let broker = Broker::bind(config).await.map_err(|e| e.to_string())?;
+        // The handlers are in place before anyone learns where to connect.
+        let stop = shutdown_signal().await?;
         for addr in broker.local_addrs() {
             println!("listening on {addr}");
         }
-        let stop = shutdown_signal().await?;
         broker.run_until(stop).await;
         Ok(())
     })
+}
+
+/// The blocking broker serves on its own threads; this thread only waits for the signal (on a
+/// one-thread tokio runtime of the command-line tool: the broker itself uses none).
+fn run_blocking(args: BrokerArgs) -> Result<(), String> {
+    use mqttproto::blocking::broker::{Broker, BrokerConfig};
+
+    let (mut config, password_file): (BrokerConfig, _) = args.config()?;
+    if let Some(file) = password_file {
+        config = config.with_authenticator(file);
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("starting the runtime: {e}"))?;
+    let broker = Broker::bind(config).map_err(|e| e.to_string())?;
+    let stop = runtime.block_on(shutdown_signal())?;
+    for addr in broker.local_addrs() {
+        println!("listening on {addr}");
+    }
+    let handle = broker
+        .spawn()
+        .map_err(|e| format!("starting the broker thread: {e}"))?;
+    runtime.block_on(stop);
+    handle.shutdown();
+    Ok(())
 }
 
 /// A future that completes on Ctrl-C (SIGINT) or, on Unix, SIGTERM. Installing the handlers

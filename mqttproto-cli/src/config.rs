@@ -6,10 +6,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use mqttproto::tokio::acl::AclFile;
-use mqttproto::tokio::auth::PasswordFile;
-use mqttproto::tokio::broker::{
-    BrokerConfig, ClientCertificates, ListenAddr, Listener, ServerTlsOptions,
+use mqttproto::server::{
+    AclFile, BrokerConfig, ClientCertificates, ListenAddr, Listener, PasswordFile, ServerTlsOptions,
 };
 use serde::Deserialize;
 use toml::Spanned;
@@ -103,8 +101,18 @@ impl Located<'_> {
     }
 }
 
-/// Reads the configuration file at `path` into `config` (listeners are appended).
-pub fn load(path: &Path, mut config: BrokerConfig) -> Result<BrokerConfig, String> {
+/// A configuration file, read.
+pub struct Loaded<A: ?Sized> {
+    /// Everything but the authenticator.
+    pub config: BrokerConfig<A>,
+    /// The password file (`[auth] password_file`), which the caller installs as the
+    /// authenticator of its driver.
+    pub password_file: Option<PasswordFile>,
+}
+
+/// Reads the configuration file at `path` into `config` (listeners are appended), for either
+/// driver.
+pub fn load<A: ?Sized>(path: &Path, mut config: BrokerConfig<A>) -> Result<Loaded<A>, String> {
     let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
     let loc = Located { path, text: &text };
     let file: File = toml::from_str(&text).map_err(|e| loc.toml_error(&e))?;
@@ -203,11 +211,12 @@ pub fn load(path: &Path, mut config: BrokerConfig) -> Result<BrokerConfig, Strin
     }
 
     let auth = file.auth;
+    let mut password_file = None;
     if let Some(p) = &auth.password_file {
         let file = PasswordFile::load(resolve(p.get_ref()))
             .map_err(|e| loc.at(p.span(), "password_file", e))?
             .allow_anonymous(auth.allow_anonymous);
-        config = config.with_authenticator(file);
+        password_file = Some(file);
     }
     if let Some(p) = &auth.acl_file {
         let acl =
@@ -241,5 +250,8 @@ pub fn load(path: &Path, mut config: BrokerConfig) -> Result<BrokerConfig, Strin
     if let Some(n) = limits.topic_alias_maximum {
         config = config.with_topic_alias_maximum(n);
     }
-    Ok(config)
+    Ok(Loaded {
+        config,
+        password_file,
+    })
 }

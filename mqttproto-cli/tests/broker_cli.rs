@@ -1,4 +1,5 @@
-//! `mqttproto broker`: the listen lines it prints, its limits, and a graceful exit on SIGTERM.
+//! `mqttproto broker`: the listen lines it prints, its limits, and a graceful exit on SIGTERM,
+//! with either driver (`--driver tokio`, the default, and `--driver blocking`).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -126,11 +127,24 @@ fn port_of(line: &str) -> u16 {
 #[cfg(unix)]
 #[test]
 fn broker_prints_listeners_enforces_limits_and_exits_on_sigterm() {
-    let dir = std::env::temp_dir().join(format!("mqttproto-cli-{}", std::process::id()));
+    prints_listeners_enforces_limits_and_exits_on_sigterm("tokio");
+}
+
+#[cfg(unix)]
+#[test]
+fn blocking_broker_prints_listeners_enforces_limits_and_exits_on_sigterm() {
+    prints_listeners_enforces_limits_and_exits_on_sigterm("blocking");
+}
+
+#[cfg(unix)]
+fn prints_listeners_enforces_limits_and_exits_on_sigterm(driver: &str) {
+    let dir = std::env::temp_dir().join(format!("mqttproto-cli-{}-{driver}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let sock_path = dir.join("broker.sock");
     let unix = format!("unix:{}", sock_path.display());
     let mut broker = BrokerProcess::start(&[
+        "--driver",
+        driver,
         "--listen",
         "127.0.0.1:0",
         "--listen",
@@ -192,4 +206,15 @@ fn broker_rejects_a_bad_listen_address() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid listen address"), "{err}");
+}
+
+#[test]
+fn broker_rejects_an_unknown_driver() {
+    let out = Command::new(env!("CARGO_BIN_EXE_mqttproto"))
+        .args(["broker", "--driver", "threads"])
+        .output()
+        .expect("run");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("tokio") && err.contains("blocking"), "{err}");
 }

@@ -184,7 +184,16 @@ impl Drop for Running {
 
 #[test]
 fn broker_from_config_serves_websocket_with_passwords_and_acl() {
-    let dir = temp_dir("serve");
+    serves_websocket_with_passwords_and_acl("tokio");
+}
+
+#[test]
+fn blocking_broker_from_config_serves_websocket_with_passwords_and_acl() {
+    serves_websocket_with_passwords_and_acl("blocking");
+}
+
+fn serves_websocket_with_passwords_and_acl(driver: &str) {
+    let dir = temp_dir(&format!("serve-{driver}"));
     // A weak hash keeps the debug build fast (the connect timeout covers authentication);
     // `passwd_creates_updates_and_deletes_users` covers real ones.
     let mut users = PasswordEntries::default();
@@ -206,7 +215,13 @@ fn broker_from_config_serves_websocket_with_passwords_and_acl() {
     )
     .unwrap();
     let mut child = Command::new(BIN)
-        .args(["broker", "--config", config.to_str().unwrap()])
+        .args([
+            "broker",
+            "--driver",
+            driver,
+            "--config",
+            config.to_str().unwrap(),
+        ])
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())

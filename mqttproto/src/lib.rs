@@ -4,13 +4,20 @@
 //!
 //! * [`proto`]: the sans-I/O core ([`mqttproto_core`]): codec, topics, and the `Client`,
 //!   `Session` and `Broker` state machines;
-//! * [`tokio`] (feature `tokio`, on by default): the async client and broker.
+//! * [`tokio`] (feature `tokio`, on by default): the async client and broker;
+//! * [`blocking`] (feature `blocking`, on by default): the blocking client and broker, on
+//!   `std::net` and threads, without an async runtime;
+//! * [`server`]: what both brokers share (listen addresses, configuration, password and ACL
+//!   files, TLS settings).
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 /// The sans-I/O core ([`mqttproto_core`]).
 pub use mqttproto_core as proto;
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
+pub mod server;
 #[cfg(feature = "tokio")]
 pub mod tokio;
 #[cfg(feature = "tokio")]

@@ -1,21 +1,24 @@
-//! `mqttproto::tokio::Broker` with our own async `Client`: round trips, retained messages, and
-//! a load smoke test (1,000 concurrent clients at QoS 1, no loss).
+//! Both brokers (tokio and blocking, see `drivers/`) with our own async `Client`: round trips,
+//! retained messages, and a load smoke test (1,000 concurrent clients at QoS 1, no loss).
+
+#[macro_use]
+mod drivers;
 
 use std::time::Duration;
 
 use mqttproto::proto::QoS;
-use mqttproto::tokio::broker::{Broker, BrokerConfig, BrokerHandle, ListenAddr};
 use mqttproto::tokio::client::Reconnect;
 use mqttproto::tokio::Client;
+
+use drivers::{Config, Driver, TestBroker};
 
 /// The longest any single wait may take.
 const WAIT: Duration = Duration::from_secs(5);
 
-async fn start(config: BrokerConfig) -> (BrokerHandle, String) {
-    let config = config.listen("127.0.0.1:0".parse::<ListenAddr>().expect("an address"));
-    let broker = Broker::bind(config).await.expect("bind");
-    let url = broker.local_addrs()[0].to_string();
-    (broker.spawn(), url)
+fn start(driver: Driver, config: Config) -> (TestBroker, String) {
+    let broker = TestBroker::start_tcp(driver, config);
+    let url = broker.url();
+    (broker, url)
 }
 
 fn client(url: &str, id: &str) -> Client {
@@ -33,9 +36,8 @@ async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_client_round_trips_at_every_qos() {
-    let (broker, url) = start(BrokerConfig::default()).await;
+async fn async_client_round_trips_at_every_qos(driver: Driver) {
+    let (broker, url) = start(driver, Config::default());
     let c = client(&url, "round-trips");
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce, QoS::ExactlyOnce] {
         let topic = format!("rt/{}", qos as u8);
@@ -54,9 +56,8 @@ async fn async_client_round_trips_at_every_qos() {
     within("shutdown", broker.shutdown()).await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn async_client_gets_retained_messages() {
-    let (broker, url) = start(BrokerConfig::default()).await;
+async fn async_client_gets_retained_messages(driver: Driver) {
+    let (broker, url) = start(driver, Config::default());
     let publisher = client(&url, "publisher");
     let mut retained = mqttproto::proto::codec::Publish::new(
         mqttproto::proto::TopicName::try_from("state/door").expect("a topic"),
@@ -78,10 +79,9 @@ async fn async_client_gets_retained_messages() {
 
 /// 1,000 clients on loopback, each subscribed to its own topic and publishing one QoS 1
 /// message to its neighbour's: every message arrives exactly once.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn load_smoke_1000_clients_qos1_no_loss() {
+async fn load_smoke_1000_clients_qos1_no_loss(driver: Driver) {
     const N: usize = 1000;
-    let (broker, url) = start(BrokerConfig::default()).await;
+    let (broker, url) = start(driver, Config::default());
     let mut tasks = tokio::task::JoinSet::new();
     let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(N));
     for i in 0..N {
@@ -118,3 +118,9 @@ async fn load_smoke_1000_clients_qos1_no_loss() {
     }
     within("shutdown", broker.shutdown()).await;
 }
+
+per_driver!(async:
+    async_client_round_trips_at_every_qos,
+    async_client_gets_retained_messages,
+    load_smoke_1000_clients_qos1_no_loss,
+);

@@ -1,6 +1,7 @@
-//! `mqttproto::tokio::Broker` against real third-party clients: Debian's `mosquitto_pub` and
-//! `mosquitto_sub` in MQTT 5 mode (`-V 5`), plus a few raw-socket and core-client checks
-//! (connect timeout, limits, bad input, slow consumers, graceful shutdown).
+//! The broker scenario suite, run against both drivers (`tokio_broker::*` and
+//! `blocking_broker::*`, see `drivers/`): real third-party clients (Debian's `mosquitto_pub` and
+//! `mosquitto_sub` in MQTT 5 mode, `-V 5`), plus raw-socket and core-client checks (connect
+//! timeout, limits, authentication, bad input, slow consumers, graceful shutdown).
 //!
 //! Every broker listens on a free loopback port. Every wait is bounded; child processes are
 //! killed when their guard drops. Without the mosquitto clients these tests fail and say how to
@@ -21,7 +22,11 @@ use mqttproto::proto::{
     Client, ClientEvent, ClientOptions, MqttString, ProtocolVersion, QoS, ReasonCode,
     SubscriptionOptions, TopicFilter, TopicName,
 };
-use mqttproto::tokio::broker::{Broker, BrokerConfig, BrokerHandle, ListenAddr};
+use mqttproto::server::{ConnectRequest, ListenAddr, PeerAddr};
+
+#[macro_use]
+mod drivers;
+use drivers::{Config, Driver, TestBroker};
 
 /// The longest any single wait in these tests may take.
 const WAIT: Duration = Duration::from_secs(5);
@@ -50,61 +55,6 @@ fn peers_available() -> bool {
         "mosquitto_sub / mosquitto_pub not found: run ./scripts/test.sh (it installs Debian's \
          mosquitto-clients), or set MQTTPROTO_SKIP_PEER_TESTS=1 to skip the peer tests"
     );
-}
-
-/// A broker on a free loopback port, in its own runtime; shut down gracefully on drop.
-struct TestBroker {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<BrokerHandle>,
-    port: u16,
-}
-
-impl TestBroker {
-    fn start(config: BrokerConfig) -> TestBroker {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let config = config.listen("127.0.0.1:0".parse::<ListenAddr>().expect("an address"));
-        let handle = runtime.block_on(async {
-            let broker = Broker::bind(config).await.expect("bind");
-            broker.spawn()
-        });
-        let port = handle
-            .local_addrs()
-            .iter()
-            .find_map(|a| match a {
-                ListenAddr::Tcp(a) => Some(a.port()),
-                _ => None,
-            })
-            .expect("a TCP listener");
-        assert_ne!(port, 0, "local_addrs reports the real port");
-        TestBroker {
-            runtime,
-            handle: Some(handle),
-            port,
-        }
-    }
-
-    fn shutdown(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let done = self
-                .runtime
-                .block_on(async { tokio::time::timeout(WAIT, handle.shutdown()).await });
-            assert!(done.is_ok(), "the broker shut down within {WAIT:?}");
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self
-                .runtime
-                .block_on(async { tokio::time::timeout(WAIT, handle.shutdown()).await });
-        }
-    }
 }
 
 /// A message as `mosquitto_sub -F 'MSG|%t|%q|%r|%S|%p'` prints it.
@@ -575,18 +525,17 @@ impl Rng {
 
 // ---- QoS, retained, wills, sessions -------------------------------------------------------
 
-#[test]
-fn qos_0_1_2_round_trips_with_mosquitto_clients() {
+fn qos_0_1_2_round_trips_with_mosquitto_clients(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
+    let broker = TestBroker::start_tcp(driver, Config::default());
     for qos in 0..=2u8 {
         let q = qos.to_string();
         let topic = format!("qos/{qos}");
-        let mut s = sub(broker.port, &["-q", &q, "-t", &topic]);
+        let mut s = sub(broker.port(), &["-q", &q, "-t", &topic]);
         let payload = format!("hello at QoS {qos}");
-        publish(broker.port, &["-q", &q, "-t", &topic, "-m", &payload]);
+        publish(broker.port(), &["-q", &q, "-t", &topic, "-m", &payload]);
         let m = s.message();
         assert_eq!(
             m,
@@ -600,23 +549,25 @@ fn qos_0_1_2_round_trips_with_mosquitto_clients() {
         );
     }
     // Many messages at QoS 2, in order.
-    let mut s = sub(broker.port, &["-q", "2", "-t", "many/#"]);
+    let mut s = sub(broker.port(), &["-q", "2", "-t", "many/#"]);
     let lines: Vec<String> = (0..50).map(|i| format!("m{i}")).collect();
-    publish_lines(broker.port, &["-q", "2", "-t", "many/x"], &lines);
+    publish_lines(broker.port(), &["-q", "2", "-t", "many/x"], &lines);
     for l in &lines {
         assert_eq!(&s.message().payload, l);
     }
 }
 
-#[test]
-fn retained_messages_are_kept_replayed_and_cleared() {
+fn retained_messages_are_kept_replayed_and_cleared(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    publish(broker.port, &["-q", "1", "-r", "-t", "ret/a", "-m", "kept"]);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    publish(
+        broker.port(),
+        &["-q", "1", "-r", "-t", "ret/a", "-m", "kept"],
+    );
     // A later subscriber gets it, flagged retained [MQTT-3.3.1-9].
-    let mut s = sub(broker.port, &["-q", "1", "-t", "ret/#"]);
+    let mut s = sub(broker.port(), &["-q", "1", "-t", "ret/#"]);
     let m = s.message();
     assert_eq!(
         (m.topic.as_str(), m.payload.as_str(), m.retain),
@@ -624,16 +575,16 @@ fn retained_messages_are_kept_replayed_and_cleared() {
     );
     // A live message on the same topic is not flagged retained for an existing subscriber.
     publish(
-        broker.port,
+        broker.port(),
         &["-q", "1", "-r", "-t", "ret/a", "-m", "newer"],
     );
     let m = s.message();
     assert_eq!((m.payload.as_str(), m.retain), ("newer", false));
     // An empty retained message clears it [MQTT-3.3.1-6, MQTT-3.3.1-7].
-    publish(broker.port, &["-q", "1", "-r", "-t", "ret/a", "-n"]);
+    publish(broker.port(), &["-q", "1", "-r", "-t", "ret/a", "-n"]);
     assert_eq!(s.message().payload, "");
-    let mut s2 = sub(broker.port, &["-q", "1", "-t", "ret/#"]);
-    publish(broker.port, &["-q", "1", "-t", "ret/b", "-m", "marker"]);
+    let mut s2 = sub(broker.port(), &["-q", "1", "-t", "ret/#"]);
+    publish(broker.port(), &["-q", "1", "-t", "ret/b", "-m", "marker"]);
     assert_eq!(
         s2.message().payload,
         "marker",
@@ -641,15 +592,14 @@ fn retained_messages_are_kept_replayed_and_cleared() {
     );
 }
 
-#[test]
-fn will_is_published_when_the_client_dies() {
+fn will_is_published_when_the_client_dies(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let mut watcher = sub(broker.port, &["-q", "1", "-t", "will/#"]);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut watcher = sub(broker.port(), &["-q", "1", "-t", "will/#"]);
     let mut dying = sub(
-        broker.port,
+        broker.port(),
         &[
             "-t",
             "unrelated",
@@ -670,7 +620,7 @@ fn will_is_published_when_the_client_dies() {
 
     // A clean DISCONNECT (mosquitto_pub exits normally) discards the will [MQTT-3.14.4-3].
     publish(
-        broker.port,
+        broker.port(),
         &[
             "-t",
             "x",
@@ -683,21 +633,20 @@ fn will_is_published_when_the_client_dies() {
         ],
     );
     publish(
-        broker.port,
+        broker.port(),
         &["-q", "1", "-t", "will/marker", "-m", "marker"],
     );
     assert_eq!(watcher.message().topic, "will/marker");
 }
 
-#[test]
-fn will_delay_defers_the_will() {
+fn will_delay_defers_the_will(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let mut watcher = sub(broker.port, &["-q", "1", "-t", "will/#"]);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut watcher = sub(broker.port(), &["-q", "1", "-t", "will/#"]);
     let mut dying = sub(
-        broker.port,
+        broker.port(),
         &[
             "-t",
             "unrelated",
@@ -724,24 +673,23 @@ fn will_delay_defers_the_will() {
     );
 }
 
-#[test]
-fn persistent_session_resumes_with_queued_messages() {
+fn persistent_session_resumes_with_queued_messages(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
+    let broker = TestBroker::start_tcp(driver, Config::default());
     let mut first = sub(
-        broker.port,
+        broker.port(),
         &["-q", "1", "-c", "-x", "60", "-i", "resumer", "-t", "sess/#"],
     );
     first.kill();
     // Offline: messages are queued for the session.
     let lines: Vec<String> = (0..3).map(|i| format!("queued-{i}")).collect();
-    publish_lines(broker.port, &["-q", "1", "-t", "sess/t"], &lines);
+    publish_lines(broker.port(), &["-q", "1", "-t", "sess/t"], &lines);
     let mut again = Peer::spawn(
         "mosquitto_sub",
         &args(
-            broker.port,
+            broker.port(),
             &[
                 "-d", "-F", FORMAT, "-q", "1", "-c", "-x", "60", "-i", "resumer", "-t", "sess/#",
             ],
@@ -756,16 +704,56 @@ fn persistent_session_resumes_with_queued_messages() {
 
 // ---- MQTT 5 features ----------------------------------------------------------------------
 
-#[test]
-fn shared_subscription_splits_messages_between_members() {
+/// A session with a Session Expiry Interval of 1 s, left offline well past it, is gone: a
+/// reconnect with Clean Start 0 starts afresh and the message queued for the old session is
+/// not delivered [MQTT-3.1.2-6].
+fn expired_session_is_discarded(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let mut a = sub(broker.port, &["-q", "1", "-t", "$share/g/shared/t"]);
-    let mut b = sub(broker.port, &["-q", "1", "-t", "$share/g/shared/t"]);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut first = sub(
+        broker.port(),
+        &["-q", "1", "-c", "-x", "1", "-i", "expirer", "-t", "exp/#"],
+    );
+    first.kill();
+    // Queued for the offline session, which expires 1 s after the close.
+    publish(
+        broker.port(),
+        &["-q", "1", "-t", "exp/t", "-m", "for the old session"],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    // Only a resumed session would deliver exp/t: this one subscribes to another topic.
+    let mut again = sub(
+        broker.port(),
+        &["-q", "1", "-c", "-x", "1", "-i", "expirer", "-t", "fresh/#"],
+    );
+    publish(
+        broker.port(),
+        &["-q", "1", "-t", "fresh/t", "-m", "new session"],
+    );
+    assert_eq!(
+        again.message().payload,
+        "new session",
+        "{}",
+        again.describe()
+    );
+    assert!(
+        !again.seen.iter().any(|l| l.contains("for the old session")),
+        "the expired session's message was delivered: {}",
+        again.describe()
+    );
+}
+
+fn shared_subscription_splits_messages_between_members(driver: Driver) {
+    if !peers_available() {
+        return;
+    }
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut a = sub(broker.port(), &["-q", "1", "-t", "$share/g/shared/t"]);
+    let mut b = sub(broker.port(), &["-q", "1", "-t", "$share/g/shared/t"]);
     let lines: Vec<String> = (0..20).map(|i| format!("s{i}")).collect();
-    publish_lines(broker.port, &["-q", "1", "-t", "shared/t"], &lines);
+    publish_lines(broker.port(), &["-q", "1", "-t", "shared/t"], &lines);
     let mut got_a = Vec::new();
     let mut got_b = Vec::new();
     let deadline = Instant::now() + WAIT;
@@ -790,14 +778,13 @@ fn shared_subscription_splits_messages_between_members() {
     assert_eq!(got_a.len() + got_b.len(), lines.len());
 }
 
-#[test]
-fn subscription_identifiers_are_sent_with_matching_messages() {
+fn subscription_identifiers_are_sent_with_matching_messages(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
+    let broker = TestBroker::start_tcp(driver, Config::default());
     let mut s = sub(
-        broker.port,
+        broker.port(),
         &[
             "-q",
             "1",
@@ -809,21 +796,20 @@ fn subscription_identifiers_are_sent_with_matching_messages() {
             "42",
         ],
     );
-    publish(broker.port, &["-q", "1", "-t", "sid/x", "-m", "with id"]);
+    publish(broker.port(), &["-q", "1", "-t", "sid/x", "-m", "with id"]);
     let m = s.message();
     assert_eq!((m.payload.as_str(), m.sub_ids.as_str()), ("with id", "42"));
 }
 
-#[test]
-fn topic_aliases_from_mosquitto_pub() {
+fn topic_aliases_from_mosquitto_pub(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let mut s = sub(broker.port, &["-q", "1", "-t", "alias/#"]);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut s = sub(broker.port(), &["-q", "1", "-t", "alias/#"]);
     let lines: Vec<String> = ["a", "b", "c"].iter().map(|s| s.to_string()).collect();
     let out = publish_lines(
-        broker.port,
+        broker.port(),
         &[
             "-d",
             "-q",
@@ -853,13 +839,12 @@ fn topic_aliases_from_mosquitto_pub() {
     }
 }
 
-#[test]
-fn no_local_suppresses_own_messages() {
+fn no_local_suppresses_own_messages(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let mut c = CoreClient::with_id(broker.port, "no-local");
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let mut c = CoreClient::with_id(broker.port(), "no-local");
     let options = SubscriptionOptions {
         no_local: true,
         ..SubscriptionOptions::with_qos(QoS::AtLeastOnce)
@@ -868,7 +853,7 @@ fn no_local_suppresses_own_messages() {
     // Our own message is routed first (PUBACK received), and must not come back
     // [MQTT-3.8.3-3]; another client's message must.
     c.publish("nl/t", b"own", QoS::AtLeastOnce);
-    publish(broker.port, &["-q", "1", "-t", "nl/t", "-m", "other"]);
+    publish(broker.port(), &["-q", "1", "-t", "nl/t", "-m", "other"]);
     let m = c.message_within(WAIT).expect("a message");
     assert_eq!(&m.payload[..], b"other");
     // Without no-local, our own message does come back.
@@ -882,16 +867,15 @@ fn no_local_suppresses_own_messages() {
 }
 
 #[cfg(unix)]
-#[test]
-fn unix_socket_listener_serves_mosquitto_clients() {
+fn unix_socket_listener_serves_mosquitto_clients(driver: Driver) {
     if !peers_available() {
         return;
     }
     let dir = std::env::temp_dir().join(format!("mqttproto-broker-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a temp dir");
     let path = dir.join("broker.sock");
-    let config = BrokerConfig::default().listen(ListenAddr::Unix(path.clone()));
-    let mut broker = TestBroker::start(config);
+    let config = Config::default().listen(ListenAddr::Unix(path.clone()));
+    let mut broker = TestBroker::start_tcp(driver, config);
     let p = path.to_string_lossy().to_string();
     let mut s = Peer::spawn(
         "mosquitto_sub",
@@ -931,18 +915,19 @@ fn unix_socket_listener_serves_mosquitto_clients() {
     )
     .finish();
     assert_eq!(s.message().payload, "over unix");
-    broker.shutdown();
+    broker.stop();
     assert!(!path.exists(), "the socket file is removed on shutdown");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 // ---- limits, timeouts, shutdown ------------------------------------------------------------
 
-#[test]
-fn silent_socket_is_closed_by_the_connect_timeout() {
-    let broker =
-        TestBroker::start(BrokerConfig::default().with_connect_timeout(Duration::from_millis(200)));
-    let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+fn silent_socket_is_closed_by_the_connect_timeout(driver: Driver) {
+    let broker = TestBroker::start_tcp(
+        driver,
+        Config::default().with_connect_timeout(Duration::from_millis(200)),
+    );
+    let mut sock = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
     let start = Instant::now();
     let (packets, closed) = read_packets(&mut sock, WAIT);
     let waited = start.elapsed();
@@ -957,12 +942,11 @@ fn silent_socket_is_closed_by_the_connect_timeout() {
     );
 }
 
-#[test]
-fn connections_beyond_the_maximum_are_refused() {
-    let broker = TestBroker::start(BrokerConfig::default().with_max_connections(2));
-    let mut one = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    let _two = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    let mut three = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+fn connections_beyond_the_maximum_are_refused(driver: Driver) {
+    let broker = TestBroker::start_tcp(driver, Config::default().with_max_connections(2));
+    let mut one = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
+    let _two = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
+    let mut three = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
     let (_, closed) = read_packets(&mut three, WAIT);
     assert!(closed, "the third connection is closed at once");
     // The first two are served.
@@ -976,7 +960,7 @@ fn connections_beyond_the_maximum_are_refused() {
     drop(one);
     let deadline = Instant::now() + WAIT;
     loop {
-        let mut s = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+        let mut s = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
         s.write_all(&connect_packet("again")).expect("write");
         let (packets, _) = read_until(&mut s, WAIT, |p| !p.is_empty());
         if matches!(packets.first(), Some(Packet::ConnAck(_))) {
@@ -986,11 +970,10 @@ fn connections_beyond_the_maximum_are_refused() {
     }
 }
 
-#[test]
-fn oversized_packet_is_refused_with_0x95() {
+fn oversized_packet_is_refused_with_0x95(driver: Driver) {
     let limit = NonZeroU32::new(1024).expect("non-zero");
-    let broker = TestBroker::start(BrokerConfig::default().with_max_packet_size(limit));
-    let mut sock = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
+    let broker = TestBroker::start_tcp(driver, Config::default().with_max_packet_size(limit));
+    let mut sock = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
     sock.write_all(&connect_packet("big")).expect("write");
     let t0 = Instant::now();
     let (packets, closed) = read_until(&mut sock, WAIT, |p| !p.is_empty());
@@ -1015,12 +998,11 @@ fn oversized_packet_is_refused_with_0x95() {
     );
 }
 
-#[test]
-fn graceful_shutdown_disconnects_clients_with_0x8b() {
-    let mut broker = TestBroker::start(BrokerConfig::default());
-    let mut c = CoreClient::with_id(broker.port, "till-the-end");
-    let mut silent = TcpStream::connect(("127.0.0.1", broker.port)).expect("connect");
-    broker.shutdown();
+fn graceful_shutdown_disconnects_clients_with_0x8b(driver: Driver) {
+    let mut broker = TestBroker::start_tcp(driver, Config::default());
+    let mut c = CoreClient::with_id(broker.port(), "till-the-end");
+    let mut silent = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
+    broker.stop();
     match c.wait_event(|e| matches!(e, ClientEvent::Disconnected { .. })) {
         Some(ClientEvent::Disconnected {
             disconnect: Some(d),
@@ -1034,48 +1016,40 @@ fn graceful_shutdown_disconnects_clients_with_0x8b() {
         "a connection still waiting for CONNECT is closed too"
     );
     // No longer accepting: connecting fails, or (if a signal confused connect) nobody answers.
-    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", broker.port)) {
+    if let Ok(mut s) = TcpStream::connect(("127.0.0.1", broker.port())) {
         let _ = s.write_all(&connect_packet("late"));
         let (packets, _) = read_until(&mut s, Duration::from_millis(500), |p| !p.is_empty());
         assert!(packets.is_empty(), "still accepting: {packets:?}");
     }
 }
 
-#[test]
-fn authenticator_verdicts_reach_connack() {
+fn authenticator_verdicts_reach_connack(driver: Driver) {
     // The check for "slow" waits until the test releases it: meanwhile other clients must be
     // served, so the broker cannot be waiting for it.
-    let release = Arc::new(tokio::sync::Notify::new());
-    let gate = release.clone();
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
     let (arrived_tx, arrived) = mpsc::channel::<()>();
-    let config = BrokerConfig::default().with_authenticator(
-        move |req: mqttproto::tokio::broker::ConnectRequest| {
-            let gate = gate.clone();
-            let arrived = arrived_tx.clone();
-            async move {
-                if req.client_id() == "slow" {
-                    let _ = arrived.send(());
-                    gate.notified().await;
-                }
-                if req.client_id() == "panic" {
-                    panic!("an authenticator bug (expected by the test)");
-                }
-                assert!(matches!(
-                    req.peer,
-                    mqttproto::tokio::broker::PeerAddr::Tcp(_)
-                ));
-                assert!(req.listener.is_some());
-                match (req.username(), req.password()) {
-                    (Some("alice"), Some(b"secret")) => ReasonCode::Success,
-                    (Some("alice"), _) => ReasonCode::BadUserNameOrPassword,
-                    // Not valid in CONNACK: replaced with 0x87.
-                    _ => ReasonCode::ServerShuttingDown,
-                }
-            }
-        },
-    );
-    let broker = TestBroker::start(config);
-    let port = broker.port;
+    let arrived_tx = Mutex::new(arrived_tx);
+    let config = Config::default().with_authenticator(move |req: ConnectRequest| {
+        if req.client_id() == "slow" {
+            let _ = arrived_tx.lock().expect("a sender").send(());
+            let released = gate.lock().expect("the gate").recv_timeout(WAIT);
+            assert!(released.is_ok(), "the test releases the slow check");
+        }
+        if req.client_id() == "panic" {
+            panic!("an authenticator bug (expected by the test)");
+        }
+        assert!(matches!(req.peer, PeerAddr::Tcp(_)));
+        assert!(req.listener.is_some());
+        match (req.username(), req.password()) {
+            (Some("alice"), Some(b"secret")) => ReasonCode::Success,
+            (Some("alice"), _) => ReasonCode::BadUserNameOrPassword,
+            // Not valid in CONNACK: replaced with 0x87.
+            _ => ReasonCode::ServerShuttingDown,
+        }
+    });
+    let broker = TestBroker::start_tcp(driver, config);
+    let port = broker.port();
     let try_connect = |id: &str, user: Option<&str>, pass: Option<&[u8]>| -> ReasonCode {
         let options = ClientOptions {
             client_id: MqttString::try_from(id).expect("an id"),
@@ -1116,7 +1090,7 @@ fn authenticator_verdicts_reach_connack() {
             ReasonCode::ImplementationSpecificError
         );
         assert!(!slow.is_finished(), "the slow check is still pending");
-        release.notify_one();
+        release.send(()).expect("the slow check waits");
         assert_eq!(slow.join().expect("the slow client"), ReasonCode::Success);
     });
 }
@@ -1124,7 +1098,7 @@ fn authenticator_verdicts_reach_connack() {
 /// The connect timeout on tokio's paused clock, over an in-memory stream: no real waiting.
 #[tokio::test(start_paused = true)]
 async fn connect_timeout_on_the_paused_clock() {
-    use mqttproto::tokio::broker::PeerAddr;
+    use mqttproto::tokio::broker::{Broker, BrokerConfig};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let config = BrokerConfig::default().with_connect_timeout(Duration::from_secs(5));
@@ -1166,13 +1140,12 @@ async fn connect_timeout_on_the_paused_clock() {
 
 // ---- robustness ---------------------------------------------------------------------------
 
-#[test]
-fn bad_input_does_not_disturb_well_behaved_clients() {
+fn bad_input_does_not_disturb_well_behaved_clients(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    let port = broker.port;
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    let port = broker.port();
     let mut good = sub(
         port,
         &["-q", "1", "-i", "good-subscriber-7f3a", "-t", "good/#"],
@@ -1249,16 +1222,15 @@ fn bad_input_does_not_disturb_well_behaved_clients() {
     assert_eq!(late.message().payload, "still up");
 }
 
-#[test]
-fn stalled_subscriber_is_disconnected_without_holding_up_others() {
+fn stalled_subscriber_is_disconnected_without_holding_up_others(driver: Driver) {
     if !peers_available() {
         return;
     }
-    let mut config = BrokerConfig::default();
+    let mut config = Config::default();
     config.outbound_queue_capacity = 64;
     config.max_outbound_bytes = 1 << 20;
-    let broker = TestBroker::start(config);
-    let port = broker.port;
+    let broker = TestBroker::start_tcp(driver, config);
+    let port = broker.port();
 
     // A subscriber that stops reading after SUBACK.
     let mut stalled = TcpStream::connect(("127.0.0.1", port)).expect("connect");
@@ -1334,3 +1306,25 @@ fn stalled_subscriber_is_disconnected_without_holding_up_others() {
         "it did not get the whole flood ({total} bytes)"
     );
 }
+
+per_driver!(sync:
+    qos_0_1_2_round_trips_with_mosquitto_clients,
+    retained_messages_are_kept_replayed_and_cleared,
+    will_is_published_when_the_client_dies,
+    will_delay_defers_the_will,
+    persistent_session_resumes_with_queued_messages,
+    expired_session_is_discarded,
+    shared_subscription_splits_messages_between_members,
+    subscription_identifiers_are_sent_with_matching_messages,
+    topic_aliases_from_mosquitto_pub,
+    no_local_suppresses_own_messages,
+    #[cfg(unix)]
+    unix_socket_listener_serves_mosquitto_clients,
+    silent_socket_is_closed_by_the_connect_timeout,
+    connections_beyond_the_maximum_are_refused,
+    oversized_packet_is_refused_with_0x95,
+    graceful_shutdown_disconnects_clients_with_0x8b,
+    authenticator_verdicts_reach_connack,
+    bad_input_does_not_disturb_well_behaved_clients,
+    stalled_subscriber_is_disconnected_without_holding_up_others,
+);

@@ -1,8 +1,11 @@
 //! The broker's security features: TLS listeners (with and without client certificates),
 //! WebSocket and WebSocket-over-TLS listeners, the password file and the ACL file, exercised
-//! with our async client and with Debian's `mosquitto_sub` / `mosquitto_pub`.
+//! with our async client and with Debian's `mosquitto_sub` / `mosquitto_pub`, against both
+//! brokers (`tokio_broker::*`, `blocking_broker::*`; see `drivers/`).
 
 mod common;
+#[macro_use]
+mod drivers;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -10,97 +13,22 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use mqttproto::proto::{QoS, ReasonCode};
-use mqttproto::tokio::acl::AclFile;
-use mqttproto::tokio::auth::{PasswordEntries, PasswordFile, PasswordHash};
-use mqttproto::tokio::broker::{
-    Broker, BrokerConfig, BrokerHandle, ClientCertificates, ConnectRequest, ListenAddr, Listener,
-    ServerTlsOptions,
-};
+use mqttproto::server::acl::AclFile;
+use mqttproto::server::auth::{PasswordEntries, PasswordFile, PasswordHash};
+use mqttproto::server::{ClientCertificates, ConnectRequest, ListenAddr, Listener};
 use mqttproto::tokio::client::{ConnectionEvent, Reconnect};
 use mqttproto::tokio::Client;
-use mqttproto::transport::TlsOptions;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, SanType};
 use tokio::time::timeout;
+
+use drivers::pki::Pki;
+use drivers::{Config, Driver, TestBroker};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A temporary directory with a test CA, a server certificate for 127.0.0.1, and a client
-/// certificate.
-struct Pki {
-    dir: PathBuf,
-    client_der: Vec<u8>,
-}
-
-impl Pki {
-    fn generate(name: &str) -> Pki {
-        let dir =
-            std::env::temp_dir().join(format!("mqttproto-bsec-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca.distinguished_name.push(DnType::CommonName, "test CA");
-        let ca_key = KeyPair::generate().unwrap();
-        let ca_cert = ca.self_signed(&ca_key).unwrap();
-        let issuer = Issuer::new(ca, ca_key);
-        let mut server = CertificateParams::new(vec!["localhost".to_string()]).unwrap();
-        server
-            .subject_alt_names
-            .push(SanType::IpAddress("127.0.0.1".parse().unwrap()));
-        let server_key = KeyPair::generate().unwrap();
-        let server_cert = server.signed_by(&server_key, &issuer).unwrap();
-        let mut client = CertificateParams::new(Vec::<String>::new()).unwrap();
-        client
-            .distinguished_name
-            .push(DnType::CommonName, "client-1");
-        let client_key = KeyPair::generate().unwrap();
-        let client_cert = client.signed_by(&client_key, &issuer).unwrap();
-        for (file, text) in [
-            ("ca.pem", ca_cert.pem()),
-            ("server.pem", server_cert.pem()),
-            ("server.key", server_key.serialize_pem()),
-            ("client.pem", client_cert.pem()),
-            ("client.key", client_key.serialize_pem()),
-        ] {
-            std::fs::write(dir.join(file), text).unwrap();
-        }
-        Pki {
-            dir,
-            client_der: client_cert.der().to_vec(),
-        }
-    }
-
-    fn path(&self, f: &str) -> PathBuf {
-        self.dir.join(f)
-    }
-
-    fn server(&self) -> ServerTlsOptions {
-        ServerTlsOptions::new(self.path("server.pem"), self.path("server.key"))
-    }
-
-    fn client(&self, with_cert: bool) -> TlsOptions {
-        TlsOptions {
-            system_roots: false,
-            ca_file: Some(self.path("ca.pem")),
-            client_cert_file: with_cert.then(|| self.path("client.pem")),
-            client_key_file: with_cert.then(|| self.path("client.key")),
-            server_name: None,
-        }
-    }
-}
-
-impl Drop for Pki {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-async fn start(config: BrokerConfig) -> (BrokerHandle, String) {
-    let broker = timeout(WAIT, Broker::bind(config))
-        .await
-        .unwrap()
-        .expect("bind");
-    let url = broker.local_addrs()[0].to_string();
-    (broker.spawn(), url)
+fn start(driver: Driver, config: Config) -> (TestBroker, String) {
+    let broker = TestBroker::start(driver, config).expect("bind");
+    let url = broker.url();
+    (broker, url)
 }
 
 fn listener(url: &str) -> Listener {
@@ -202,12 +130,10 @@ fn port_of(url: &str) -> u16 {
     url.rsplit(':').next().unwrap().parse().unwrap()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_listener_serves_our_client() {
-    let pki = Pki::generate("tls");
-    let config =
-        BrokerConfig::default().listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()));
-    let (broker, url) = start(config).await;
+async fn tls_listener_serves_our_client(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-tls"));
+    let config = Config::default().listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()));
+    let (broker, url) = start(driver, config);
     assert!(url.starts_with("mqtts://127.0.0.1:"), "{url}");
     let c = Client::builder(&url)
         .unwrap()
@@ -219,12 +145,10 @@ async fn tls_listener_serves_our_client() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tls_listener_serves_mosquitto_clients() {
-    let pki = Pki::generate("tls-mosq");
-    let config =
-        BrokerConfig::default().listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()));
-    let (broker, url) = start(config).await;
+async fn tls_listener_serves_mosquitto_clients(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-tls-mosq"));
+    let config = Config::default().listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()));
+    let (broker, url) = start(driver, config);
     let port = port_of(&url);
     let ca = pki.path("ca.pem").display().to_string();
     let Some((ok, out)) = mosquitto(
@@ -255,26 +179,22 @@ async fn tls_listener_serves_mosquitto_clients() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn client_certificate_required_refuses_without_and_accepts_with() {
-    let pki = Pki::generate("mtls");
+async fn client_certificate_required_refuses_without_and_accepts_with(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-mtls"));
     let tls = pki
         .server()
         .with_client_certificates(ClientCertificates::Required, pki.path("ca.pem"));
     // The authenticator sees the client's certificate.
     let expected = Arc::new(pki.client_der.clone());
-    let config = BrokerConfig::default()
+    let config = Config::default()
         .listen(listener("mqtts://127.0.0.1:0").with_tls(tls))
-        .with_authenticator(move |req: ConnectRequest| {
-            let expected = expected.clone();
-            async move {
-                match req.client_cert.as_deref() {
-                    Some(der) if der == expected.as_slice() => ReasonCode::Success,
-                    _ => ReasonCode::NotAuthorized,
-                }
-            }
-        });
-    let (broker, url) = start(config).await;
+        .with_authenticator(
+            move |req: ConnectRequest| match req.client_cert.as_deref() {
+                Some(der) if der == expected.as_slice() => ReasonCode::Success,
+                _ => ReasonCode::NotAuthorized,
+            },
+        );
+    let (broker, url) = start(driver, config);
 
     let refused = Client::builder(&url)
         .unwrap()
@@ -303,10 +223,9 @@ async fn client_certificate_required_refuses_without_and_accepts_with() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn websocket_listener_serves_our_client() {
-    let config = BrokerConfig::default().listen(listener("ws://127.0.0.1:0/mqtt"));
-    let (broker, url) = start(config).await;
+async fn websocket_listener_serves_our_client(driver: Driver) {
+    let config = Config::default().listen(listener("ws://127.0.0.1:0/mqtt"));
+    let (broker, url) = start(driver, config);
     assert!(
         url.starts_with("ws://127.0.0.1:") && url.ends_with("/mqtt"),
         "{url}"
@@ -328,12 +247,11 @@ async fn websocket_listener_serves_our_client() {
     broker.shutdown().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn secure_websocket_listener_serves_our_client() {
-    let pki = Pki::generate("wss");
+async fn secure_websocket_listener_serves_our_client(driver: Driver) {
+    let pki = Pki::generate(&format!("{driver:?}-wss"));
     let config =
-        BrokerConfig::default().listen(listener("wss://127.0.0.1:0/custom").with_tls(pki.server()));
-    let (broker, url) = start(config).await;
+        Config::default().listen(listener("wss://127.0.0.1:0/custom").with_tls(pki.server()));
+    let (broker, url) = start(driver, config);
     assert!(
         url.starts_with("wss://") && url.ends_with("/custom"),
         "{url}"
@@ -348,19 +266,17 @@ async fn secure_websocket_listener_serves_our_client() {
     broker.shutdown().await;
 }
 
-#[tokio::test]
-async fn tls_listener_without_settings_does_not_bind() {
-    let err = Broker::bind(BrokerConfig::default().listen(listener("mqtts://127.0.0.1:0")))
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("needs TLS settings"), "{err}");
-    let pki = Pki::generate("plain-with-tls");
-    let err = Broker::bind(
-        BrokerConfig::default().listen(listener("mqtt://127.0.0.1:0").with_tls(pki.server())),
-    )
-    .await
-    .unwrap_err();
-    assert!(err.to_string().contains("not a TLS listener"), "{err}");
+async fn tls_listener_without_settings_does_not_bind(driver: Driver) {
+    let bind_error = |config: Config| match TestBroker::start(driver, config) {
+        Ok(_) => panic!("the broker bound"),
+        Err(e) => e.to_string(),
+    };
+    let err = bind_error(Config::default().listen(listener("mqtts://127.0.0.1:0")));
+    assert!(err.contains("needs TLS settings"), "{err}");
+    let pki = Pki::generate(&format!("plain-with-tls-{driver:?}"));
+    let err =
+        bind_error(Config::default().listen(listener("mqtt://127.0.0.1:0").with_tls(pki.server())));
+    assert!(err.contains("not a TLS listener"), "{err}");
 }
 
 /// A password file with `alice` / `s3cret` (a weak hash: debug builds hash slowly).
@@ -386,14 +302,13 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn password_file_accepts_the_right_password_only() {
-    let dir = temp_dir("pw");
+async fn password_file_accepts_the_right_password_only(driver: Driver) {
+    let dir = temp_dir(&format!("{driver:?}-pw"));
     let file = PasswordFile::load(password_file(&dir)).unwrap();
-    let config = BrokerConfig::default()
+    let config = Config::default()
         .listen(listener("127.0.0.1:0"))
         .with_authenticator(file);
-    let (broker, url) = start(config).await;
+    let (broker, url) = start(driver, config);
 
     let good = Client::builder(&url)
         .unwrap()
@@ -467,20 +382,19 @@ topic readwrite #
 topic deny secret/#
 ";
 
-async fn acl_broker(dir: &std::path::Path) -> (BrokerHandle, String) {
+fn acl_broker(driver: Driver, dir: &std::path::Path) -> (TestBroker, String) {
     let acl_path = dir.join("acl");
     std::fs::write(&acl_path, ACL).unwrap();
-    let config = BrokerConfig::default()
+    let config = Config::default()
         .listen(listener("127.0.0.1:0"))
         .with_authenticator(PasswordFile::load(password_file(dir)).unwrap())
         .with_authorizer(AclFile::load(&acl_path).unwrap());
-    start(config).await
+    start(driver, config)
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_denies_in_suback_and_puback_for_our_client() {
-    let dir = temp_dir("acl-ours");
-    let (broker, url) = acl_broker(&dir).await;
+async fn acl_denies_in_suback_and_puback_for_our_client(driver: Driver) {
+    let dir = temp_dir(&format!("{driver:?}-acl-ours"));
+    let (broker, url) = acl_broker(driver, &dir);
     let alice = Client::builder(&url)
         .unwrap()
         .credentials("alice", "s3cret")
@@ -537,10 +451,9 @@ async fn acl_denies_in_suback_and_puback_for_our_client() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn acl_denies_in_suback_and_puback_for_mosquitto_clients() {
-    let dir = temp_dir("acl-mosq");
-    let (broker, url) = acl_broker(&dir).await;
+async fn acl_denies_in_suback_and_puback_for_mosquitto_clients(driver: Driver) {
+    let dir = temp_dir(&format!("{driver:?}-acl-mosq"));
+    let (broker, url) = acl_broker(driver, &dir);
     let port = port_of(&url);
     let alice = ["-u", "alice", "-P", "s3cret", "-d"];
     let Some((_, out)) = mosquitto(
@@ -581,3 +494,15 @@ async fn acl_denies_in_suback_and_puback_for_mosquitto_clients() {
     broker.shutdown().await;
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+per_driver!(async:
+    tls_listener_serves_our_client,
+    tls_listener_serves_mosquitto_clients,
+    client_certificate_required_refuses_without_and_accepts_with,
+    websocket_listener_serves_our_client,
+    secure_websocket_listener_serves_our_client,
+    password_file_accepts_the_right_password_only,
+    acl_denies_in_suback_and_puback_for_our_client,
+    acl_denies_in_suback_and_puback_for_mosquitto_clients,
+    tls_listener_without_settings_does_not_bind,
+);

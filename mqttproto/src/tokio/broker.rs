@@ -70,27 +70,30 @@ use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
 use std::net::SocketAddr;
-use std::num::NonZeroU32;
 #[cfg(unix)]
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::str::FromStr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, BrokerOptions, ConnectionHandle};
-use mqttproto_core::codec::Connect;
-use mqttproto_core::{Error, PacketType, ReasonCode};
+use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, ConnectionHandle};
+use mqttproto_core::{Error, ReasonCode};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
-#[cfg(feature = "tls")]
-pub use super::listen::{ClientCertificates, ServerTlsOptions};
+pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
+pub use crate::server::{
+    Authorizer, ClientInfo, ConnectRequest, ListenAddr, ListenAddrError, Listener, PeerAddr,
+};
+
+/// Configuration of a [`Broker`]: the shared [`crate::server::BrokerConfig`] with an async
+/// [`Authenticator`].
+pub type BrokerConfig = crate::server::BrokerConfig<dyn Authenticator>;
 
 const TARGET: &str = "mqttproto::broker";
 
@@ -104,297 +107,6 @@ const INBOUND_BATCH: usize = 64;
 const WRITE_BATCH: usize = 64;
 /// New sockets buffered between acceptors and the owner.
 const ACCEPT_CAPACITY: usize = 64;
-
-// ---- addresses --------------------------------------------------------------------------
-
-/// Where the broker listens.
-///
-/// Parses from `IP:PORT` (`127.0.0.1:1883`, `[::1]:1883`), optionally prefixed with `mqtt://` or
-/// `tcp://`; from `mqtts://IP:PORT` (or `ssl://`) for TLS; from `ws://IP:PORT/PATH` and
-/// `wss://IP:PORT/PATH` for WebSocket (the path defaults to `/mqtt`); and from `unix:PATH` or
-/// `unix://PATH` (on Unix). Displays as the same URLs (`mqtt://IP:PORT`, `mqtts://IP:PORT`,
-/// `ws://IP:PORT/PATH`, `wss://IP:PORT/PATH`, `unix://PATH`), which our client accepts.
-///
-/// TLS listeners need [`ServerTlsOptions`](super::listen::ServerTlsOptions): see [`Listener`].
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ListenAddr {
-    /// A TCP socket address. Port 0 picks a free port; [`Broker::local_addrs`] tells which.
-    Tcp(SocketAddr),
-    /// TLS over TCP (`mqtts://`).
-    #[cfg(feature = "tls")]
-    Tls(SocketAddr),
-    /// WebSocket (`ws://`), on a request path such as `/mqtt`.
-    #[cfg(feature = "websocket")]
-    Ws {
-        /// The TCP socket address.
-        addr: SocketAddr,
-        /// The request path served (other paths get 404).
-        path: String,
-    },
-    /// WebSocket over TLS (`wss://`).
-    #[cfg(all(feature = "websocket", feature = "tls"))]
-    Wss {
-        /// The TCP socket address.
-        addr: SocketAddr,
-        /// The request path served (other paths get 404).
-        path: String,
-    },
-    /// A Unix domain socket path. A stale socket file left by a previous run is replaced; the
-    /// file is removed on shutdown.
-    #[cfg(unix)]
-    Unix(PathBuf),
-}
-
-impl From<SocketAddr> for ListenAddr {
-    fn from(addr: SocketAddr) -> Self {
-        ListenAddr::Tcp(addr)
-    }
-}
-
-impl fmt::Display for ListenAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ListenAddr::Tcp(a) => write!(f, "mqtt://{a}"),
-            #[cfg(feature = "tls")]
-            ListenAddr::Tls(a) => write!(f, "mqtts://{a}"),
-            #[cfg(feature = "websocket")]
-            ListenAddr::Ws { addr, path } => write!(f, "ws://{addr}{path}"),
-            #[cfg(all(feature = "websocket", feature = "tls"))]
-            ListenAddr::Wss { addr, path } => write!(f, "wss://{addr}{path}"),
-            #[cfg(unix)]
-            ListenAddr::Unix(p) => write!(f, "unix://{}", p.display()),
-        }
-    }
-}
-
-/// A listen address that does not parse.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid listen address {input:?}: {reason}")]
-pub struct ListenAddrError {
-    input: String,
-    reason: &'static str,
-}
-
-impl FromStr for ListenAddr {
-    type Err = ListenAddrError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let err = |reason| ListenAddrError {
-            input: s.to_string(),
-            reason,
-        };
-        if let Some(path) = s.strip_prefix("unix:") {
-            #[cfg(unix)]
-            {
-                let path = path.strip_prefix("//").unwrap_or(path);
-                if path.is_empty() {
-                    return Err(err("no socket path"));
-                }
-                return Ok(ListenAddr::Unix(PathBuf::from(path)));
-            }
-            #[cfg(not(unix))]
-            {
-                let _ = path;
-                return Err(err("Unix sockets are not available on this platform"));
-            }
-        }
-        let bad_addr = || err("expected IP:PORT, [IPv6]:PORT or unix:PATH");
-        let (scheme, rest) = match s.split_once("://") {
-            Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest),
-            None => ("mqtt".to_string(), s),
-        };
-        let (authority, path) = match rest.find('/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, ""),
-        };
-        let addr = authority.parse::<SocketAddr>().map_err(|_| bad_addr())?;
-        let ws_path = || -> Result<String, ListenAddrError> {
-            if path.is_empty() || path == "/" {
-                Ok("/mqtt".to_string())
-            } else if path.contains(['?', '#', ' ']) {
-                Err(err("a WebSocket path holds no query, fragment or space"))
-            } else {
-                Ok(path.to_string())
-            }
-        };
-        let no_path = || {
-            if path.is_empty() || path == "/" {
-                Ok(())
-            } else {
-                Err(err("only WebSocket listeners have a path"))
-            }
-        };
-        match scheme.as_str() {
-            "mqtt" | "tcp" => no_path().map(|()| ListenAddr::Tcp(addr)),
-            #[cfg(feature = "tls")]
-            "mqtts" | "ssl" => no_path().map(|()| ListenAddr::Tls(addr)),
-            #[cfg(feature = "websocket")]
-            "ws" => Ok(ListenAddr::Ws {
-                addr,
-                path: ws_path()?,
-            }),
-            #[cfg(all(feature = "websocket", feature = "tls"))]
-            "wss" => Ok(ListenAddr::Wss {
-                addr,
-                path: ws_path()?,
-            }),
-            _ => {
-                let _ = ws_path;
-                Err(err(
-                    "unsupported scheme (expected mqtt, mqtts, ws, wss or unix)",
-                ))
-            }
-        }
-    }
-}
-
-impl ListenAddr {
-    /// The TCP socket address, for every listener but Unix sockets.
-    pub fn socket_addr(&self) -> Option<SocketAddr> {
-        match self {
-            ListenAddr::Tcp(a) => Some(*a),
-            #[cfg(feature = "tls")]
-            ListenAddr::Tls(a) => Some(*a),
-            #[cfg(feature = "websocket")]
-            ListenAddr::Ws { addr, .. } => Some(*addr),
-            #[cfg(all(feature = "websocket", feature = "tls"))]
-            ListenAddr::Wss { addr, .. } => Some(*addr),
-            #[cfg(unix)]
-            ListenAddr::Unix(_) => None,
-        }
-    }
-
-    /// The same listener on another socket address.
-    fn with_socket_addr(&self, a: SocketAddr) -> ListenAddr {
-        match self {
-            #[cfg(feature = "tls")]
-            ListenAddr::Tls(_) => ListenAddr::Tls(a),
-            #[cfg(feature = "websocket")]
-            ListenAddr::Ws { path, .. } => ListenAddr::Ws {
-                addr: a,
-                path: path.clone(),
-            },
-            #[cfg(all(feature = "websocket", feature = "tls"))]
-            ListenAddr::Wss { path, .. } => ListenAddr::Wss {
-                addr: a,
-                path: path.clone(),
-            },
-            _ => ListenAddr::Tcp(a),
-        }
-    }
-
-    /// Whether this listener runs TLS (`mqtts://`, `wss://`).
-    pub fn is_tls(&self) -> bool {
-        match self {
-            #[cfg(feature = "tls")]
-            ListenAddr::Tls(_) => true,
-            #[cfg(all(feature = "websocket", feature = "tls"))]
-            ListenAddr::Wss { .. } => true,
-            _ => false,
-        }
-    }
-}
-
-/// A listener: an address and, for `mqtts://` and `wss://`, its TLS settings.
-///
-/// [`ListenAddr`] and [`SocketAddr`] convert into listeners without TLS settings.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct Listener {
-    /// Where to listen.
-    pub addr: ListenAddr,
-    /// The TLS settings, required by (and only allowed for) `mqtts://` and `wss://`.
-    #[cfg(feature = "tls")]
-    pub tls: Option<super::listen::ServerTlsOptions>,
-}
-
-impl Listener {
-    /// A listener without TLS settings.
-    pub fn new(addr: impl Into<ListenAddr>) -> Listener {
-        Listener {
-            addr: addr.into(),
-            #[cfg(feature = "tls")]
-            tls: None,
-        }
-    }
-
-    /// Sets the TLS settings.
-    #[cfg(feature = "tls")]
-    pub fn with_tls(mut self, tls: super::listen::ServerTlsOptions) -> Listener {
-        self.tls = Some(tls);
-        self
-    }
-}
-
-impl From<ListenAddr> for Listener {
-    fn from(addr: ListenAddr) -> Self {
-        Listener::new(addr)
-    }
-}
-
-impl From<SocketAddr> for Listener {
-    fn from(addr: SocketAddr) -> Self {
-        Listener::new(addr)
-    }
-}
-
-/// The address of a connected client.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum PeerAddr {
-    /// A TCP peer.
-    Tcp(SocketAddr),
-    /// A peer on a Unix domain socket (such peers are usually unnamed).
-    Unix,
-    /// A stream handed to [`BrokerHandle::accept_stream`] without an address.
-    Unknown,
-}
-
-impl fmt::Display for PeerAddr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            PeerAddr::Tcp(a) => a.fmt(f),
-            PeerAddr::Unix => f.write_str("unix"),
-            PeerAddr::Unknown => f.write_str("unknown"),
-        }
-    }
-}
-
-// ---- authentication ---------------------------------------------------------------------
-
-/// A CONNECT awaiting an [`Authenticator`]'s verdict.
-#[derive(Debug, Clone)]
-#[non_exhaustive]
-pub struct ConnectRequest {
-    /// The client's CONNECT packet (client id, credentials, will, properties).
-    pub connect: Box<Connect>,
-    /// Where the client connects from.
-    pub peer: PeerAddr,
-    /// The listener it connected to (`None` for [`BrokerHandle::accept_stream`]).
-    pub listener: Option<ListenAddr>,
-    /// The DER of the client's TLS certificate (the leaf), when it connected over TLS with one
-    /// (which the listener's [`ClientCertificates`](super::listen::ClientCertificates) setting
-    /// verified).
-    pub client_cert: Option<Bytes>,
-}
-
-impl ConnectRequest {
-    /// The Client Identifier; empty when the client asks the broker to assign one.
-    pub fn client_id(&self) -> &str {
-        self.connect.client_id.as_str()
-    }
-
-    /// The User Name, if any.
-    pub fn username(&self) -> Option<&str> {
-        self.connect.username.as_ref().map(|u| u.as_str())
-    }
-
-    /// The Password, if any (binary data).
-    pub fn password(&self) -> Option<&[u8]> {
-        self.connect.password.as_deref()
-    }
-}
 
 /// The future an [`Authenticator`] returns.
 pub type AuthFuture<'a> = Pin<Box<dyn Future<Output = ReasonCode> + Send + 'a>>;
@@ -438,180 +150,10 @@ where
     }
 }
 
-// ---- authorization ----------------------------------------------------------------------
-
-/// Who is asking, for an [`Authorizer`].
-#[derive(Debug, Clone, Copy)]
-#[non_exhaustive]
-pub struct ClientInfo<'a> {
-    /// The Client Identifier (the assigned one, if the broker assigned it).
-    pub client_id: &'a str,
-    /// The User Name the client connected with.
-    pub username: Option<&'a str>,
-    /// Where the client connects from.
-    pub peer: &'a PeerAddr,
-    /// The DER of the client's TLS certificate (the leaf), if any.
-    pub client_cert: Option<&'a [u8]>,
-}
-
-impl<'a> ClientInfo<'a> {
-    /// A client without a TLS certificate.
-    pub fn new(client_id: &'a str, username: Option<&'a str>, peer: &'a PeerAddr) -> Self {
-        ClientInfo {
-            client_id,
-            username,
-            peer,
-            client_cert: None,
-        }
-    }
-}
-
-/// Decides what connected clients may publish and subscribe to.
-///
-/// A denied PUBLISH is answered with 0x87 Not authorized in PUBACK or PUBREC (a denied QoS 0
-/// message is dropped silently); a denied filter gets 0x87 in its SUBACK slot. The methods run
-/// on the broker's owner task, once per PUBLISH and per filter: they must be quick and must not
-/// block (keep rules in memory; refresh them from elsewhere if needed).
-///
-/// The built-in implementation is [`AclFile`](super::acl::AclFile).
-pub trait Authorizer: Send + Sync + 'static {
-    /// Whether `client` may publish to `topic`.
-    fn authorize_publish(&self, client: &ClientInfo<'_>, topic: &str) -> bool;
-    /// Whether `client` may subscribe to `filter` (for a shared subscription, the filter
-    /// without its `$share/GROUP/` prefix).
-    fn authorize_subscribe(&self, client: &ClientInfo<'_>, filter: &str) -> bool;
-}
-
-// ---- configuration ----------------------------------------------------------------------
-
-/// Configuration of a [`Broker`].
-///
-/// The defaults: no listener (add some with [`listen`](Self::listen)), the core's
-/// [`BrokerOptions`] (a Receive Maximum of 100) with a Topic Alias Maximum of 10, at most
-/// 10,000 connections, a connect timeout of 10 s, 1,000 queued messages per session, no Maximum
-/// Packet Size beyond the protocol's, outbound queues of 1,024 writes and 8 MiB per connection,
-/// and everyone allowed to connect.
-#[derive(Clone)]
-#[non_exhaustive]
-pub struct BrokerConfig {
-    /// Where to listen.
-    pub listeners: Vec<Listener>,
-    /// The core's options: what CONNACK announces and enforces (Receive Maximum, Maximum QoS,
-    /// Retain Available, Maximum Packet Size, Topic Alias Maximum, …), the connect timeout and
-    /// offline-queue bound (in [`BrokerOptions::session`]), the longest session expiry granted.
-    /// The `with_*` methods set the fields for the common limits.
-    pub options: BrokerOptions,
-    /// The most connections open at once (including those still waiting for CONNECT). A
-    /// socket beyond it is closed as soon as it is accepted.
-    pub max_connections: usize,
-    /// The most writes pending for one connection. Beyond it the client is disconnected (see
-    /// [the module documentation](self#slow-consumers)).
-    pub outbound_queue_capacity: usize,
-    /// The most bytes pending for one connection. Beyond it the client is disconnected (see
-    /// [the module documentation](self#slow-consumers)). A single packet larger than this is
-    /// still sent when nothing else is pending.
-    pub max_outbound_bytes: usize,
-    /// How long a closing connection (or a shutdown) may take to write out its last bytes
-    /// before its socket is closed regardless.
-    pub flush_timeout: Duration,
-    /// Who may connect; `None` accepts everyone.
-    pub authenticator: Option<Arc<dyn Authenticator>>,
-    /// What clients may publish and subscribe to; `None` allows everything.
-    pub authorizer: Option<Arc<dyn Authorizer>>,
-}
-
-impl Default for BrokerConfig {
-    fn default() -> Self {
-        let mut options = BrokerOptions::default();
-        options.connack.topic_alias_maximum = Some(10);
-        BrokerConfig {
-            listeners: Vec::new(),
-            options,
-            max_connections: 10_000,
-            outbound_queue_capacity: 1024,
-            max_outbound_bytes: 8 << 20,
-            flush_timeout: Duration::from_secs(5),
-            authenticator: None,
-            authorizer: None,
-        }
-    }
-}
-
-impl fmt::Debug for BrokerConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("BrokerConfig")
-            .field("listeners", &self.listeners)
-            .field("options", &self.options)
-            .field("max_connections", &self.max_connections)
-            .field("outbound_queue_capacity", &self.outbound_queue_capacity)
-            .field("max_outbound_bytes", &self.max_outbound_bytes)
-            .field("flush_timeout", &self.flush_timeout)
-            .field("authenticator", &self.authenticator.as_ref().map(|_| ".."))
-            .field("authorizer", &self.authorizer.as_ref().map(|_| ".."))
-            .finish()
-    }
-}
-
-impl BrokerConfig {
-    /// Adds a listener: a [`ListenAddr`], a [`SocketAddr`], or a [`Listener`] with TLS
-    /// settings.
-    pub fn listen(mut self, addr: impl Into<Listener>) -> Self {
-        self.listeners.push(addr.into());
-        self
-    }
-
-    /// Sets [`max_connections`](Self::max_connections).
-    pub fn with_max_connections(mut self, max: usize) -> Self {
-        self.max_connections = max;
-        self
-    }
-
-    /// The largest packet accepted from clients, before and after CONNACK (which announces it
-    /// as Maximum Packet Size). A larger packet closes the connection with 0x95.
-    pub fn with_max_packet_size(mut self, max: NonZeroU32) -> Self {
-        self.options.session.maximum_packet_size = Some(max);
-        self.options.connack.maximum_packet_size = Some(max);
-        self
-    }
-
-    /// How long a new connection may take to send CONNECT (and to be authenticated) before it
-    /// is closed.
-    pub fn with_connect_timeout(mut self, timeout: Duration) -> Self {
-        self.options.session.connect_timeout = timeout;
-        self
-    }
-
-    /// How many messages may wait for a session (offline, or beyond the client's Receive
-    /// Maximum). When full, the oldest QoS 0 message makes room; without one the new message is
-    /// dropped.
-    pub fn with_max_queued_messages(mut self, max: usize) -> Self {
-        self.options.session.max_queued_messages = max;
-        self
-    }
-
-    /// The Topic Alias Maximum announced to clients (0: clients may not use topic aliases).
-    pub fn with_topic_alias_maximum(mut self, max: u16) -> Self {
-        self.options.connack.topic_alias_maximum = (max > 0).then_some(max);
-        self
-    }
-
+impl crate::server::BrokerConfig<dyn Authenticator> {
     /// Sets the [`Authenticator`].
     pub fn with_authenticator(mut self, authenticator: impl Authenticator) -> Self {
         self.authenticator = Some(Arc::new(authenticator));
-        self
-    }
-
-    /// Sets the [`Authorizer`] (and turns on the core's [`BrokerOptions::authorize`]).
-    pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {
-        self.authorizer = Some(Arc::new(authorizer));
-        self.options.authorize = true;
-        self
-    }
-
-    /// The Receive Maximum announced to clients: how many QoS 1 and 2 PUBLISH a client may
-    /// have in flight towards the broker at once.
-    pub fn with_receive_maximum(mut self, max: std::num::NonZeroU16) -> Self {
-        self.options.connack.receive_maximum = Some(max);
         self
     }
 }
@@ -664,21 +206,32 @@ impl Wrap {
                 tls.server_config()?,
             )))
         };
-        #[cfg(feature = "tls")]
         if listener.tls.is_some() && !listener.addr.is_tls() {
             return Err(invalid(format!(
                 "TLS settings given for {}, which is not a TLS listener (use mqtts:// or wss://)",
                 listener.addr
             )));
         }
-        let _ = &invalid;
+        #[allow(unused_variables)]
+        let unavailable = |feature: &str| {
+            invalid(format!(
+                "{} needs mqttproto's `{feature}` feature, which this build lacks",
+                listener.addr
+            ))
+        };
         Ok(match &listener.addr {
             #[cfg(feature = "tls")]
             ListenAddr::Tls(_) => Wrap::Tls(acceptor()?),
+            #[cfg(not(feature = "tls"))]
+            ListenAddr::Tls(_) => return Err(unavailable("tls")),
             #[cfg(feature = "websocket")]
             ListenAddr::Ws { path, .. } => Wrap::Ws(path.as_str().into()),
+            #[cfg(not(feature = "websocket"))]
+            ListenAddr::Ws { .. } => return Err(unavailable("websocket")),
             #[cfg(all(feature = "websocket", feature = "tls"))]
             ListenAddr::Wss { path, .. } => Wrap::Wss(acceptor()?, path.as_str().into()),
+            #[cfg(not(all(feature = "websocket", feature = "tls")))]
+            ListenAddr::Wss { .. } => return Err(unavailable("websocket` and `tls")),
             _ => Wrap::Plain,
         })
     }
@@ -1461,13 +1014,7 @@ impl Owner {
     }
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
-        let code = if !verdict.is_error() {
-            ReasonCode::Success
-        } else if verdict.is_valid_for(PacketType::ConnAck) {
-            verdict
-        } else {
-            ReasonCode::NotAuthorized
-        };
+        let code = crate::server::connack_code(verdict);
         match self.core.acknowledge_connect(now(), handle, code) {
             Ok(()) if code.is_error() => tracing::info!(
                 target: TARGET, conn = handle.index(), reason = %code, "connection refused"
