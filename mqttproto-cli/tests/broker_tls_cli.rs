@@ -157,23 +157,27 @@ fn retained_round_trip(pki: &Pki, port: &str, client_cert: &[&str]) -> (Output, 
 fn broker_serves_mqtts_from_the_command_line() {
     let pki = Pki::generate("serve");
     let (cert, key) = (pki.path("server.pem"), pki.path("server.key"));
-    let (_broker, line) = broker(&[
-        "--listen",
-        "mqtts://127.0.0.1:0",
-        "--cert",
-        &cert,
-        "--key",
-        &key,
-    ]);
-    assert!(
-        line.starts_with("listening on mqtts://127.0.0.1:"),
-        "{line}"
-    );
-    let port = port_of(&line);
-    let (published, received) = retained_round_trip(&pki, &port, &[]);
-    assert!(published.status.success(), "{published:?}");
-    assert!(received.status.success(), "{received:?}");
-    assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "over tls");
+    for driver in ["tokio", "blocking"] {
+        let (_broker, line) = broker(&[
+            "--driver",
+            driver,
+            "--listen",
+            "mqtts://127.0.0.1:0",
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+        ]);
+        assert!(
+            line.starts_with("listening on mqtts://127.0.0.1:"),
+            "{driver}: {line}"
+        );
+        let port = port_of(&line);
+        let (published, received) = retained_round_trip(&pki, &port, &[]);
+        assert!(published.status.success(), "{driver}: {published:?}");
+        assert!(received.status.success(), "{driver}: {received:?}");
+        assert_eq!(String::from_utf8_lossy(&received.stdout).trim(), "over tls");
+    }
 }
 
 #[test]

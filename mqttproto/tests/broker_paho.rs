@@ -1,20 +1,22 @@
 //! Python's paho-mqtt 2.x (PyPI), in MQTT 5 mode, against our broker.
 //!
-//! Each test starts the broker on a free loopback port and runs one scenario of
+//! Each test starts the broker (each driver: `tokio_broker::…` and `blocking_broker::…`) on a
+//! free loopback port and runs one scenario of
 //! `tests/paho/scenarios.py`, which checks what paho sees and exits non-zero on the first
 //! failed check. `./scripts/test.sh` installs paho-mqtt when it is missing; without it these
 //! tests fail, unless MQTTPROTO_SKIP_PEER_TESTS=1.
 
 mod common;
+mod drivers;
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mqttproto::tokio::acl::AclFile;
-use mqttproto::tokio::auth::{PasswordEntries, PasswordFile, PasswordHash};
-use mqttproto::tokio::broker::{Broker, BrokerConfig, BrokerHandle, ListenAddr};
+use drivers::{Config, Driver, TestBroker};
+use mqttproto::server::acl::AclFile;
+use mqttproto::server::auth::{PasswordEntries, PasswordFile, PasswordHash};
 
 /// The longest a scenario may run (each wait inside it is bounded by 10 s).
 const SCENARIO_LIMIT: Duration = Duration::from_secs(90);
@@ -46,48 +48,6 @@ fn paho_available() -> bool {
         "python3 with paho-mqtt 2.x not found: run ./scripts/test.sh (it installs paho-mqtt from \
          PyPI), or set MQTTPROTO_SKIP_PEER_TESTS=1 to skip the peer tests"
     );
-}
-
-/// Our async broker on a free loopback port, in its own runtime.
-struct TestBroker {
-    runtime: tokio::runtime::Runtime,
-    handle: Option<BrokerHandle>,
-    port: u16,
-}
-
-impl TestBroker {
-    fn start(config: BrokerConfig) -> TestBroker {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("a runtime");
-        let config = config.listen("127.0.0.1:0".parse::<ListenAddr>().expect("an address"));
-        let handle = runtime.block_on(async { Broker::bind(config).await.expect("bind").spawn() });
-        let port = handle
-            .local_addrs()
-            .iter()
-            .find_map(|a| match a {
-                ListenAddr::Tcp(a) => Some(a.port()),
-                _ => None,
-            })
-            .expect("a TCP listener");
-        TestBroker {
-            runtime,
-            handle: Some(handle),
-            port,
-        }
-    }
-}
-
-impl Drop for TestBroker {
-    fn drop(&mut self) {
-        if let Some(handle) = self.handle.take() {
-            let _ = self.runtime.block_on(async {
-                tokio::time::timeout(Duration::from_secs(10), handle.shutdown()).await
-            });
-        }
-    }
 }
 
 /// Runs one scenario against the broker on `port`; panics with paho's output when it fails.
@@ -129,65 +89,56 @@ fn run_scenario(name: &str, port: u16) {
     assert!(out.lines().filter(|l| l.starts_with("ok:")).count() >= 2);
 }
 
-fn scenario(name: &str) {
+fn scenario(driver: Driver, name: &str) {
     if !paho_available() {
         return;
     }
-    let broker = TestBroker::start(BrokerConfig::default());
-    run_scenario(name, broker.port);
+    let broker = TestBroker::start_tcp(driver, Config::default());
+    run_scenario(name, broker.port());
 }
 
-#[test]
-fn paho_qos_0_1_2_round_trips_with_properties() {
-    scenario("qos_round_trips");
+fn paho_qos_0_1_2_round_trips_with_properties(driver: Driver) {
+    scenario(driver, "qos_round_trips");
 }
 
-#[test]
-fn paho_retained_messages_and_retain_handling() {
-    scenario("retained");
+fn paho_retained_messages_and_retain_handling(driver: Driver) {
+    scenario(driver, "retained");
 }
 
-#[test]
-fn paho_will_when_the_process_is_killed() {
-    scenario("will_no_delay");
+fn paho_will_when_the_process_is_killed(driver: Driver) {
+    scenario(driver, "will_no_delay");
 }
 
-#[test]
-fn paho_will_delay_interval() {
-    scenario("will_with_delay");
+fn paho_will_delay_interval(driver: Driver) {
+    scenario(driver, "will_with_delay");
 }
 
-#[test]
-fn paho_session_resume_and_expiry() {
-    scenario("session_resume");
+fn paho_session_resume_and_expiry(driver: Driver) {
+    scenario(driver, "session_resume");
 }
 
-#[test]
-fn paho_shared_subscription() {
-    scenario("shared_subscription");
+fn paho_shared_subscription(driver: Driver) {
+    scenario(driver, "shared_subscription");
 }
 
-#[test]
-fn paho_subscription_identifiers() {
-    scenario("subscription_identifiers");
+fn paho_subscription_identifiers(driver: Driver) {
+    scenario(driver, "subscription_identifiers");
 }
 
-#[test]
-fn paho_topic_aliases() {
-    scenario("topic_alias");
+fn paho_topic_aliases(driver: Driver) {
+    scenario(driver, "topic_alias");
 }
 
-#[test]
-fn paho_no_local() {
-    scenario("no_local");
+fn paho_no_local(driver: Driver) {
+    scenario(driver, "no_local");
 }
 
-#[test]
-fn paho_authentication_and_acl_failures() {
+fn paho_authentication_and_acl_failures(driver: Driver) {
     if !paho_available() {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("mqttproto-paho-{}", std::process::id()));
+    let dir =
+        std::env::temp_dir().join(format!("mqttproto-paho-{}-{driver:?}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
     let mut entries = PasswordEntries::default();
     entries
@@ -200,11 +151,24 @@ fn paho_authentication_and_acl_failures() {
     std::fs::write(&passwd, entries.to_text()).expect("write passwd");
     let acl = dir.join("acl");
     std::fs::write(&acl, "user alice\ntopic readwrite alice/#\n").expect("write acl");
-    let config = BrokerConfig::default()
+    let config = Config::default()
         .with_authenticator(PasswordFile::load(&passwd).expect("password file"))
         .with_authorizer(AclFile::load(&acl).expect("acl file"));
-    let broker = TestBroker::start(config);
-    run_scenario("auth_failures", broker.port);
+    let broker = TestBroker::start_tcp(driver, config);
+    run_scenario("auth_failures", broker.port());
     drop(broker);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+per_driver!(sync:
+    paho_qos_0_1_2_round_trips_with_properties,
+    paho_retained_messages_and_retain_handling,
+    paho_will_when_the_process_is_killed,
+    paho_will_delay_interval,
+    paho_session_resume_and_expiry,
+    paho_shared_subscription,
+    paho_subscription_identifiers,
+    paho_topic_aliases,
+    paho_no_local,
+    paho_authentication_and_acl_failures,
+);
