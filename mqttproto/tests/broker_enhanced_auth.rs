@@ -331,7 +331,7 @@ impl Raw {
 
     /// Whether the broker closes the connection (bounded).
     async fn closed(&mut self) -> bool {
-        matches!(self.recv().await, None)
+        self.recv().await.is_none()
     }
 }
 

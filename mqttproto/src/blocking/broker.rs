@@ -1263,10 +1263,13 @@ impl Owner {
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
         let code = connack_code(verdict);
-        match self.core.acknowledge_connect(Instant::now(), handle, code) {
-            Ok(()) => log_connack(handle, code, "authenticator"),
-            // The connection closed while the verdict was pending.
-            Err(_) => {}
+        // An error means that the connection closed while the verdict was pending.
+        if self
+            .core
+            .acknowledge_connect(Instant::now(), handle, code)
+            .is_ok()
+        {
+            log_connack(handle, code, "authenticator");
         }
     }
 

@@ -433,20 +433,29 @@ mod driver {
                 return None;
             };
             let connected = entry.connected;
-            match step {
-                AuthStep::Continue(data) => {
-                    let Some(c) = conversation else {
-                        return None;
-                    };
+            let step = match (step, conversation) {
+                (AuthStep::Continue(data), Some(c)) => {
                     entry.phase = Phase::Waiting(c);
-                    if core
-                        .send_auth(now, handle, ReasonCode::ContinueAuthentication, data)
-                        .is_err()
-                    {
-                        self.entries.remove(&handle);
+                    match core.send_auth(now, handle, ReasonCode::ContinueAuthentication, data) {
+                        Ok(()) => return None,
+                        // For example a challenge beyond the client's Maximum Packet Size.
+                        Err(error) => {
+                            tracing::warn!(
+                                target: TARGET, conn = handle.index(), %error,
+                                "cannot send an authentication challenge"
+                            );
+                            AuthStep::Failure(ReasonCode::ImplementationSpecificError)
+                        }
                     }
-                    None
                 }
+                // A challenge always comes with its conversation (see `AuthJob::run`).
+                (AuthStep::Continue(_), None) => {
+                    AuthStep::Failure(ReasonCode::ImplementationSpecificError)
+                }
+                (step, _) => step,
+            };
+            match step {
+                AuthStep::Continue(_) => None,
                 AuthStep::Success(data) if !connected => {
                     entry.phase = Phase::Idle;
                     entry.connected = true;
@@ -466,11 +475,14 @@ mod driver {
                 AuthStep::Success(data) => {
                     entry.phase = Phase::Idle;
                     tracing::debug!(target: TARGET, conn = handle.index(), "re-authenticated");
-                    if core
-                        .send_auth(now, handle, ReasonCode::Success, data)
-                        .is_err()
-                    {
+                    if let Err(error) = core.send_auth(now, handle, ReasonCode::Success, data) {
+                        tracing::warn!(
+                            target: TARGET, conn = handle.index(), %error,
+                            "cannot end a re-authentication: disconnecting"
+                        );
                         self.entries.remove(&handle);
+                        let _ =
+                            core.disconnect(now, handle, ReasonCode::ImplementationSpecificError);
                     }
                     None
                 }

@@ -1040,10 +1040,9 @@ impl Owner {
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
         let code = crate::server::connack_code(verdict);
-        match self.core.acknowledge_connect(now(), handle, code) {
-            Ok(()) => log_connack(handle, code, "authenticator"),
-            // The connection closed while the verdict was pending.
-            Err(_) => {}
+        // An error means that the connection closed while the verdict was pending.
+        if self.core.acknowledge_connect(now(), handle, code).is_ok() {
+            log_connack(handle, code, "authenticator");
         }
     }
 
