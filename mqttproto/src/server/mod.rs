@@ -515,8 +515,9 @@ impl<A: ?Sized> BrokerConfig<A> {
     }
 
     /// The same configuration for another kind of authenticator, without the authenticator
-    /// (the enhanced authenticator and the authorizer stay; for example, to run the same listeners and limits on the other driver; set its
-    /// authenticator afterwards).
+    /// (for example, to run the same listeners and limits on the other driver; set its
+    /// authenticator afterwards). The enhanced authenticator and the authorizer, which both
+    /// drivers share, stay.
     pub fn without_authenticator<B: ?Sized>(self) -> BrokerConfig<B> {
         BrokerConfig {
             listeners: self.listeners,
