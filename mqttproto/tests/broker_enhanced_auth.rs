@@ -27,6 +27,7 @@ use drivers::{Config, Driver, TestBroker};
 const WAIT: Duration = Duration::from_secs(10);
 const METHOD: &str = "TEST-CHALLENGE";
 const SLOW: &str = "TEST-SLOW";
+const PANIC: &str = "TEST-PANIC";
 
 // ---- the broker's side: a two-step challenge-response method ------------------------------
 
@@ -46,7 +47,7 @@ struct Challenges {
 
 impl EnhancedAuthenticator for Challenges {
     fn supports(&self, method: &str) -> bool {
-        method == METHOD || method == SLOW
+        method == METHOD || method == SLOW || method == PANIC
     }
 
     fn start(&self, context: &AuthContext<'_>) -> Result<Box<dyn AuthConversation>, ReasonCode> {
@@ -58,6 +59,7 @@ impl EnhancedAuthenticator for Challenges {
         Ok(Box::new(Conversation {
             live: self.live.clone(),
             slow: (context.method == SLOW).then(|| self.release.clone()),
+            panic: context.method == PANIC,
             reauthentication: context.reauthentication,
             round: 0,
             nonce: Vec::new(),
@@ -69,6 +71,7 @@ struct Conversation {
     live: Arc<AtomicUsize>,
     slow: Option<Arc<Mutex<Option<std::sync::mpsc::Receiver<()>>>>>,
     reauthentication: bool,
+    panic: bool,
     round: u8,
     nonce: Vec<u8>,
 }
@@ -90,6 +93,7 @@ impl AuthConversation for Conversation {
                 .expect("one slow conversation");
             let _ = rx.recv_timeout(WAIT);
         }
+        assert!(!self.panic, "a step that panics (on purpose)");
         self.round += 1;
         match self.round {
             1 if data != Some(&b"alice"[..]) => AuthStep::Failure(ReasonCode::NotAuthorized),
@@ -687,7 +691,52 @@ async fn connect_timeout_bounds_the_exchange(driver: Driver) {
     assert!(all_conversations_dropped(&auth).await);
 }
 
+/// A step that panics refuses the client with 0x83, drops its conversation, and the broker
+/// serves on.
+async fn panicking_step_refuses_with_0x83(driver: Driver) {
+    let auth = Challenges::default();
+    let broker = TestBroker::start_tcp(driver, config(&auth));
+    let mut raw = Raw::connect(&broker).await;
+    raw.send_connect("panics", PANIC, b"alice").await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(c)) => {
+            assert_eq!(c.reason_code, ReasonCode::ImplementationSpecificError)
+        }
+        other => panic!("expected CONNACK 0x83, got {other:?}"),
+    }
+    assert!(raw.closed().await);
+    assert!(all_conversations_dropped(&auth).await);
+    let mut c = TestClient::new(&broker.url(), "alice-9", METHOD, "alice");
+    assert!(matches!(
+        c.next_event().await,
+        ConnectionEvent::Connected { .. }
+    ));
+}
+
+/// Raw bytes: AUTH sent while the broker is still deciding the previous step breaks the
+/// exchange's turn-taking [MQTT-4.12.0-3] → CONNACK 0x82; the step's late result is dropped.
+async fn auth_before_the_challenge_is_a_protocol_error(driver: Driver) {
+    let auth = Challenges::default();
+    let (release, rx) = std::sync::mpsc::channel();
+    *auth.release.lock().unwrap() = Some(rx);
+    let broker = TestBroker::start_tcp(driver, config(&auth));
+    let mut raw = Raw::connect(&broker).await;
+    raw.send_connect("eager", SLOW, b"alice").await;
+    assert!(common::wait_for(10, || auth.started.load(Ordering::SeqCst) == 1).await);
+    raw.send_auth(ReasonCode::ContinueAuthentication, SLOW, b"eager".to_vec())
+        .await;
+    match raw.recv().await {
+        Some(Packet::ConnAck(c)) => assert_eq!(c.reason_code, ReasonCode::ProtocolError),
+        other => panic!("expected CONNACK 0x82, got {other:?}"),
+    }
+    assert!(raw.closed().await);
+    release.send(()).expect("the slow step waits");
+    assert!(all_conversations_dropped(&auth).await);
+}
+
 per_driver!(async:
+    panicking_step_refuses_with_0x83,
+    auth_before_the_challenge_is_a_protocol_error,
     two_step_challenge_response_succeeds,
     wrong_answer_is_refused_with_0x87,
     unknown_user_is_refused_at_once,
