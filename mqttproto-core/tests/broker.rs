@@ -1548,3 +1548,108 @@ fn disconnect_before_connack_closes_without_a_packet_mqtt_3_14_0_1() {
     assert_eq!(w.closed, vec![h]);
     assert_eq!(w.broker.connection_count(), 0);
 }
+
+/// Raw AUTH bytes from a client, with the method "TOKEN".
+fn auth_bytes(code: ReasonCode) -> Vec<u8> {
+    let auth = Auth {
+        reason_code: code,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::try_from("TOKEN").unwrap()),
+            ..Default::default()
+        },
+    };
+    let mut out = bytes::BytesMut::new();
+    Packet::Auth(auth)
+        .encode(&mut out, ProtocolVersion::V5)
+        .unwrap();
+    out.to_vec()
+}
+
+/// A client connected with enhanced authentication; returns its handle.
+fn connected_with_method(w: &mut World) -> ConnectionHandle {
+    w.hold = true;
+    w.add("a", with_method("a", "TOKEN", b"hello"));
+    w.connect("a");
+    let (h, _, _) = take_held(w);
+    let now = w.now;
+    w.broker
+        .acknowledge_connect(now, h, ReasonCode::Success)
+        .unwrap();
+    w.pump();
+    w.events("a");
+    h
+}
+
+#[test]
+fn auth_0x18_outside_a_reauthentication_is_a_protocol_error_mqtt_4_12_1_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    let h = connected_with_method(&mut w);
+    let now = w.now;
+    // The server has no re-authentication to answer either [MQTT-4.12.0-2].
+    assert_eq!(
+        w.broker
+            .send_auth(now, h, ReasonCode::ContinueAuthentication, None),
+        Err(StateError::NoAuthInProgress)
+    );
+    // AUTH 0x18 without a preceding AUTH 0x19: a protocol error, DISCONNECT 0x82.
+    assert!(w
+        .broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ContinueAuthentication))
+        .is_err());
+    w.pump();
+    let events = w.events("a");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ClientEvent::Disconnected { disconnect: Some(d), .. }
+                if d.reason_code == ReasonCode::ProtocolError)),
+        "{events:?}"
+    );
+    assert_eq!(w.closed, vec![h]);
+}
+
+#[test]
+fn reauthentication_turns_mqtt_4_12_1_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    let h = connected_with_method(&mut w);
+    let now = w.now;
+    // AUTH 0x19 starts a re-authentication; the server may challenge and end it.
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .unwrap();
+    w.pump();
+    let (_, _, code) = take_held(&mut w);
+    assert_eq!(code, ReasonCode::ReAuthenticate);
+    w.broker
+        .send_auth(now, h, ReasonCode::ContinueAuthentication, None)
+        .unwrap();
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ContinueAuthentication))
+        .unwrap();
+    w.pump();
+    let (_, _, code) = take_held(&mut w);
+    assert_eq!(code, ReasonCode::ContinueAuthentication);
+    w.broker
+        .send_auth(now, h, ReasonCode::Success, None)
+        .unwrap();
+    // Over: no more AUTH from the server until the next AUTH 0x19.
+    assert_eq!(
+        w.broker.send_auth(now, h, ReasonCode::Success, None),
+        Err(StateError::NoAuthInProgress)
+    );
+    // A second AUTH 0x19 in the middle of a re-authentication is a protocol error.
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .unwrap();
+    assert!(w
+        .broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .is_err());
+    w.pump();
+    let events = w.events("a");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ClientEvent::Disconnected { disconnect: Some(d), .. }
+                if d.reason_code == ReasonCode::ProtocolError)),
+        "{events:?}"
+    );
+}
