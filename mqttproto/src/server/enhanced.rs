@@ -465,7 +465,12 @@ mod driver {
                         ReasonCode::Success,
                         data,
                     ) {
-                        Ok(()) => Some((handle, ReasonCode::Success)),
+                        // The core may still refuse (a Will QoS or Retain the broker does
+                        // not support): the connection then closes, which the driver logs.
+                        Ok(()) => core
+                            .session(handle)
+                            .is_some_and(|s| s.phase() == SessionPhase::Connected)
+                            .then_some((handle, ReasonCode::Success)),
                         Err(_) => {
                             self.entries.remove(&handle);
                             None
