@@ -195,6 +195,9 @@ pub struct Session {
     connect: Option<Box<Connect>>,
     keep_alive: u16,
     connect_deadline: Option<Instant>,
+    /// A re-authentication is under way: the client sent AUTH 0x19, the server has not yet
+    /// answered with AUTH 0x00 (section 4.12.1).
+    reauthenticating: bool,
     maximum_qos: QoS,
     retain_available: bool,
     pending_subscribe: HashMap<u16, Subscribe>,
@@ -218,6 +221,7 @@ impl Session {
             connect: None,
             keep_alive: 0,
             connect_deadline: Some(now + options.connect_timeout),
+            reauthenticating: false,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
             pending_subscribe: HashMap::new(),
@@ -375,7 +379,9 @@ impl Session {
     }
 
     /// Sends AUTH (Continue authentication, or Success to end a re-authentication) with the
-    /// connection's Authentication Method.
+    /// connection's Authentication Method. Once connected, only while a re-authentication the
+    /// client started (AUTH 0x19) is under way; otherwise, and without an Authentication
+    /// Method, fails with [`StateError::NoAuthInProgress`] [MQTT-4.12.0-6].
     pub fn send_auth(
         &mut self,
         now: Instant,
@@ -387,11 +393,11 @@ impl Session {
             .as_ref()
             .and_then(|c| c.properties.authentication_method.clone())
             .ok_or(StateError::NoAuthInProgress)?;
-        if !matches!(
-            self.phase,
-            SessionPhase::Authenticating | SessionPhase::Connected
-        ) {
-            return Err(StateError::NotConnected);
+        match self.phase {
+            SessionPhase::Authenticating => {}
+            SessionPhase::Connected if self.reauthenticating => {}
+            SessionPhase::Connected => return Err(StateError::NoAuthInProgress),
+            _ => return Err(StateError::NotConnected),
         }
         let auth = Auth {
             reason_code,
@@ -401,7 +407,11 @@ impl Session {
                 ..Default::default()
             },
         };
-        self.wire.send(now, Packet::Auth(auth))
+        self.wire.send(now, Packet::Auth(auth))?;
+        if self.phase == SessionPhase::Connected && reason_code == ReasonCode::Success {
+            self.reauthenticating = false;
+        }
+        Ok(())
     }
 
     /// Answers an inbound QoS 1/2 PUBLISH with PUBACK or PUBREC carrying `reason_code`
@@ -884,12 +894,17 @@ impl Session {
                 if method.is_none() || a.properties.authentication_method.as_ref() != method {
                     return Err(ProtocolError::BadAuthentication.into());
                 }
-                let ok = match self.phase {
-                    SessionPhase::Connected => matches!(
-                        a.reason_code,
-                        ReasonCode::ReAuthenticate | ReasonCode::ContinueAuthentication
-                    ),
-                    _ => a.reason_code == ReasonCode::ContinueAuthentication,
+                // Once connected: AUTH 0x19 starts a re-authentication [MQTT-4.12.1-1] (not
+                // while one is under way), and AUTH 0x18 answers the server's challenges in it.
+                let ok = match (self.phase, a.reason_code) {
+                    (SessionPhase::Connected, ReasonCode::ReAuthenticate) => {
+                        !std::mem::replace(&mut self.reauthenticating, true)
+                    }
+                    (SessionPhase::Connected, ReasonCode::ContinueAuthentication) => {
+                        self.reauthenticating
+                    }
+                    (SessionPhase::Authenticating, ReasonCode::ContinueAuthentication) => true,
+                    _ => false,
                 };
                 if !ok {
                     return Err(self.unexpected(PacketType::Auth));

@@ -38,6 +38,10 @@ struct World {
     /// With `authorize`: topics denied for publish and filters denied for subscribe.
     deny: Vec<&'static str>,
     closed: Vec<ConnectionHandle>,
+    /// Hold CONNECT and AUTH events in `held` for the test to answer (enhanced
+    /// authentication), instead of accepting every CONNECT at once.
+    hold: bool,
+    held: Vec<BrokerEvent>,
 }
 
 impl World {
@@ -54,6 +58,8 @@ impl World {
             refuse: HashMap::new(),
             deny: Vec::new(),
             closed: Vec::new(),
+            hold: false,
+            held: Vec::new(),
         }
     }
 
@@ -169,6 +175,9 @@ impl World {
 
     fn decide(&mut self, ev: BrokerEvent) {
         match ev {
+            BrokerEvent::Connect { .. } | BrokerEvent::Auth { .. } if self.hold => {
+                self.held.push(ev);
+            }
             BrokerEvent::Connect { handle, connect } => {
                 let rc = self
                     .refuse
@@ -1245,5 +1254,402 @@ fn publisher_backlog_not_stuck_resending_through_random_cuts_qos2_mqtt_4_4_0_1_a
     assert!(
         completed.iter().all(|&rc| rc == ReasonCode::Success),
         "{completed:?}"
+    );
+}
+
+// ---- enhanced authentication (section 4.12) ------------------------------------------------
+
+fn with_method(id: &str, method: &str, data: &'static [u8]) -> ClientOptions {
+    ClientOptions {
+        authentication_method: Some(MqttString::try_from(method).unwrap()),
+        authentication_data: Some(Bytes::from_static(data)),
+        ..opts(id)
+    }
+}
+
+/// The connection handle and data of the one held CONNECT or AUTH.
+fn take_held(w: &mut World) -> (ConnectionHandle, Option<Bytes>, ReasonCode) {
+    assert_eq!(w.held.len(), 1, "{:?}", w.held);
+    match w.held.remove(0) {
+        BrokerEvent::Connect { handle, connect } => (
+            handle,
+            connect.properties.authentication_data.clone(),
+            ReasonCode::Success,
+        ),
+        BrokerEvent::Auth { handle, auth } => (
+            handle,
+            auth.properties.authentication_data.clone(),
+            auth.reason_code,
+        ),
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+fn connack_of(events: &[ClientEvent]) -> Option<&ConnAck> {
+    events.iter().find_map(|e| match e {
+        ClientEvent::Connected(c) | ClientEvent::Refused(c) => Some(c),
+        _ => None,
+    })
+}
+
+#[test]
+fn enhanced_auth_connack_carries_method_and_final_data_mqtt_4_12_0_2_and_4_12_0_5() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.hold = true;
+        w.add("a", with_method("a", "TOKEN", b"hello"));
+        w.connect("a");
+        let (h, data, _) = take_held(&mut w);
+        assert_eq!(data.as_deref(), Some(&b"hello"[..]));
+        // A challenge: AUTH 0x18 with the CONNECT's method [MQTT-4.12.0-2, MQTT-4.12.0-5].
+        let now = w.now;
+        w.broker
+            .send_auth(
+                now,
+                h,
+                ReasonCode::ContinueAuthentication,
+                Some(Bytes::from_static(b"nonce")),
+            )
+            .unwrap();
+        w.pump();
+        let challenge = w.events("a").into_iter().find_map(|e| match e {
+            ClientEvent::Auth(a) => Some(a),
+            _ => None,
+        });
+        let challenge = challenge.expect("a challenge");
+        assert_eq!(challenge.reason_code, ReasonCode::ContinueAuthentication);
+        assert_eq!(
+            challenge
+                .properties
+                .authentication_method
+                .as_ref()
+                .map(|m| m.as_str()),
+            Some("TOKEN")
+        );
+        assert_eq!(
+            challenge.properties.authentication_data.as_deref(),
+            Some(&b"nonce"[..])
+        );
+        w.client("a")
+            .authenticate(now, Some(Bytes::from_static(b"answer")))
+            .unwrap();
+        w.pump();
+        let (h2, data, code) = take_held(&mut w);
+        assert_eq!(
+            (h2, data.as_deref(), code),
+            (h, Some(&b"answer"[..]), ReasonCode::ContinueAuthentication)
+        );
+        w.broker
+            .acknowledge_connect_with_auth_data(
+                now,
+                h,
+                ReasonCode::Success,
+                Some(Bytes::from_static(b"final")),
+            )
+            .unwrap();
+        w.pump();
+        let events = w.events("a");
+        let connack = connack_of(&events).expect("CONNACK");
+        assert_eq!(connack.reason_code, ReasonCode::Success, "{split:?}");
+        // The successful CONNACK carries the same method [MQTT-4.12.0-5], and the final data.
+        assert_eq!(
+            connack
+                .properties
+                .authentication_method
+                .as_ref()
+                .map(|m| m.as_str()),
+            Some("TOKEN")
+        );
+        assert_eq!(
+            connack.properties.authentication_data.as_deref(),
+            Some(&b"final"[..])
+        );
+        assert!(w.broker.has_session("a"));
+    }
+}
+
+#[test]
+fn enhanced_auth_plain_acknowledge_connect_still_carries_the_method_mqtt_4_12_0_5() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.hold = true;
+    w.add("a", with_method("a", "TOKEN", b"ok"));
+    w.connect("a");
+    let (h, _, _) = take_held(&mut w);
+    let now = w.now;
+    w.broker
+        .acknowledge_connect(now, h, ReasonCode::Success)
+        .unwrap();
+    w.pump();
+    let events = w.events("a");
+    let connack = connack_of(&events).expect("CONNACK");
+    assert_eq!(
+        connack
+            .properties
+            .authentication_method
+            .as_ref()
+            .map(|m| m.as_str()),
+        Some("TOKEN")
+    );
+    assert_eq!(connack.properties.authentication_data, None);
+}
+
+#[test]
+fn no_auth_method_in_connack_without_one_in_connect_mqtt_4_12_0_6() {
+    // Even when the options (wrongly) name a method, a client that did not ask for enhanced
+    // authentication gets none.
+    let mut options = BrokerOptions::default();
+    options.connack.authentication_method = Some(MqttString::try_from("TOKEN").unwrap());
+    options.connack.authentication_data = Some(Bytes::from_static(b"x"));
+    let mut w = World::new(Split::Whole, options);
+    w.hold = true;
+    w.add("a", opts("a"));
+    w.connect("a");
+    let (h, _, _) = take_held(&mut w);
+    let now = w.now;
+    // Final data without a method is refused, and nothing is sent.
+    assert_eq!(
+        w.broker.acknowledge_connect_with_auth_data(
+            now,
+            h,
+            ReasonCode::Success,
+            Some(Bytes::from_static(b"final"))
+        ),
+        Err(StateError::NoAuthInProgress)
+    );
+    // No AUTH either [MQTT-4.12.0-6].
+    assert_eq!(
+        w.broker
+            .send_auth(now, h, ReasonCode::ContinueAuthentication, None),
+        Err(StateError::NoAuthInProgress)
+    );
+    w.broker
+        .acknowledge_connect(now, h, ReasonCode::Success)
+        .unwrap();
+    w.pump();
+    let events = w.events("a");
+    let connack = connack_of(&events).expect("CONNACK");
+    assert_eq!(connack.reason_code, ReasonCode::Success);
+    assert_eq!(connack.properties.authentication_method, None);
+    assert_eq!(connack.properties.authentication_data, None);
+}
+
+#[test]
+fn enhanced_auth_refusal_carries_only_the_code_mqtt_4_12_0_4() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.hold = true;
+    w.add("a", with_method("a", "TOKEN", b"wrong"));
+    w.connect("a");
+    let (h, _, _) = take_held(&mut w);
+    let now = w.now;
+    w.broker
+        .acknowledge_connect_with_auth_data(
+            now,
+            h,
+            ReasonCode::NotAuthorized,
+            Some(Bytes::from_static(b"ignored")),
+        )
+        .unwrap();
+    w.pump();
+    let events = w.events("a");
+    let connack = connack_of(&events).expect("CONNACK");
+    assert_eq!(connack.reason_code, ReasonCode::NotAuthorized);
+    assert_eq!(connack.properties.authentication_data, None);
+    // The server closes the connection [MQTT-4.12.0-4].
+    assert_eq!(w.closed, vec![h]);
+    assert!(!w.broker.has_session("a"));
+}
+
+#[test]
+fn disconnect_one_connection_after_failed_reauthentication_mqtt_4_12_1_2() {
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.hold = true;
+        w.add("a", with_method("a", "TOKEN", b"hello"));
+        w.add("b", opts("b"));
+        w.connect("a");
+        let (ha, _, _) = take_held(&mut w);
+        let now = w.now;
+        w.broker
+            .acknowledge_connect(now, ha, ReasonCode::Success)
+            .unwrap();
+        w.connect("b");
+        let (hb, _, _) = take_held(&mut w);
+        w.broker
+            .acknowledge_connect(now, hb, ReasonCode::Success)
+            .unwrap();
+        w.pump();
+        w.events("a");
+        w.events("b");
+        // Re-authentication [MQTT-4.12.1-1], which the server decides to fail.
+        w.client("a")
+            .reauthenticate(now, Some(Bytes::from_static(b"expired")))
+            .unwrap();
+        w.pump();
+        let (h, data, code) = take_held(&mut w);
+        assert_eq!(
+            (h, data.as_deref(), code),
+            (ha, Some(&b"expired"[..]), ReasonCode::ReAuthenticate)
+        );
+        // A code DISCONNECT cannot carry is refused and changes nothing.
+        assert!(matches!(
+            w.broker.disconnect(now, ha, ReasonCode::GrantedQoS1),
+            Err(StateError::Encode(_))
+        ));
+        assert!(w.closed.is_empty());
+        // DISCONNECT with the failure code, then the connection closes [MQTT-4.12.1-2].
+        w.broker
+            .disconnect(now, ha, ReasonCode::NotAuthorized)
+            .unwrap();
+        w.pump();
+        let events = w.events("a");
+        assert!(
+            events.iter().any(|e| matches!(e,
+                ClientEvent::Disconnected { disconnect: Some(d), .. }
+                    if d.reason_code == ReasonCode::NotAuthorized)),
+            "{split:?}: {events:?}"
+        );
+        assert_eq!(w.closed, vec![ha]);
+        assert_eq!(w.broker.connection_count(), 1);
+        // The handle is dead now; the other client is untouched.
+        assert_eq!(
+            w.broker.disconnect(now, ha, ReasonCode::NotAuthorized),
+            Err(StateError::NotConnected)
+        );
+        w.subscribe("b", "t", qos(QoS::AtMostOnce), None);
+        w.publish("b", "t", b"still here", QoS::AtMostOnce, false);
+        assert_eq!(payloads(&w.messages("b")), vec![&b"still here"[..]]);
+    }
+}
+
+#[test]
+fn disconnect_before_connack_closes_without_a_packet_mqtt_3_14_0_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.hold = true;
+    w.add("a", with_method("a", "TOKEN", b"hello"));
+    w.connect("a");
+    let (h, _, _) = take_held(&mut w);
+    let now = w.now;
+    w.broker
+        .disconnect(now, h, ReasonCode::NotAuthorized)
+        .unwrap();
+    w.pump();
+    let events = w.events("a");
+    assert!(connack_of(&events).is_none(), "{events:?}");
+    assert!(
+        !events.iter().any(|e| matches!(
+            e,
+            ClientEvent::Disconnected {
+                disconnect: Some(_),
+                ..
+            }
+        )),
+        "{events:?}"
+    );
+    assert_eq!(w.closed, vec![h]);
+    assert_eq!(w.broker.connection_count(), 0);
+}
+
+/// Raw AUTH bytes from a client, with the method "TOKEN".
+fn auth_bytes(code: ReasonCode) -> Vec<u8> {
+    let auth = Auth {
+        reason_code: code,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::try_from("TOKEN").unwrap()),
+            ..Default::default()
+        },
+    };
+    let mut out = bytes::BytesMut::new();
+    Packet::Auth(auth)
+        .encode(&mut out, ProtocolVersion::V5)
+        .unwrap();
+    out.to_vec()
+}
+
+/// A client connected with enhanced authentication; returns its handle.
+fn connected_with_method(w: &mut World) -> ConnectionHandle {
+    w.hold = true;
+    w.add("a", with_method("a", "TOKEN", b"hello"));
+    w.connect("a");
+    let (h, _, _) = take_held(w);
+    let now = w.now;
+    w.broker
+        .acknowledge_connect(now, h, ReasonCode::Success)
+        .unwrap();
+    w.pump();
+    w.events("a");
+    h
+}
+
+#[test]
+fn auth_0x18_outside_a_reauthentication_is_a_protocol_error_mqtt_4_12_1_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    let h = connected_with_method(&mut w);
+    let now = w.now;
+    // The server has no re-authentication to answer either [MQTT-4.12.0-2].
+    assert_eq!(
+        w.broker
+            .send_auth(now, h, ReasonCode::ContinueAuthentication, None),
+        Err(StateError::NoAuthInProgress)
+    );
+    // AUTH 0x18 without a preceding AUTH 0x19: a protocol error, DISCONNECT 0x82.
+    assert!(w
+        .broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ContinueAuthentication))
+        .is_err());
+    w.pump();
+    let events = w.events("a");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ClientEvent::Disconnected { disconnect: Some(d), .. }
+                if d.reason_code == ReasonCode::ProtocolError)),
+        "{events:?}"
+    );
+    assert_eq!(w.closed, vec![h]);
+}
+
+#[test]
+fn reauthentication_turns_mqtt_4_12_1_1() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    let h = connected_with_method(&mut w);
+    let now = w.now;
+    // AUTH 0x19 starts a re-authentication; the server may challenge and end it.
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .unwrap();
+    w.pump();
+    let (_, _, code) = take_held(&mut w);
+    assert_eq!(code, ReasonCode::ReAuthenticate);
+    w.broker
+        .send_auth(now, h, ReasonCode::ContinueAuthentication, None)
+        .unwrap();
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ContinueAuthentication))
+        .unwrap();
+    w.pump();
+    let (_, _, code) = take_held(&mut w);
+    assert_eq!(code, ReasonCode::ContinueAuthentication);
+    w.broker
+        .send_auth(now, h, ReasonCode::Success, None)
+        .unwrap();
+    // Over: no more AUTH from the server until the next AUTH 0x19.
+    assert_eq!(
+        w.broker.send_auth(now, h, ReasonCode::Success, None),
+        Err(StateError::NoAuthInProgress)
+    );
+    // A second AUTH 0x19 in the middle of a re-authentication is a protocol error.
+    w.broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .unwrap();
+    assert!(w
+        .broker
+        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
+        .is_err());
+    w.pump();
+    let events = w.events("a");
+    assert!(
+        events.iter().any(|e| matches!(e,
+            ClientEvent::Disconnected { disconnect: Some(d), .. }
+                if d.reason_code == ReasonCode::ProtocolError)),
+        "{events:?}"
     );
 }

@@ -438,16 +438,42 @@ impl Broker {
     /// the client id (DISCONNECT 0x8E) [MQTT-3.1.4-3], assigns a client id if needed
     /// [MQTT-3.2.2-16], and sends CONNACK with [`BrokerOptions::connack`]. A failure code is
     /// sent in CONNACK and the connection closes.
+    ///
+    /// When the CONNECT carried an Authentication Method (enhanced authentication), a
+    /// successful CONNACK carries the same method [MQTT-4.12.0-5]; otherwise CONNACK carries
+    /// no Authentication Method nor Data, whatever [`BrokerOptions::connack`] says
+    /// [MQTT-4.12.0-6]. To send final Authentication Data in CONNACK, use
+    /// [`acknowledge_connect_with_auth_data`](Self::acknowledge_connect_with_auth_data).
     pub fn acknowledge_connect(
         &mut self,
         now: Instant,
         handle: ConnectionHandle,
         reason_code: ReasonCode,
     ) -> Result<(), StateError> {
+        self.acknowledge_connect_with_auth_data(now, handle, reason_code, None)
+    }
+
+    /// [`acknowledge_connect`](Self::acknowledge_connect) ending an enhanced authentication:
+    /// a successful CONNACK carries the CONNECT's Authentication Method [MQTT-4.12.0-5] and
+    /// `authentication_data` (the method's final data, if it has any). A refusal carries only
+    /// its reason code (the data is not sent). Fails with [`StateError::NoAuthInProgress`]
+    /// when `authentication_data` is given for a CONNECT without an Authentication Method
+    /// [MQTT-4.12.0-6].
+    pub fn acknowledge_connect_with_auth_data(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        reason_code: ReasonCode,
+        authentication_data: Option<Bytes>,
+    ) -> Result<(), StateError> {
         let connect = self
             .conn(handle)
             .and_then(|c| c.session.connect_packet().cloned())
             .ok_or(StateError::NotConnected)?;
+        let method = connect.properties.authentication_method.clone();
+        if method.is_none() && authentication_data.is_some() {
+            return Err(StateError::NoAuthInProgress);
+        }
         let limits = &self.options.connack;
         let mut reason_code = reason_code;
         if let Some(will) = &connect.will {
@@ -469,6 +495,10 @@ impl Broker {
             return Ok(());
         }
         let mut props = self.options.connack.clone();
+        // Enhanced authentication: the CONNECT's method and the final data, or neither
+        // [MQTT-4.12.0-5, MQTT-4.12.0-6].
+        props.authentication_method = method;
+        props.authentication_data = authentication_data;
         let client_id = if connect.client_id.is_empty() {
             self.assigned += 1;
             let id = format!(
@@ -562,6 +592,36 @@ impl Broker {
         }
         conn.session
             .acknowledge_connect(now, ReasonCode::Success, session_present, props)?;
+        self.process(now, handle);
+        Ok(())
+    }
+
+    /// Ends one connection with `reason_code`: a connected client gets DISCONNECT with that
+    /// code (for example 0x87 Not authorized when a re-authentication fails [MQTT-4.12.1-2],
+    /// or 0x98 Administrative action), then the connection closes and
+    /// [`BrokerEvent::Closed`] follows. As for any connection the server closes, the will is
+    /// published and a persistent session lives on. A connection still waiting for its CONNACK
+    /// is closed without a packet (no DISCONNECT before CONNACK [MQTT-3.14.0-1]); refuse it
+    /// with [`acknowledge_connect`](Self::acknowledge_connect) instead to tell it why. Fails
+    /// with [`StateError::NotConnected`] for a closed connection, and with
+    /// [`EncodeError::InvalidReasonCode`](crate::error::EncodeError::InvalidReasonCode) for a
+    /// code DISCONNECT cannot carry (the connection then stays open).
+    pub fn disconnect(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        reason_code: ReasonCode,
+    ) -> Result<(), StateError> {
+        let packet = crate::types::PacketType::Disconnect;
+        if !reason_code.is_valid_for(packet) {
+            return Err(crate::error::EncodeError::InvalidReasonCode {
+                packet,
+                code: reason_code,
+            }
+            .into());
+        }
+        let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
+        conn.session.disconnect(now, reason_code)?;
         self.process(now, handle);
         Ok(())
     }

@@ -24,7 +24,9 @@
 //!   taking up to 64 pending writes at a time into one vectored write (one WebSocket frame, one
 //!   run of TLS records).
 //! * Per CONNECT, when an [`Authenticator`] is configured, a short-lived **authentication
-//!   thread**, so that a slow check delays only the client it is about.
+//!   thread**, so that a slow check delays only the client it is about; likewise per step of
+//!   an enhanced authentication ([`EnhancedAuthenticator`], see
+//!   [`crate::server::enhanced`]), one at a time per connection.
 //!
 //! How the two threads of a TLS or WebSocket connection share one protocol state without
 //! blocking each other: the socket is cloned (one handle reads, one writes, one lets the owner
@@ -57,7 +59,8 @@
 //! and file descriptors (`ulimit -n`; one per connection): a few thousand connections on a
 //! default Linux system, about 10,000 with raised limits. When a thread cannot be started the
 //! connection is refused and the broker serves on. Authentication threads number at most one
-//! per connection (a client sends one CONNECT). For tens of thousands of connections use the
+//! per connection (a client sends one CONNECT, and the steps of an enhanced authentication run
+//! one after the other). For tens of thousands of connections use the
 //! async broker (`mqttproto::tokio::Broker`); both read the same configuration.
 //!
 //! A reader that must answer on its own (a WebSocket pong, a TLS alert or key update) waits
@@ -112,10 +115,11 @@ use mqttproto_core::{Error, ReasonCode};
 pub use self::conn::Stream;
 use self::conn::Wrap;
 use crate::server::connack_code;
+use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
-    AclFile, Authorizer, ClientInfo, ConnectRequest, ListenAddr, ListenAddrError, Listener,
-    PasswordFile, PeerAddr,
+    AclFile, AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
+    EnhancedAuthenticator, ListenAddr, ListenAddrError, Listener, PasswordFile, PeerAddr,
 };
 
 const TARGET: &str = "mqttproto::broker";
@@ -219,6 +223,8 @@ enum Inbound {
     Bytes(ConnectionHandle, Bytes),
     Closed(ConnectionHandle),
     Verdict(ConnectionHandle, ReasonCode),
+    /// A step of an enhanced authentication has run.
+    AuthStep(AuthJobResult),
     /// A connection's writer thread has finished.
     WriterDone(ConnectionHandle),
     Shutdown,
@@ -400,6 +406,7 @@ impl Broker {
         options.authorize |= config.authorizer.is_some();
         let mut owner = Owner {
             core: CoreBroker::new(options),
+            auth: AuthTable::new(config.enhanced_authenticator.clone()),
             conns: HashMap::new(),
             closing: HashMap::new(),
             inbound_tx,
@@ -896,6 +903,8 @@ struct Closing {
 
 struct Owner {
     core: CoreBroker,
+    /// Enhanced authentication exchanges under way or done, per connection.
+    auth: AuthTable,
     conns: HashMap<ConnectionHandle, Conn>,
     closing: HashMap<ConnectionHandle, Closing>,
     inbound_tx: SyncSender<Inbound>,
@@ -982,6 +991,13 @@ impl Owner {
             }
             Inbound::Closed(handle) => self.core.handle_close(Instant::now(), handle),
             Inbound::Verdict(handle, verdict) => self.acknowledge_connect(handle, verdict),
+            Inbound::AuthStep(result) => {
+                if let Some((handle, code)) =
+                    self.auth.finish(&mut self.core, Instant::now(), result)
+                {
+                    log_connack(handle, code, "enhanced authentication");
+                }
+            }
             Inbound::Opened(opened, reply) => self.on_open(*opened, reply),
             Inbound::WriterDone(handle) => {
                 // The last bytes are out: end the reader too.
@@ -1075,26 +1091,21 @@ impl Owner {
                 let Some(conn) = self.conns.get(&handle) else {
                     return;
                 };
-                if connect.properties.authentication_method.is_some() {
-                    // Enhanced authentication is not offered [MQTT-4.12.0-1].
-                    tracing::info!(
-                        target: TARGET,
-                        conn = handle.index(),
-                        client_id = connect.client_id.as_str(),
-                        "connection refused: enhanced authentication is not supported"
-                    );
-                    self.acknowledge_connect(handle, ReasonCode::BadAuthenticationMethod);
-                    return;
-                }
-                let Some(auth) = self.config.authenticator.clone() else {
-                    self.acknowledge_connect(handle, ReasonCode::Success);
-                    return;
-                };
                 let request = ConnectRequest {
                     connect,
                     peer: conn.peer.clone(),
                     listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
                     client_cert: conn.client_cert.clone(),
+                };
+                let now = Instant::now();
+                let request = match self.auth.on_connect(&mut self.core, now, handle, request) {
+                    OnConnect::Regular(request) => request,
+                    OnConnect::Done => return,
+                    OnConnect::Run(job) => return self.run_auth_job(job),
+                };
+                let Some(auth) = self.config.authenticator.clone() else {
+                    self.acknowledge_connect(handle, ReasonCode::Success);
+                    return;
                 };
                 let mut guard = VerdictGuard {
                     tx: Some(self.inbound_tx.clone()),
@@ -1113,9 +1124,11 @@ impl Owner {
                     tracing::warn!(target: TARGET, %error, "cannot start an authentication thread");
                 }
             }
-            BrokerEvent::Auth { handle, .. } => {
-                // Unreachable while CONNECTs with an Authentication Method are refused.
-                tracing::debug!(target: TARGET, conn = handle.index(), "AUTH ignored");
+            BrokerEvent::Auth { handle, auth } => {
+                let now = Instant::now();
+                if let Some(job) = self.auth.on_auth(&mut self.core, now, handle, auth) {
+                    self.run_auth_job(job);
+                }
             }
             BrokerEvent::Subscribe {
                 handle,
@@ -1168,6 +1181,7 @@ impl Owner {
                     .acknowledge_publish(Instant::now(), handle, publish, verdict);
             }
             BrokerEvent::Closed { handle, error } => {
+                self.auth.on_closed(handle);
                 let Some(conn) = self.conns.remove(&handle) else {
                     return;
                 };
@@ -1204,6 +1218,25 @@ impl Owner {
         }
     }
 
+    /// Runs a step of an enhanced authentication on a thread of its own (it may block); its
+    /// result comes back as an input.
+    fn run_auth_job(&mut self, job: AuthJob) {
+        let handle = job.handle();
+        let tx = self.inbound_tx.clone();
+        let spawned = std::thread::Builder::new()
+            .name("mqttproto-auth".into())
+            .spawn(move || {
+                let _ = tx.send(Inbound::AuthStep(job.run()));
+            });
+        if let Err(error) = spawned {
+            tracing::warn!(target: TARGET, %error, "cannot start an authentication thread");
+            let failed = AuthJobResult::failed(handle);
+            if let Some((handle, code)) = self.auth.finish(&mut self.core, Instant::now(), failed) {
+                log_connack(handle, code, "enhanced authentication");
+            }
+        }
+    }
+
     /// Asks the [`Authorizer`] (everything is allowed without one).
     fn authorize(
         &self,
@@ -1230,13 +1263,13 @@ impl Owner {
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
         let code = connack_code(verdict);
-        match self.core.acknowledge_connect(Instant::now(), handle, code) {
-            Ok(()) if code.is_error() => tracing::info!(
-                target: TARGET, conn = handle.index(), reason = %code, "connection refused"
-            ),
-            Ok(()) => tracing::debug!(target: TARGET, conn = handle.index(), "client connected"),
-            // The connection closed while the verdict was pending.
-            Err(_) => {}
+        // An error means that the connection closed while the verdict was pending.
+        if self
+            .core
+            .acknowledge_connect(Instant::now(), handle, code)
+            .is_ok()
+        {
+            log_connack(handle, code, "authenticator");
         }
     }
 
@@ -1283,6 +1316,15 @@ impl Owner {
             }
         }
         tracing::info!(target: TARGET, "shut down");
+    }
+}
+
+/// Logs the outcome of a CONNECT.
+fn log_connack(handle: ConnectionHandle, code: ReasonCode, by: &'static str) {
+    if code.is_error() {
+        tracing::info!(target: TARGET, conn = handle.index(), reason = %code, by, "connection refused");
+    } else {
+        tracing::debug!(target: TARGET, conn = handle.index(), by, "client connected");
     }
 }
 

@@ -1,6 +1,7 @@
 //! The parts of the brokers that do not depend on the I/O driver: listen addresses and
 //! listeners, peer addresses, the CONNECT awaiting authentication ([`ConnectRequest`]), the
-//! [`Authorizer`] trait and who it is asked about ([`ClientInfo`]), the configuration
+//! [`Authorizer`] trait and who it is asked about ([`ClientInfo`]), enhanced authentication
+//! ([`EnhancedAuthenticator`], section 4.12; see [`enhanced`]), the configuration
 //! ([`BrokerConfig`]), the password file ([`auth`]), the ACL file ([`acl`]) and the TLS settings
 //! of listeners ([`tls`]).
 //!
@@ -23,10 +24,12 @@ use mqttproto_core::codec::Connect;
 
 pub mod acl;
 pub mod auth;
+pub mod enhanced;
 pub mod tls;
 
 pub use acl::AclFile;
 pub use auth::PasswordFile;
+pub use enhanced::{AuthContext, AuthConversation, AuthStep, EnhancedAuthenticator};
 pub use tls::{ClientCertificates, ServerTlsOptions};
 
 // ---- addresses --------------------------------------------------------------------------
@@ -379,8 +382,13 @@ pub struct BrokerConfig<A: ?Sized> {
     /// How long a closing connection (or a shutdown) may take to write out its last bytes
     /// before its socket is closed regardless.
     pub flush_timeout: Duration,
-    /// Who may connect; `None` accepts everyone.
+    /// Who may connect; `None` accepts everyone. Not consulted for a client that uses
+    /// enhanced authentication (see [`enhanced_authenticator`](Self::enhanced_authenticator)).
     pub authenticator: Option<Arc<A>>,
+    /// Enhanced authentication (section 4.12) for CONNECTs that carry an Authentication
+    /// Method; `None` refuses them all with 0x8C Bad authentication method [MQTT-4.12.0-1].
+    /// See [`enhanced`].
+    pub enhanced_authenticator: Option<Arc<dyn EnhancedAuthenticator>>,
     /// What clients may publish and subscribe to; `None` allows everything.
     pub authorizer: Option<Arc<dyn Authorizer>>,
 }
@@ -395,6 +403,7 @@ impl<A: ?Sized> Clone for BrokerConfig<A> {
             max_outbound_bytes: self.max_outbound_bytes,
             flush_timeout: self.flush_timeout,
             authenticator: self.authenticator.clone(),
+            enhanced_authenticator: self.enhanced_authenticator.clone(),
             authorizer: self.authorizer.clone(),
         }
     }
@@ -412,6 +421,7 @@ impl<A: ?Sized> Default for BrokerConfig<A> {
             max_outbound_bytes: 8 << 20,
             flush_timeout: Duration::from_secs(5),
             authenticator: None,
+            enhanced_authenticator: None,
             authorizer: None,
         }
     }
@@ -427,6 +437,10 @@ impl<A: ?Sized> fmt::Debug for BrokerConfig<A> {
             .field("max_outbound_bytes", &self.max_outbound_bytes)
             .field("flush_timeout", &self.flush_timeout)
             .field("authenticator", &self.authenticator.as_ref().map(|_| ".."))
+            .field(
+                "enhanced_authenticator",
+                &self.enhanced_authenticator.as_ref().map(|_| ".."),
+            )
             .field("authorizer", &self.authorizer.as_ref().map(|_| ".."))
             .finish()
     }
@@ -475,6 +489,17 @@ impl<A: ?Sized> BrokerConfig<A> {
         self
     }
 
+    /// Sets the [`EnhancedAuthenticator`]: CONNECTs with an Authentication Method it supports
+    /// go through its challenge and response exchange (and may re-authenticate later); other
+    /// methods are refused with 0x8C [MQTT-4.12.0-1]. See [`enhanced`].
+    pub fn with_enhanced_authenticator(
+        mut self,
+        authenticator: impl EnhancedAuthenticator,
+    ) -> Self {
+        self.enhanced_authenticator = Some(Arc::new(authenticator));
+        self
+    }
+
     /// Sets the [`Authorizer`] (and turns on the core's [`BrokerOptions::authorize`]).
     pub fn with_authorizer(mut self, authorizer: impl Authorizer) -> Self {
         self.authorizer = Some(Arc::new(authorizer));
@@ -491,7 +516,8 @@ impl<A: ?Sized> BrokerConfig<A> {
 
     /// The same configuration for another kind of authenticator, without the authenticator
     /// (for example, to run the same listeners and limits on the other driver; set its
-    /// authenticator afterwards).
+    /// authenticator afterwards). The enhanced authenticator and the authorizer, which both
+    /// drivers share, stay.
     pub fn without_authenticator<B: ?Sized>(self) -> BrokerConfig<B> {
         BrokerConfig {
             listeners: self.listeners,
@@ -501,6 +527,7 @@ impl<A: ?Sized> BrokerConfig<A> {
             max_outbound_bytes: self.max_outbound_bytes,
             flush_timeout: self.flush_timeout,
             authenticator: None,
+            enhanced_authenticator: self.enhanced_authenticator,
             authorizer: self.authorizer,
         }
     }

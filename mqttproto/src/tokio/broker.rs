@@ -13,7 +13,11 @@
 //!   pending into vectored writes;
 //! * per CONNECT, when an [`Authenticator`] is configured, a short task that awaits its verdict
 //!   and sends it back to the owner, which then answers the client. The owner never awaits an
-//!   authenticator.
+//!   authenticator;
+//! * per step of an enhanced authentication ([`EnhancedAuthenticator`], section 4.12; see
+//!   [`crate::server::enhanced`]), a job on tokio's blocking pool, one at a time per
+//!   connection, whose decision (a challenge, CONNACK, AUTH Success, DISCONNECT) the owner
+//!   then sends.
 //!
 //! The owner loop waits for the next of: bytes or a closed socket from a reader, a new
 //! connection, a verdict, the core's next deadline (`poll_timeout`, on tokio's clock, so tests
@@ -86,9 +90,11 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
+use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
-    Authorizer, ClientInfo, ConnectRequest, ListenAddr, ListenAddrError, Listener, PeerAddr,
+    AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
+    EnhancedAuthenticator, ListenAddr, ListenAddrError, Listener, PeerAddr,
 };
 
 /// Configuration of a [`Broker`]: the shared [`crate::server::BrokerConfig`] with an async
@@ -287,6 +293,8 @@ enum Inbound {
     Bytes(ConnectionHandle, Bytes),
     Closed(ConnectionHandle),
     Verdict(ConnectionHandle, ReasonCode),
+    /// A step of an enhanced authentication has run.
+    AuthStep(AuthJobResult),
 }
 
 /// An async MQTT 5 broker on tokio. See the [module documentation](self).
@@ -405,6 +413,7 @@ impl Broker {
         options.authorize |= config.authorizer.is_some();
         let mut owner = Owner {
             core: CoreBroker::new(options),
+            auth: AuthTable::new(config.enhanced_authenticator.clone()),
             conns: HashMap::new(),
             inbound_tx,
             local_addrs,
@@ -664,6 +673,8 @@ impl Drop for Conn {
 
 struct Owner {
     core: CoreBroker,
+    /// Enhanced authentication exchanges under way or done, per connection.
+    auth: AuthTable,
     conns: HashMap<ConnectionHandle, Conn>,
     inbound_tx: mpsc::Sender<Inbound>,
     local_addrs: Vec<ListenAddr>,
@@ -743,6 +754,11 @@ impl Owner {
             }
             Inbound::Closed(handle) => self.core.handle_close(now(), handle),
             Inbound::Verdict(handle, verdict) => self.acknowledge_connect(handle, verdict),
+            Inbound::AuthStep(result) => {
+                if let Some((handle, code)) = self.auth.finish(&mut self.core, now(), result) {
+                    log_connack(handle, code, "enhanced authentication");
+                }
+            }
         }
     }
 
@@ -872,26 +888,20 @@ impl Owner {
                 let Some(conn) = self.conns.get(&handle) else {
                     return;
                 };
-                if connect.properties.authentication_method.is_some() {
-                    // Enhanced authentication is not offered yet [MQTT-4.12.0-1].
-                    tracing::info!(
-                        target: TARGET,
-                        conn = handle.index(),
-                        client_id = connect.client_id.as_str(),
-                        "connection refused: enhanced authentication is not supported"
-                    );
-                    self.acknowledge_connect(handle, ReasonCode::BadAuthenticationMethod);
-                    return;
-                }
-                let Some(auth) = self.config.authenticator.clone() else {
-                    self.acknowledge_connect(handle, ReasonCode::Success);
-                    return;
-                };
                 let request = ConnectRequest {
                     connect,
                     peer: conn.peer.clone(),
                     listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
                     client_cert: conn.client_cert.clone(),
+                };
+                let request = match self.auth.on_connect(&mut self.core, now(), handle, request) {
+                    OnConnect::Regular(request) => request,
+                    OnConnect::Done => return,
+                    OnConnect::Run(job) => return self.run_auth_job(job),
+                };
+                let Some(auth) = self.config.authenticator.clone() else {
+                    self.acknowledge_connect(handle, ReasonCode::Success);
+                    return;
                 };
                 let mut guard = VerdictGuard {
                     tx: Some(self.inbound_tx.clone()),
@@ -904,9 +914,10 @@ impl Owner {
                     }
                 });
             }
-            BrokerEvent::Auth { handle, .. } => {
-                // Unreachable while CONNECTs with an Authentication Method are refused.
-                tracing::debug!(target: TARGET, conn = handle.index(), "AUTH ignored");
+            BrokerEvent::Auth { handle, auth } => {
+                if let Some(job) = self.auth.on_auth(&mut self.core, now(), handle, auth) {
+                    self.run_auth_job(job);
+                }
             }
             BrokerEvent::Subscribe {
                 handle,
@@ -959,6 +970,7 @@ impl Owner {
                     .acknowledge_publish(now(), handle, publish, verdict);
             }
             BrokerEvent::Closed { handle, error } => {
+                self.auth.on_closed(handle);
                 let Some(mut conn) = self.conns.remove(&handle) else {
                     return;
                 };
@@ -983,6 +995,19 @@ impl Owner {
                 // the writer flush, then close the socket.
             }
         }
+    }
+
+    /// Runs a step of an enhanced authentication on tokio's blocking pool (it may block); its
+    /// result comes back as an input.
+    fn run_auth_job(&self, job: AuthJob) {
+        let tx = self.inbound_tx.clone();
+        let handle = job.handle();
+        tokio::spawn(async move {
+            let result = tokio::task::spawn_blocking(move || job.run())
+                .await
+                .unwrap_or_else(|_| AuthJobResult::failed(handle));
+            let _ = tx.send(Inbound::AuthStep(result)).await;
+        });
     }
 
     /// Asks the [`Authorizer`] (everything is allowed without one).
@@ -1015,22 +1040,9 @@ impl Owner {
 
     fn acknowledge_connect(&mut self, handle: ConnectionHandle, verdict: ReasonCode) {
         let code = crate::server::connack_code(verdict);
-        match self.core.acknowledge_connect(now(), handle, code) {
-            Ok(()) if code.is_error() => tracing::info!(
-                target: TARGET, conn = handle.index(), reason = %code, "connection refused"
-            ),
-            Ok(()) => tracing::debug!(
-                target: TARGET,
-                conn = handle.index(),
-                client_id = ?self
-                    .core
-                    .session(handle)
-                    .and_then(|s| s.connect_packet())
-                    .map(|c| c.client_id.as_str()),
-                "client connected"
-            ),
-            // The connection closed while the verdict was pending.
-            Err(_) => {}
+        // An error means that the connection closed while the verdict was pending.
+        if self.core.acknowledge_connect(now(), handle, code).is_ok() {
+            log_connack(handle, code, "authenticator");
         }
     }
 
@@ -1054,6 +1066,15 @@ impl Owner {
             }
         }
         tracing::info!(target: TARGET, "shut down");
+    }
+}
+
+/// Logs the outcome of a CONNECT.
+fn log_connack(handle: ConnectionHandle, code: ReasonCode, by: &'static str) {
+    if code.is_error() {
+        tracing::info!(target: TARGET, conn = handle.index(), reason = %code, by, "connection refused");
+    } else {
+        tracing::debug!(target: TARGET, conn = handle.index(), by, "client connected");
     }
 }
 
