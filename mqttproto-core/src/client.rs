@@ -962,8 +962,12 @@ impl Client {
             return Err(ProtocolError::BadAuthentication.into());
         }
         match auth.reason_code {
-            ReasonCode::ContinueAuthentication => {}
-            ReasonCode::Success if self.state == ClientState::Connected => {
+            // Only inside an exchange: the one of CONNECT, or a re-authentication we started
+            // [MQTT-4.12.1-1].
+            ReasonCode::ContinueAuthentication if self.auth_in_progress => {}
+            ReasonCode::Success
+                if self.state == ClientState::Connected && self.auth_in_progress =>
+            {
                 self.auth_in_progress = false;
             }
             _ => return Err(self.unexpected(PacketType::Auth)),
@@ -981,6 +985,11 @@ impl Client {
             return Ok(());
         }
         let p = &connack.properties;
+        // A successful CONNACK carries our Authentication Method, and none if we sent none
+        // [MQTT-4.12.0-5, MQTT-4.12.0-6].
+        if p.authentication_method != self.options.authentication_method {
+            return Err(ProtocolError::BadAuthentication.into());
+        }
         if connack.session_present && self.sent_clean_start {
             // The server must not resume a session we asked to discard [MQTT-3.2.2-2]; we hold
             // no state for it [MQTT-3.2.2-4].

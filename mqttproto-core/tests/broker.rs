@@ -1612,19 +1612,17 @@ fn reauthentication_turns_mqtt_4_12_1_1() {
     let mut w = World::new(Split::Whole, BrokerOptions::default());
     let h = connected_with_method(&mut w);
     let now = w.now;
-    // AUTH 0x19 starts a re-authentication; the server may challenge and end it.
-    w.broker
-        .handle_bytes(now, h, &auth_bytes(ReasonCode::ReAuthenticate))
-        .unwrap();
+    // AUTH 0x19 starts a re-authentication (the client's); the server may challenge and end
+    // it.
+    w.client("a").reauthenticate(now, None).unwrap();
     w.pump();
     let (_, _, code) = take_held(&mut w);
     assert_eq!(code, ReasonCode::ReAuthenticate);
     w.broker
         .send_auth(now, h, ReasonCode::ContinueAuthentication, None)
         .unwrap();
-    w.broker
-        .handle_bytes(now, h, &auth_bytes(ReasonCode::ContinueAuthentication))
-        .unwrap();
+    w.pump();
+    w.client("a").authenticate(now, None).unwrap();
     w.pump();
     let (_, _, code) = take_held(&mut w);
     assert_eq!(code, ReasonCode::ContinueAuthentication);

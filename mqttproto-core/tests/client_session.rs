@@ -1172,3 +1172,107 @@ fn refused_connection_is_reported() {
     ));
     assert_eq!(c.state(), ClientState::Disconnected);
 }
+
+/// What a client with (or without) an Authentication Method makes of CONNACKs and AUTHs that
+/// break the rules of section 4.12: the connection ends with DISCONNECT and the matching code.
+#[test]
+fn client_checks_the_authentication_method_mqtt_4_12_0_5_and_4_12_0_6() {
+    let token = || MqttString::try_from("TOKEN").unwrap();
+    // (client's method, CONNACK's method, expected DISCONNECT reason)
+    let cases = [
+        (
+            Some(token()),
+            None,
+            Some(ReasonCode::BadAuthenticationMethod),
+        ),
+        (
+            Some(token()),
+            Some(MqttString::try_from("OTHER").unwrap()),
+            Some(ReasonCode::BadAuthenticationMethod),
+        ),
+        (
+            None,
+            Some(token()),
+            Some(ReasonCode::BadAuthenticationMethod),
+        ),
+        (Some(token()), Some(token()), None),
+        (None, None, None),
+    ];
+    for (ours, theirs, expected) in cases {
+        let mut client = Client::new(ClientOptions {
+            authentication_method: ours.clone(),
+            ..Default::default()
+        });
+        let now = Instant::now();
+        client.connect(now).unwrap();
+        while client.poll_transmit().is_some() {}
+        let connack = Packet::ConnAck(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: ConnAckProperties {
+                authentication_method: theirs.clone(),
+                ..Default::default()
+            },
+        })
+        .to_bytes(ProtocolVersion::V5)
+        .unwrap();
+        let result = client.handle_bytes(now, &connack);
+        let mut out = Vec::new();
+        while let Some(b) = client.poll_transmit() {
+            out.extend_from_slice(&b);
+        }
+        match expected {
+            Some(code) => {
+                assert!(result.is_err(), "{ours:?} / {theirs:?}");
+                assert_eq!(&out[..], &[0xE0, 0x01, code as u8], "{ours:?} / {theirs:?}");
+                assert_eq!(client.state(), ClientState::Disconnected);
+            }
+            None => {
+                assert!(result.is_ok(), "{ours:?} / {theirs:?}: {result:?}");
+                assert_eq!(client.state(), ClientState::Connected);
+            }
+        }
+    }
+}
+
+/// Once connected, AUTH 0x18 is only part of a re-authentication the client started
+/// [MQTT-4.12.1-1]; unsolicited, it is a protocol error.
+#[test]
+fn unsolicited_auth_after_connack_is_a_protocol_error_mqtt_4_12_1_1() {
+    let opts = ClientOptions {
+        authentication_method: Some(MqttString::try_from("TOKEN").unwrap()),
+        ..Default::default()
+    };
+    let mut h = Harness::new(Split::Whole, opts);
+    h.client.connect(h.now).unwrap();
+    let b = h.client.poll_transmit().unwrap();
+    h.session.handle_bytes(h.now, &b).unwrap();
+    while h.session.poll_event().is_some() {}
+    h.session
+        .acknowledge_connect(
+            h.now,
+            ReasonCode::Success,
+            false,
+            ConnAckProperties {
+                authentication_method: Some(MqttString::try_from("TOKEN").unwrap()),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+    let b = h.session.poll_transmit().unwrap();
+    h.client.handle_bytes(h.now, &b).unwrap();
+    assert_eq!(h.client.state(), ClientState::Connected);
+    while h.client.poll_transmit().is_some() {}
+    let auth = Packet::Auth(Auth {
+        reason_code: ReasonCode::ContinueAuthentication,
+        properties: AuthProperties {
+            authentication_method: Some(MqttString::try_from("TOKEN").unwrap()),
+            ..Default::default()
+        },
+    })
+    .to_bytes(ProtocolVersion::V5)
+    .unwrap();
+    assert!(h.client.handle_bytes(h.now, &auth).is_err());
+    let out = h.client.poll_transmit().unwrap();
+    assert_eq!(&out[..], &[0xE0, 0x01, 0x82]);
+}
