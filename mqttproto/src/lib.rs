@@ -4,14 +4,22 @@
 //!
 //! * [`proto`]: the sans-I/O core ([`mqttproto_core`]): codec, topics, and the `Client`,
 //!   `Session` and `Broker` state machines;
-//! * [`tokio`] (feature `tokio`, on by default): the async client and broker.
+//! * [`tokio`] (feature `tokio`, on by default): the async client and broker;
+//! * `blocking` (feature `blocking`, on by default): the blocking client (and broker) on
+//!   `std::net` and threads, with no async runtime;
+//! * `client`: what both clients share (errors, events, reconnect policy, authenticator);
+//! * `transport`: where a client connects (URLs) and the TLS options.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
 /// The sans-I/O core ([`mqttproto_core`]).
 pub use mqttproto_core as proto;
 
+#[cfg(feature = "blocking")]
+pub mod blocking;
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub mod client;
 #[cfg(feature = "tokio")]
 pub mod tokio;
-#[cfg(feature = "tokio")]
+#[cfg(any(feature = "tokio", feature = "blocking"))]
 pub mod transport;
