@@ -9,7 +9,6 @@ mod common;
 use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU16, NonZeroU32};
-use std::sync::mpsc::RecvTimeoutError;
 use std::sync::OnceLock;
 use std::time::Duration;
 
@@ -276,10 +275,7 @@ impl TestSub {
                 .block_on(async { tokio::time::timeout(wait, s.recv()).await })
                 .ok()
                 .flatten(),
-            TestSub::Blocking(s) => match s.recv_timeout(wait) {
-                Ok(m) => Some(m),
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => None,
-            },
+            TestSub::Blocking(s) => s.recv_timeout(wait).ok(),
         }
     }
 

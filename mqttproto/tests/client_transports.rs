@@ -8,7 +8,7 @@
 mod common;
 mod pki;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use common::Mosquitto;
