@@ -1,4 +1,4 @@
-//! What the async ([`crate::tokio::client`]) and blocking ([`crate::blocking::client`])
+//! What the async (`tokio::client`) and blocking (`blocking::client`)
 //! clients share: errors, connection events, the reconnection policy, the enhanced
 //! authentication trait, and the options their builders take (the same methods on both
 //! `ClientBuilder`s). None of it depends on an async runtime.

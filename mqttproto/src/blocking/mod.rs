@@ -26,7 +26,7 @@
 //! # Guarantees
 //!
 //! * **Thread safety.** [`Client`] is `Clone + Send + Sync`: share it or clone it across
-//!   threads; every method takes `&self`. A [`Subscription`](client::Subscription) is `Send`
+//!   threads; every method takes `&self`. A [`Subscription`] is `Send`
 //!   and belongs to one consumer at a time.
 //! * **No deadlock from a message handler.** A method of the handle only sends a command to
 //!   the I/O thread and then waits for its answer; no lock is held while waiting, and the I/O

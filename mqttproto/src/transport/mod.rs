@@ -11,7 +11,7 @@
 //! The WebSocket path defaults to `/mqtt`. A bare IP address works as a TLS server name.
 //!
 //! [`Target`], [`TransportError`], [`TransportOptions`] and [`TlsOptions`] do not depend on an
-//! async runtime: the tokio client ([`connect`], feature `tokio`) and the blocking client
+//! async runtime: the tokio client (`connect`, feature `tokio`) and the blocking client
 //! (`crate::blocking`, feature `blocking`) share them. The blocking client always has TLS and
 //! WebSocket; the tokio client has them with its `tls` and `websocket` features, and reports
 //! [`TransportError::UnsupportedScheme`] otherwise.
