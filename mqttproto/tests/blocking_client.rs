@@ -689,3 +689,59 @@ fn every_handle_dropped_sends_disconnect() {
     drop(clone);
     assert!(matches!(peer.next(), Packet::Disconnect(_)));
 }
+
+/// A TCP stream that counts the bytes written through it.
+struct Counting {
+    inner: TcpStream,
+    written: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Read for Counting {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        self.inner.read(buf)
+    }
+}
+
+impl Write for Counting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.written
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl mqttproto::blocking::Transport for Counting {
+    fn try_clone_reader(&self) -> std::io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.inner.try_clone()?))
+    }
+
+    fn shutdown(&self) -> std::io::Result<()> {
+        self.inner.shutdown(std::net::Shutdown::Both)
+    }
+}
+
+#[test]
+fn custom_transport_carries_the_connection() {
+    let b = OurBroker::start(Listener::new("127.0.0.1:0".parse::<ListenAddr>().unwrap()));
+    let addr = b.url.trim_start_matches("mqtt://").to_string();
+    let written = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = written.clone();
+    let c = build("mqtt://via-custom-transport", move |b| {
+        b.client_id("b-custom").custom_transport(move || {
+            Ok(Counting {
+                inner: TcpStream::connect(&addr)?,
+                written: counter.clone(),
+            })
+        })
+    });
+    round_trip(&c, "custom/a");
+    let before = written.load(std::sync::atomic::Ordering::Relaxed);
+    // CONNECT, SUBSCRIBE and PUBLISH at least went through it.
+    assert!(before > 30, "{before} bytes written");
+    c.disconnect().unwrap();
+}

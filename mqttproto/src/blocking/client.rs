@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use super::transport::{self, Socket, Stream};
+use super::transport::{self, Stream, Transport};
 use crate::client::{Settings, SharedAuthenticator};
 use crate::proto::codec::{Publish, SubscribeProperties, Subscription as SubscriptionRequest};
 use crate::proto::{
@@ -41,11 +41,15 @@ const TRACE: &str = "mqttproto::client";
 /// dropped for it.
 const EVENTS_CAPACITY: usize = 64;
 
+/// Opens connections for a client with the application's own transport.
+pub type Connector = Arc<dyn Fn() -> std::io::Result<Box<dyn Transport>> + Send + Sync>;
+
 /// Builds a [`Client`].
 #[derive(Clone)]
 pub struct ClientBuilder {
     settings: Settings,
     request_timeout: Option<Duration>,
+    connector: Option<Connector>,
 }
 
 impl std::fmt::Debug for ClientBuilder {
@@ -53,6 +57,7 @@ impl std::fmt::Debug for ClientBuilder {
         f.debug_struct("ClientBuilder")
             .field("settings", &self.settings)
             .field("request_timeout", &self.request_timeout)
+            .field("custom_transport", &self.connector.is_some())
             .finish()
     }
 }
@@ -63,6 +68,7 @@ impl ClientBuilder {
         ClientBuilder {
             settings: Settings::new(target),
             request_timeout: None,
+            connector: None,
         }
     }
 
@@ -78,6 +84,21 @@ impl ClientBuilder {
         self
     }
 
+    /// Connects with the application's own transport instead of the URL's: `connector` is
+    /// called on the I/O thread for every connection attempt, and returns a connected stream
+    /// (see [`Transport`]; `TcpStream` and `UnixStream` are ones). The URL then only names the
+    /// broker in logs.
+    pub fn custom_transport<F, T>(mut self, connector: F) -> Self
+    where
+        F: Fn() -> std::io::Result<T> + Send + Sync + 'static,
+        T: Transport,
+    {
+        self.connector = Some(Arc::new(move || {
+            connector().map(|t| Box::new(t) as Box<dyn Transport>)
+        }));
+        self
+    }
+
     /// Starts the client's I/O thread and returns its handle. The connection is made in the
     /// background; see [`Client::events`]. Fails only if the thread cannot be spawned.
     pub fn build(self) -> std::io::Result<Client> {
@@ -89,6 +110,7 @@ impl ClientBuilder {
             core: proto::Client::new(s.core_options()),
             target: s.target,
             transport: s.transport,
+            connector: self.connector,
             authenticator: s.authenticator,
             reconnect: s.reconnect,
             offline_cap: s.offline_queue,
@@ -459,7 +481,12 @@ impl ReaderControl {
     }
 }
 
-fn reader(mut sock: Socket, generation: u64, tx: Sender<Msg>, control: Arc<ReaderControl>) {
+fn reader(
+    mut sock: Box<dyn std::io::Read + Send>,
+    generation: u64,
+    tx: Sender<Msg>,
+    control: Arc<ReaderControl>,
+) {
     use std::io::Read;
     let mut buf = vec![0u8; 16 * 1024];
     while control.wait_go() {
@@ -515,6 +542,7 @@ struct Worker {
     core: proto::Client,
     target: Target,
     transport: TransportOptions,
+    connector: Option<Connector>,
     authenticator: Option<SharedAuthenticator>,
     reconnect: Reconnect,
     offline_cap: usize,
@@ -554,7 +582,14 @@ impl Worker {
         let mut attempt = 0u32;
         loop {
             let timeout = self.core.options().connect_timeout;
-            match transport::connect(&self.target, &self.transport, timeout) {
+            let conn = match &self.connector {
+                Some(c) => c()
+                    .and_then(transport::custom)
+                    .map_err(|e| format!("connecting to {}: {e}", self.target)),
+                None => transport::connect(&self.target, &self.transport, timeout)
+                    .map_err(|e| e.to_string()),
+            };
+            match conn {
                 Ok(conn) => {
                     tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
                     let (outcome, connected) = self.serve(conn);
@@ -568,7 +603,7 @@ impl Worker {
                 Err(e) => {
                     tracing::debug!(target: TRACE, error = %e, "connect failed");
                     self.emit(ConnectionEvent::Disconnected {
-                        reason: e.to_string(),
+                        reason: e,
                         reason_code: None,
                     });
                 }

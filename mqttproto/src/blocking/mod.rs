@@ -67,3 +67,4 @@ mod transport;
 // broker: see broker.rs (added by the blocking-broker work)
 
 pub use client::{Client, ClientBuilder, Subscription};
+pub use transport::Transport;

@@ -30,12 +30,48 @@ pub(crate) const WRITE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often the reader thread wakes up from a read to check whether it should stop.
 const READER_TICK: Duration = Duration::from_millis(500);
 
+/// A connected byte stream of the application's own, for
+/// [`ClientBuilder::custom_transport`](super::ClientBuilder::custom_transport) (a stream
+/// through a SOCKS proxy, an already connected socket, …). It carries MQTT bytes as they are:
+/// the client adds no TLS or WebSocket layer over it.
+///
+/// The client writes to it on its I/O thread and reads from a second handle on a reader
+/// thread, as it does with its own sockets.
+pub trait Transport: Read + Write + Send + 'static {
+    /// A handle that reads the same stream, used by another thread (`TcpStream::try_clone`).
+    fn try_clone_reader(&self) -> io::Result<Box<dyn Read + Send>>;
+    /// Shuts the stream down in both directions; a read blocked on the reader handle must then
+    /// end (otherwise the reader thread lingers until the stream ends by itself).
+    fn shutdown(&self) -> io::Result<()>;
+}
+
+impl Transport for TcpStream {
+    fn try_clone_reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        TcpStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
+
+#[cfg(unix)]
+impl Transport for UnixStream {
+    fn try_clone_reader(&self) -> io::Result<Box<dyn Read + Send>> {
+        Ok(Box::new(self.try_clone()?))
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        UnixStream::shutdown(self, std::net::Shutdown::Both)
+    }
+}
+
 /// A connected socket.
-#[derive(Debug)]
 pub(crate) enum Socket {
     Tcp(TcpStream),
     #[cfg(unix)]
     Unix(UnixStream),
+    Custom(Box<dyn Transport>),
 }
 
 impl Socket {
@@ -44,6 +80,7 @@ impl Socket {
             Socket::Tcp(s) => Socket::Tcp(s.try_clone()?),
             #[cfg(unix)]
             Socket::Unix(s) => Socket::Unix(s.try_clone()?),
+            Socket::Custom(_) => return Err(io::ErrorKind::Unsupported.into()),
         })
     }
 
@@ -53,6 +90,7 @@ impl Socket {
             Socket::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
             #[cfg(unix)]
             Socket::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+            Socket::Custom(s) => s.shutdown(),
         };
     }
 
@@ -61,6 +99,7 @@ impl Socket {
             Socket::Tcp(s) => s.set_read_timeout(t),
             #[cfg(unix)]
             Socket::Unix(s) => s.set_read_timeout(t),
+            Socket::Custom(_) => Ok(()),
         }
     }
 
@@ -69,6 +108,7 @@ impl Socket {
             Socket::Tcp(s) => s.set_write_timeout(t),
             #[cfg(unix)]
             Socket::Unix(s) => s.set_write_timeout(t),
+            Socket::Custom(_) => Ok(()),
         }
     }
 }
@@ -79,6 +119,7 @@ impl Read for Socket {
             Socket::Tcp(s) => s.read(buf),
             #[cfg(unix)]
             Socket::Unix(s) => s.read(buf),
+            Socket::Custom(s) => s.read(buf),
         }
     }
 }
@@ -89,6 +130,7 @@ impl Write for Socket {
             Socket::Tcp(s) => s.write(buf),
             #[cfg(unix)]
             Socket::Unix(s) => s.write(buf),
+            Socket::Custom(s) => s.write(buf),
         }
     }
 
@@ -97,6 +139,7 @@ impl Write for Socket {
             Socket::Tcp(s) => s.flush(),
             #[cfg(unix)]
             Socket::Unix(s) => s.flush(),
+            Socket::Custom(s) => s.flush(),
         }
     }
 }
@@ -105,7 +148,6 @@ impl Write for Socket {
 /// (blocking, bounded by the socket's read timeout); afterwards it reads only what the reader
 /// thread handed over, and reports [`io::ErrorKind::WouldBlock`] when that is used up. Writes
 /// always go to the socket.
-#[derive(Debug)]
 pub(crate) struct Wire {
     sock: Socket,
     inbox: BytesMut,
@@ -275,7 +317,21 @@ fn ws_read<S: Read + Write>(ws: &mut WebSocket<S>, out: &mut BytesMut) -> io::Re
 /// socket for the reader thread.
 pub(crate) struct Connection {
     pub(crate) stream: Stream,
-    pub(crate) reader: Socket,
+    pub(crate) reader: Box<dyn Read + Send>,
+}
+
+/// A connection over the application's own transport (MQTT bytes as they are).
+pub(crate) fn custom(transport: Box<dyn Transport>) -> io::Result<Connection> {
+    let reader = transport.try_clone_reader()?;
+    Ok(Connection {
+        stream: Stream::Plain(Wire {
+            sock: Socket::Custom(transport),
+            inbox: BytesMut::new(),
+            eof: false,
+            direct: false,
+        }),
+        reader,
+    })
 }
 
 fn tcp(host: &str, port: u16, timeout: Duration) -> io::Result<TcpStream> {
@@ -391,5 +447,8 @@ pub(crate) fn connect(
     // From now on the reader thread reads; its reads wake up regularly to check for the end.
     reader.set_read_timeout(Some(READER_TICK)).map_err(err)?;
     stream.wire().direct = false;
-    Ok(Connection { stream, reader })
+    Ok(Connection {
+        stream,
+        reader: Box::new(reader),
+    })
 }
