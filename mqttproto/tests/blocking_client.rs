@@ -384,11 +384,19 @@ fn keep_alive_pings_and_reports_a_silent_server_mqtt_3_1_2_20() {
         panic!("a disconnection")
     };
     assert!(reason.contains("keep alive"), "{reason}");
-    // Reconnect is off: the client closed.
+    // Reconnect is off: the client closed, and its event receivers end.
     assert!(matches!(
         c.publish("x", "y", QoS::AtMostOnce),
         Err(ClientError::Closed)
     ));
+    assert_eq!(
+        events.recv_timeout(WAIT),
+        Err(RecvTimeoutError::Disconnected)
+    );
+    assert_eq!(
+        c.events().recv_timeout(WAIT),
+        Err(RecvTimeoutError::Disconnected)
+    );
 }
 
 #[test]

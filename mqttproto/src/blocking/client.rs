@@ -104,7 +104,7 @@ impl ClientBuilder {
     pub fn build(self) -> std::io::Result<Client> {
         let (tx, rx) = mpsc::channel();
         let (first_tx, first_rx) = mpsc::sync_channel(EVENTS_CAPACITY);
-        let events = Arc::new(Mutex::new(vec![first_tx]));
+        let events = Arc::new(Mutex::new(Some(vec![first_tx])));
         let s = self.settings;
         let worker = Worker {
             core: proto::Client::new(s.core_options()),
@@ -170,6 +170,10 @@ enum Msg {
 
 type Reply<T> = SyncSender<Result<T, ClientError>>;
 
+/// The senders of every events receiver; `None` once the I/O thread stopped (receivers then
+/// see the end of the channel).
+type EventSenders = Arc<Mutex<Option<Vec<SyncSender<ConnectionEvent>>>>>;
+
 enum Command {
     Publish(Publish, Option<Reply<ReasonCode>>),
     Subscribe(Box<SubscribeCmd>),
@@ -190,7 +194,7 @@ struct SubscribeCmd {
 #[derive(Debug)]
 struct Inner {
     tx: Sender<Msg>,
-    events: Arc<Mutex<Vec<SyncSender<ConnectionEvent>>>>,
+    events: EventSenders,
     /// The receiver made at `build`, handed to the first caller of `events()`.
     first_events: Mutex<Option<Receiver<ConnectionEvent>>>,
     sub_capacity: usize,
@@ -254,7 +258,8 @@ impl Client {
     /// Connection events (connected, session lost, disconnected). The first call returns a
     /// receiver that has every event since [`ClientBuilder::build`] (the connection starts
     /// there, so a fast refusal is not missed); later calls see the events sent after them.
-    /// A receiver more than 64 events behind misses the newer ones until it catches up.
+    /// A receiver more than 64 events behind misses the newer ones until it catches up. Once
+    /// the client stopped, receivers end (iterating over one ends).
     pub fn events(&self) -> Receiver<ConnectionEvent> {
         if let Ok(mut first) = self.inner.first_events.lock() {
             if let Some(rx) = first.take() {
@@ -263,7 +268,9 @@ impl Client {
         }
         let (tx, rx) = mpsc::sync_channel(EVENTS_CAPACITY);
         if let Ok(mut list) = self.inner.events.lock() {
-            list.push(tx);
+            if let Some(list) = list.as_mut() {
+                list.push(tx);
+            }
         }
         rx
     }
@@ -549,7 +556,7 @@ struct Worker {
     rx: Receiver<Msg>,
     /// For the reader threads.
     tx: Sender<Msg>,
-    events: Arc<Mutex<Vec<SyncSender<ConnectionEvent>>>>,
+    events: EventSenders,
     /// QoS 1/2 publishes awaiting PUBACK/PUBCOMP, by packet id.
     pending_pub: HashMap<PacketId, Reply<ReasonCode>>,
     /// QoS 0 publishes to resolve once written.
@@ -624,6 +631,9 @@ impl Worker {
             }
         }
         self.fail_all();
+        if let Ok(mut events) = self.events.lock() {
+            *events = None;
+        }
         if let Some(reply) = self.closing.take() {
             let _ = reply.try_send(Ok(()));
         }
@@ -662,7 +672,10 @@ impl Worker {
     }
 
     fn emit(&self, event: ConnectionEvent) {
-        if let Ok(mut list) = self.events.lock() {
+        if let Ok(mut guard) = self.events.lock() {
+            let Some(list) = guard.as_mut() else {
+                return;
+            };
             list.retain(|tx| {
                 !matches!(
                     tx.try_send(event.clone()),
