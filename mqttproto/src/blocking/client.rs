@@ -448,43 +448,82 @@ impl Drop for Subscription {
     }
 }
 
-/// Whether the reader thread may read (back-pressure) and whether it must stop.
+/// How many bytes the reader thread may have handed over that the I/O thread has not taken yet.
+const READ_AHEAD: usize = 256 * 1024;
+
+/// The reader thread's state, shared with the I/O thread.
+#[derive(Default, Debug, Clone, Copy, PartialEq)]
+struct ReaderState {
+    /// Subscriptions are full: do not read (back-pressure).
+    paused: bool,
+    /// The connection is over.
+    stopped: bool,
+    /// Bytes sent to the I/O thread and not yet taken by it.
+    in_flight: usize,
+}
+
+impl ReaderState {
+    fn may_read(&self) -> bool {
+        !self.paused && self.in_flight < READ_AHEAD
+    }
+}
+
+/// Whether the reader thread may read and whether it must stop.
 #[derive(Default)]
 struct ReaderControl {
-    state: Mutex<(bool, bool)>,
+    state: Mutex<ReaderState>,
     changed: Condvar,
 }
 
 impl ReaderControl {
-    fn set(&self, paused: bool, stopped: bool) {
+    fn update(&self, f: impl FnOnce(&mut ReaderState)) {
         if let Ok(mut s) = self.state.lock() {
-            if *s != (paused, stopped) {
-                *s = (paused, stopped);
+            let before = *s;
+            f(&mut s);
+            if before.may_read() != s.may_read() || before.stopped != s.stopped {
                 self.changed.notify_all();
             }
         }
     }
 
-    fn paused(&self) -> bool {
-        self.state.lock().map(|s| s.0).unwrap_or(false)
+    fn set_paused(&self, paused: bool) {
+        self.update(|s| s.paused = paused);
     }
 
-    /// Waits (bounded) while paused; returns false once stopped.
+    fn stop(&self) {
+        self.update(|s| s.stopped = true);
+    }
+
+    fn paused(&self) -> bool {
+        self.state.lock().map(|s| s.paused).unwrap_or(false)
+    }
+
+    /// The I/O thread took `n` bytes.
+    fn taken(&self, n: usize) {
+        self.update(|s| s.in_flight = s.in_flight.saturating_sub(n));
+    }
+
+    /// The reader handed `n` bytes over.
+    fn handed(&self, n: usize) {
+        self.update(|s| s.in_flight += n);
+    }
+
+    /// Waits (each wait bounded, re-checked) until reading is allowed; false once stopped.
     fn wait_go(&self) -> bool {
         let Ok(mut s) = self.state.lock() else {
             return false;
         };
-        while s.0 && !s.1 {
+        while !s.may_read() && !s.stopped {
             match self.changed.wait_timeout(s, Duration::from_millis(500)) {
                 Ok((g, _)) => s = g,
                 Err(_) => return false,
             }
         }
-        !s.1
+        !s.stopped
     }
 
     fn stopped(&self) -> bool {
-        self.state.lock().map(|s| s.1).unwrap_or(true)
+        self.state.lock().map(|s| s.stopped).unwrap_or(true)
     }
 }
 
@@ -494,7 +533,6 @@ fn reader(
     tx: Sender<Msg>,
     control: Arc<ReaderControl>,
 ) {
-    use std::io::Read;
     let mut buf = vec![0u8; 16 * 1024];
     while control.wait_go() {
         match sock.read(&mut buf) {
@@ -503,6 +541,7 @@ fn reader(
                 return;
             }
             Ok(n) => {
+                control.handed(n);
                 if tx.send(Msg::Input(generation, buf[..n].to_vec())).is_err() {
                     return;
                 }
@@ -534,6 +573,14 @@ struct SubEntry {
     filters: Vec<TopicFilter>,
     tx: SyncSender<Message>,
     blocked: Arc<AtomicBool>,
+}
+
+/// One connection, as the I/O thread's message handler sees it.
+struct Conn<'a> {
+    generation: u64,
+    stream: &'a mut Stream,
+    input: &'a mut BytesMut,
+    control: &'a ReaderControl,
 }
 
 /// Why a connection ended, for the reconnect loop.
@@ -721,7 +768,7 @@ impl Worker {
         let generation = self.generation;
         let control = Arc::new(ReaderControl::default());
         let stop_reader = |stream: &mut Stream, control: &ReaderControl| {
-            control.set(false, true);
+            control.stop();
             stream.close();
         };
         {
@@ -775,7 +822,7 @@ impl Worker {
                 || !self.pending_pub.is_empty()
                 || !self.pending_sub.is_empty();
             if control.paused() == reading {
-                control.set(!reading, false);
+                control.set_paused(!reading);
             }
             let received = match self.core.poll_timeout() {
                 Some(deadline) => {
@@ -792,12 +839,18 @@ impl Worker {
                 Err(RecvTimeoutError::Timeout) => self.core.handle_timeout(now()),
                 Err(RecvTimeoutError::Disconnected) => self.gone = true,
                 Ok(msg) => {
-                    self.on_msg(msg, generation, &mut stream, &mut input);
+                    let mut conn = Conn {
+                        generation,
+                        stream: &mut stream,
+                        input: &mut input,
+                        control: &control,
+                    };
+                    self.on_msg(msg, &mut conn);
                     // Take what else is already queued (bounded), so that one write carries
                     // many packets.
                     for _ in 0..255 {
                         match self.rx.try_recv() {
-                            Ok(msg) => self.on_msg(msg, generation, &mut stream, &mut input),
+                            Ok(msg) => self.on_msg(msg, &mut conn),
                             Err(_) => break,
                         }
                     }
@@ -806,10 +859,18 @@ impl Worker {
         }
     }
 
-    fn on_msg(&mut self, msg: Msg, generation: u64, stream: &mut Stream, input: &mut BytesMut) {
+    fn on_msg(&mut self, msg: Msg, conn: &mut Conn<'_>) {
+        let Conn {
+            generation,
+            stream,
+            input,
+            control,
+        } = conn;
+        let generation = *generation;
         match msg {
             Msg::Cmd(cmd) => self.command(cmd),
             Msg::Input(g, bytes) if g == generation => {
+                control.taken(bytes.len());
                 stream.feed(&bytes);
                 self.pump(stream, input);
             }
