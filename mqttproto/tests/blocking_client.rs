@@ -6,6 +6,13 @@
 //! slow machine cannot break (a delay never ends early). The behaviour shared with the tokio
 //! client is in `client_suite.rs`.
 
+#![cfg(all(
+    feature = "blocking",
+    feature = "tokio",
+    feature = "tls",
+    feature = "websocket"
+))]
+
 mod common;
 mod pki;
 

@@ -5,6 +5,8 @@
 //! the four pairs. Scenarios that do not depend on the broker, or only make sense against
 //! Mosquitto, run once per driver. Every wait is bounded.
 
+#![cfg(all(feature = "blocking", feature = "tokio"))]
+
 mod common;
 
 use std::collections::HashSet;
