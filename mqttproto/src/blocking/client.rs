@@ -921,7 +921,10 @@ impl Worker {
     }
 
     fn command(&mut self, cmd: Command) {
-        if self.core.state() != ClientState::Connected {
+        // Commands that came while disconnected are replayed when the Connected event is
+        // handled; one that comes after the CONNACK was read but before that (in the same batch
+        // of messages) queues behind them, so that publishes keep their order.
+        if self.core.state() != ClientState::Connected || !self.deferred.is_empty() {
             match cmd {
                 Command::Disconnect(reply) => self.disconnect(reply),
                 other => self.defer(other),
