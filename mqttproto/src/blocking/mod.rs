@@ -17,7 +17,10 @@
 //! forwards the raw bytes; the I/O thread feeds them through the TLS (rustls'
 //! `StreamOwned`) and WebSocket (tungstenite) layers into the core, and writes through the same
 //! layers. The reader wakes every half second to check whether its connection is over, and
-//! stops reading while subscriptions are full (back-pressure, below).
+//! stops reading while subscriptions are full (back-pressure, below) or while 256 KiB it read
+//! are not yet taken by the I/O thread. With
+//! [`ClientBuilder::custom_transport`](client::ClientBuilder::custom_transport) the application
+//! supplies the stream (any [`Transport`]).
 //!
 //! Connecting (TCP, TLS and WebSocket handshakes) happens on the I/O thread, bounded by the
 //! connect timeout; a blocking write is bounded by 30 s, after which the connection counts as
