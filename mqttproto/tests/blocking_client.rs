@@ -760,3 +760,44 @@ fn custom_transport_carries_the_connection() {
     assert!(before > 30, "{before} bytes written");
     c.disconnect().unwrap();
 }
+
+/// Messages published before the connection is up (offline queue) and right after it go out
+/// in the order they were published [MQTT-4.6.0-6]: a publish handled in the same batch as
+/// the CONNACK must not overtake the queued ones.
+#[test]
+fn publishes_keep_their_order_across_the_connack() {
+    let server = Server::start();
+    let c = build(&server.url(), |b| b);
+    const EARLY: usize = 300;
+    const LATE: usize = 300;
+    for i in 0..EARLY {
+        c.try_publish(Publish::new(
+            TopicName::try_from("order").unwrap(),
+            format!("{i}"),
+        ))
+        .unwrap();
+    }
+    let mut peer = server.accept();
+    assert!(matches!(peer.next(), Packet::Connect(_)));
+    // More publishes race with the CONNACK.
+    let late = {
+        let c = c.clone();
+        std::thread::spawn(move || {
+            for i in EARLY..EARLY + LATE {
+                c.try_publish(Publish::new(
+                    TopicName::try_from("order").unwrap(),
+                    format!("{i}"),
+                ))
+                .unwrap();
+            }
+        })
+    };
+    peer.send(connack());
+    late.join().unwrap();
+    for i in 0..EARLY + LATE {
+        let Packet::Publish(p) = peer.next() else {
+            panic!("PUBLISH {i}")
+        };
+        assert_eq!(p.payload, Bytes::from(format!("{i}")), "message {i}");
+    }
+}
