@@ -62,101 +62,16 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 
-use crate::proto::codec::{
-    Publish, SubscribeProperties, Subscription as SubscriptionRequest, Will,
-};
+use crate::proto::codec::{Publish, SubscribeProperties, Subscription as SubscriptionRequest};
 use crate::proto::{
-    self, ClientEvent, ClientOptions, ClientState, MqttString, PacketId, QoS, ReasonCode,
-    StateError, TopicFilter, TopicName, UserProperty,
+    self, ClientEvent, ClientState, PacketId, QoS, ReasonCode, TopicFilter, TopicName,
 };
 use crate::transport::{self, Target, TransportError, TransportOptions};
 
-/// An application message received from the broker.
-pub type Message = Publish;
+pub use crate::client::{Authenticator, ClientError, ConnectionEvent, Message, Reconnect};
+use crate::client::{Settings, SharedAuthenticator};
 
 const TRACE: &str = "mqttproto::client";
-
-/// Why a client operation failed.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum ClientError {
-    /// The request is invalid for the connection (QoS above the server's maximum, retain not
-    /// available, packet too large, …).
-    #[error(transparent)]
-    State(#[from] StateError),
-    /// A topic name or filter is invalid.
-    #[error("invalid topic: {0}")]
-    Topic(#[from] proto::TopicError),
-    /// The offline queue is full (see [`ClientBuilder::offline_queue`]).
-    #[error("offline queue full")]
-    QueueFull,
-    /// The client stopped: [`Client::disconnect`] was called, or reconnecting is off and the
-    /// connection ended.
-    #[error("client closed")]
-    Closed,
-}
-
-/// A change in the connection.
-#[derive(Debug, Clone, PartialEq)]
-#[non_exhaustive]
-pub enum ConnectionEvent {
-    /// Connected (again).
-    Connected {
-        /// Whether the broker resumed the session.
-        session_present: bool,
-    },
-    /// The broker had lost the session after a reconnect; the client subscribed again and resent
-    /// unacknowledged messages.
-    SessionLost,
-    /// The connection ended or could not be made.
-    Disconnected {
-        /// Why, in words.
-        reason: String,
-        /// The broker's reason code, if it sent DISCONNECT or refused in CONNACK.
-        reason_code: Option<ReasonCode>,
-    },
-}
-
-/// Reconnection policy.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Reconnect {
-    /// Do not reconnect: when the connection ends, the client closes.
-    Off,
-    /// Reconnect after `initial`, doubling up to `max`, each delay drawn at random between half
-    /// and all of it (jitter).
-    Backoff {
-        /// First delay.
-        initial: Duration,
-        /// Largest delay.
-        max: Duration,
-    },
-}
-
-impl Default for Reconnect {
-    fn default() -> Self {
-        Reconnect::Backoff {
-            initial: Duration::from_millis(250),
-            max: Duration::from_secs(30),
-        }
-    }
-}
-
-impl Reconnect {
-    fn delay(&self, attempt: u32, rng: &mut u64) -> Option<Duration> {
-        match self {
-            Reconnect::Off => None,
-            Reconnect::Backoff { initial, max } => {
-                let base = initial.saturating_mul(1u32 << attempt.min(16)).min(*max);
-                *rng ^= *rng << 13;
-                *rng ^= *rng >> 7;
-                *rng ^= *rng << 17;
-                let half = base / 2;
-                let extra = half.mul_f64((*rng % 10_000) as f64 / 10_000.0);
-                Some(half + extra)
-            }
-        }
-    }
-}
 
 /// Opens connections for a client: the built-in transports, or the application's own.
 pub type Connector = Arc<
@@ -165,35 +80,17 @@ pub type Connector = Arc<
         + Sync,
 >;
 
-/// Answers the server's AUTH challenges during enhanced authentication (section 4.12).
-pub trait Authenticator: Send + 'static {
-    /// The server sent AUTH with Continue authentication and this Authentication Data: return
-    /// the next Authentication Data to send, or an error to give up (the client then sends
-    /// DISCONNECT 0x8C Bad authentication method).
-    fn challenge(&mut self, data: Option<&[u8]>) -> Result<Option<Bytes>, String>;
-    /// The server accepted (re-)authentication with this final Authentication Data.
-    fn success(&mut self, _data: Option<&[u8]>) {}
-}
-
 /// Builds a [`Client`].
 #[derive(Clone)]
 pub struct ClientBuilder {
-    target: Target,
-    transport: TransportOptions,
+    settings: Settings,
     connector: Option<Connector>,
-    authenticator: Option<Arc<std::sync::Mutex<dyn Authenticator>>>,
-    options: ClientOptions,
-    reconnect: Reconnect,
-    offline_queue: usize,
-    subscription_capacity: usize,
 }
 
 impl std::fmt::Debug for ClientBuilder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ClientBuilder")
-            .field("target", &self.target)
-            .field("options", &self.options)
-            .field("reconnect", &self.reconnect)
+            .field("settings", &self.settings)
             .finish_non_exhaustive()
     }
 }
@@ -202,145 +99,12 @@ impl ClientBuilder {
     /// Where to connect and the default options.
     pub fn new(target: Target) -> ClientBuilder {
         ClientBuilder {
-            target,
-            transport: TransportOptions::default(),
+            settings: Settings::new(target),
             connector: None,
-            authenticator: None,
-            options: ClientOptions {
-                // Bounds the QoS 1/2 messages that can wait for a slow consumer.
-                receive_maximum: std::num::NonZeroU16::new(1024)
-                    .unwrap_or(std::num::NonZeroU16::MIN),
-                ..ClientOptions::default()
-            },
-            reconnect: Reconnect::default(),
-            offline_queue: 10_000,
-            subscription_capacity: 1024,
         }
     }
 
-    /// TLS settings for `mqtts://` and `wss://` (custom CA, client certificate, server name).
-    #[cfg(feature = "tls")]
-    pub fn tls(mut self, tls: crate::transport::TlsOptions) -> Self {
-        self.transport.tls = tls;
-        self
-    }
-
-    /// Client identifier (empty: the broker assigns one, which is then reused on reconnects).
-    pub fn client_id(mut self, id: &str) -> Self {
-        self.options.client_id = MqttString::try_from(id).unwrap_or_default();
-        self
-    }
-
-    /// User name and password.
-    pub fn credentials(mut self, username: &str, password: impl Into<Bytes>) -> Self {
-        self.options.username = MqttString::try_from(username).ok();
-        self.options.password = Some(password.into());
-        self
-    }
-
-    /// Clean Start on the first connection (reconnects always resume).
-    pub fn clean_start(mut self, clean: bool) -> Self {
-        self.options.clean_start = clean;
-        self
-    }
-
-    /// Session Expiry Interval in seconds.
-    pub fn session_expiry(mut self, seconds: u32) -> Self {
-        self.options.session_expiry_interval = seconds;
-        self
-    }
-
-    /// Keep Alive.
-    pub fn keep_alive(mut self, keep_alive: Duration) -> Self {
-        self.options.keep_alive = u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
-        self
-    }
-
-    /// The Will Message.
-    pub fn will(mut self, will: Will) -> Self {
-        self.options.will = Some(will);
-        self
-    }
-
-    /// Receive Maximum (how many QoS 1/2 messages the broker may send before we acknowledge).
-    pub fn receive_maximum(mut self, n: u16) -> Self {
-        if let Some(n) = std::num::NonZeroU16::new(n) {
-            self.options.receive_maximum = n;
-        }
-        self
-    }
-
-    /// Maximum Packet Size we accept.
-    pub fn maximum_packet_size(mut self, n: u32) -> Self {
-        self.options.maximum_packet_size = std::num::NonZeroU32::new(n);
-        self
-    }
-
-    /// Topic Alias Maximum we accept.
-    pub fn topic_alias_maximum(mut self, n: u16) -> Self {
-        self.options.topic_alias_maximum = n;
-        self
-    }
-
-    /// Use topic aliases for outbound messages.
-    pub fn outbound_topic_aliases(mut self, on: bool) -> Self {
-        self.options.outbound_topic_aliases = on;
-        self
-    }
-
-    /// User Properties of CONNECT.
-    pub fn user_property(mut self, name: &str, value: &str) -> Self {
-        if let (Ok(n), Ok(v)) = (MqttString::try_from(name), MqttString::try_from(value)) {
-            self.options.user_properties.push(UserProperty::new(n, v));
-        }
-        self
-    }
-
-    /// The reconnection policy.
-    pub fn reconnect(mut self, policy: Reconnect) -> Self {
-        self.reconnect = policy;
-        self
-    }
-
-    /// How many publishes may wait while disconnected. When full, [`Client::publish`] fails
-    /// with [`ClientError::QueueFull`]; nothing already queued is dropped.
-    pub fn offline_queue(mut self, n: usize) -> Self {
-        self.offline_queue = n;
-        self
-    }
-
-    /// How many messages each [`Subscription`] buffers before the client stops reading from the
-    /// socket.
-    pub fn subscription_capacity(mut self, n: usize) -> Self {
-        self.subscription_capacity = n.max(1);
-        self
-    }
-
-    /// How long to wait for PINGRESP before the connection is considered lost.
-    pub fn ping_timeout(mut self, timeout: Duration) -> Self {
-        self.options.ping_timeout = timeout;
-        self
-    }
-
-    /// How long to wait for CONNACK.
-    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.options.connect_timeout = timeout;
-        self
-    }
-
-    /// Enhanced authentication: the Authentication Method, the initial Authentication Data,
-    /// and the [`Authenticator`] that answers the server's challenges.
-    pub fn authentication(
-        mut self,
-        method: &str,
-        initial_data: Option<Bytes>,
-        authenticator: impl Authenticator,
-    ) -> Self {
-        self.options.authentication_method = MqttString::try_from(method).ok();
-        self.options.authentication_data = initial_data;
-        self.authenticator = Some(Arc::new(std::sync::Mutex::new(authenticator)));
-        self
-    }
+    crate::client::common_builder_methods!();
 
     /// Connects with the application's own transport instead of the URL's: `connector` is
     /// called for every connection attempt (an in-memory pipe in tests, a SOCKS proxy, …).
@@ -353,29 +117,16 @@ impl ClientBuilder {
         self
     }
 
-    /// All core options at once (advanced).
-    pub fn options(mut self, options: ClientOptions) -> Self {
-        self.options = options;
-        self
-    }
-
     /// Starts the client task (on the current tokio runtime) and returns its handle. The
     /// connection is made in the background; see [`Client::events`].
     pub fn build(self) -> Client {
         let (tx, rx) = mpsc::unbounded_channel();
         let (events, first_events) = broadcast::channel(64);
-        let mut options = self.options;
-        // Inbound QoS 1/2 messages are acknowledged once they are in their subscriptions'
-        // buffers: the broker's window (our Receive Maximum) then bounds what waits in memory.
-        options.manual_acks = true;
+        let s = self.settings;
         let task = Task {
-            core: proto::Client::new(options),
-            target: self.target,
-            transport: self.transport,
+            core: proto::Client::new(s.core_options()),
             connector: self.connector,
-            authenticator: self.authenticator,
-            reconnect: self.reconnect,
-            offline_cap: self.offline_queue,
+            offline_cap: s.offline_queue,
             rx,
             events: events.clone(),
             pending_pub: HashMap::new(),
@@ -385,10 +136,14 @@ impl ClientBuilder {
             subs: HashMap::new(),
             backlog: VecDeque::new(),
             dropped_qos0: 0,
-            backlog_limit: self.subscription_capacity.saturating_mul(4).max(64),
+            backlog_limit: s.subscription_capacity.saturating_mul(4).max(64),
             unacked: Vec::new(),
             closing: None,
             rng: 0x9E37_79B9_7F4A_7C15 ^ (std::process::id() as u64),
+            target: s.target,
+            transport: s.transport,
+            authenticator: s.authenticator,
+            reconnect: s.reconnect,
         };
         tokio::spawn(task.run());
         Client {
@@ -396,7 +151,7 @@ impl ClientBuilder {
                 tx,
                 events,
                 first_events: std::sync::Mutex::new(Some(first_events)),
-                sub_capacity: self.subscription_capacity,
+                sub_capacity: s.subscription_capacity,
             }),
         }
     }
@@ -649,7 +404,7 @@ struct Task {
     target: Target,
     transport: TransportOptions,
     connector: Option<Connector>,
-    authenticator: Option<Arc<std::sync::Mutex<dyn Authenticator>>>,
+    authenticator: Option<SharedAuthenticator>,
     reconnect: Reconnect,
     offline_cap: usize,
     rx: mpsc::UnboundedReceiver<Command>,
@@ -1013,28 +768,7 @@ impl Task {
     }
 
     fn on_auth(&mut self, auth: crate::proto::codec::Auth) {
-        let Some(authenticator) = self.authenticator.clone() else {
-            return;
-        };
-        let Ok(mut a) = authenticator.lock() else {
-            return;
-        };
-        let data = auth.properties.authentication_data.as_deref();
-        if auth.reason_code == ReasonCode::Success {
-            a.success(data);
-            return;
-        }
-        match a.challenge(data) {
-            Ok(next) => {
-                let _ = self.core.authenticate(now(), next);
-            }
-            Err(reason) => {
-                tracing::info!(target: TRACE, %reason, "authentication abandoned");
-                let _ = self
-                    .core
-                    .disconnect(now(), ReasonCode::BadAuthenticationMethod, None);
-            }
-        }
+        crate::client::answer_auth(self.authenticator.as_ref(), &mut self.core, now(), auth);
     }
 
     fn deliver(&mut self, msg: Message) {

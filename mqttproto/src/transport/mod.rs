@@ -3,19 +3,27 @@
 //! | URL | transport | default port |
 //! |---|---|---|
 //! | `mqtt://host:port`, `tcp://host:port`, `host:port` | TCP | 1883 |
-//! | `mqtts://host:port`, `ssl://host:port` | TLS (rustls; feature `tls`) | 8883 |
-//! | `ws://host:port/path` | WebSocket, subprotocol `mqtt` (feature `websocket`) | 80 |
-//! | `wss://host:port/path` | WebSocket over TLS (features `websocket` and `tls`) | 443 |
+//! | `mqtts://host:port`, `ssl://host:port` | TLS (rustls; feature `tls` or `blocking`) | 8883 |
+//! | `ws://host:port/path` | WebSocket, subprotocol `mqtt` (feature `websocket` or `blocking`) | 80 |
+//! | `wss://host:port/path` | WebSocket over TLS (features `websocket` and `tls`, or `blocking`) | 443 |
 //! | `unix:///path/to/socket` | Unix domain socket (Unix only) | |
 //!
 //! The WebSocket path defaults to `/mqtt`. A bare IP address works as a TLS server name.
+//!
+//! [`Target`], [`TransportError`], [`TransportOptions`] and [`TlsOptions`] do not depend on an
+//! async runtime: the tokio client (`connect`, feature `tokio`) and the blocking client
+//! (`crate::blocking`, feature `blocking`) share them. The blocking client always has TLS and
+//! WebSocket; the tokio client has them with its `tls` and `websocket` features, and reports
+//! [`TransportError::UnsupportedScheme`] otherwise.
 
 use std::fmt;
 use std::io;
 #[cfg(unix)]
 use std::path::PathBuf;
 
+#[cfg(feature = "tokio")]
 use tokio::io::{AsyncRead, AsyncWrite};
+#[cfg(feature = "tokio")]
 use tokio::net::TcpStream;
 
 /// The default MQTT port over TCP.
@@ -23,11 +31,11 @@ pub const DEFAULT_PORT: u16 = 1883;
 /// The default MQTT port over TLS.
 pub const DEFAULT_TLS_PORT: u16 = 8883;
 
-#[cfg(feature = "tls")]
-mod tls;
+#[cfg(any(feature = "tls", feature = "blocking"))]
+pub(crate) mod tls;
 #[cfg(feature = "websocket")]
 mod ws;
-#[cfg(feature = "tls")]
+#[cfg(any(feature = "tls", feature = "blocking"))]
 pub use tls::TlsOptions;
 #[cfg(feature = "websocket")]
 pub use ws::WsStream;
@@ -44,7 +52,7 @@ pub enum Target {
         port: u16,
     },
     /// TLS over TCP.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "blocking"))]
     Tls {
         /// Host name or IP address (also the TLS server name unless overridden).
         host: String,
@@ -52,7 +60,7 @@ pub enum Target {
         port: u16,
     },
     /// WebSocket (over TLS when `tls` is set).
-    #[cfg(feature = "websocket")]
+    #[cfg(any(feature = "websocket", feature = "blocking"))]
     WebSocket {
         /// Host name or IP address.
         host: String,
@@ -80,9 +88,9 @@ impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Target::Tcp { host, port } => write!(f, "mqtt://{}:{port}", fmt_host(host)),
-            #[cfg(feature = "tls")]
+            #[cfg(any(feature = "tls", feature = "blocking"))]
             Target::Tls { host, port } => write!(f, "mqtts://{}:{port}", fmt_host(host)),
-            #[cfg(feature = "websocket")]
+            #[cfg(any(feature = "websocket", feature = "blocking"))]
             Target::WebSocket {
                 host,
                 port,
@@ -194,11 +202,11 @@ impl Target {
         let _ = path;
         match scheme.as_str() {
             "mqtt" | "tcp" => Ok(Target::Tcp { host, port }),
-            #[cfg(feature = "tls")]
+            #[cfg(any(feature = "tls", feature = "blocking"))]
             "mqtts" | "ssl" => Ok(Target::Tls { host, port }),
-            #[cfg(feature = "websocket")]
+            #[cfg(any(feature = "websocket", feature = "blocking"))]
             "ws" | "wss" => {
-                if scheme == "wss" && !cfg!(feature = "tls") {
+                if scheme == "wss" && !cfg!(any(feature = "tls", feature = "blocking")) {
                     return Err(TransportError::UnsupportedScheme(scheme));
                 }
                 Ok(Target::WebSocket {
@@ -221,19 +229,23 @@ impl Target {
 #[derive(Debug, Clone, Default)]
 pub struct TransportOptions {
     /// TLS settings for `mqtts://` and `wss://`.
-    #[cfg(feature = "tls")]
+    #[cfg(any(feature = "tls", feature = "blocking"))]
     pub tls: TlsOptions,
 }
 
 /// A connected byte stream.
+#[cfg(feature = "tokio")]
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
+#[cfg(feature = "tokio")]
 impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Stream for T {}
 
 /// A boxed connected stream.
+#[cfg(feature = "tokio")]
 pub type BoxStream = Box<dyn Stream>;
 
 /// Opens a connection to `target`. TCP connections have Nagle's algorithm off (`TCP_NODELAY`),
 /// so that small packets are not delayed.
+#[cfg(feature = "tokio")]
 pub async fn connect(
     target: &Target,
     options: &TransportOptions,
@@ -257,6 +269,8 @@ pub async fn connect(
                     })?,
             ))
         }
+        #[cfg(all(feature = "blocking", not(feature = "tls")))]
+        Target::Tls { .. } => Err(TransportError::UnsupportedScheme("mqtts".into())),
         #[cfg(feature = "websocket")]
         Target::WebSocket {
             host,
@@ -280,9 +294,17 @@ pub async fn connect(
                     })?;
                 return Ok(Box::new(ws::connect(&url, s).await.map_err(ws_err)?));
             }
+            #[cfg(not(feature = "tls"))]
+            if *tls {
+                return Err(TransportError::UnsupportedScheme("wss".into()));
+            }
             let _ = (tls, path);
             Ok(Box::new(ws::connect(&url, s).await.map_err(ws_err)?))
         }
+        #[cfg(all(feature = "blocking", not(feature = "websocket")))]
+        Target::WebSocket { tls, .. } => Err(TransportError::UnsupportedScheme(
+            if *tls { "wss" } else { "ws" }.into(),
+        )),
         #[cfg(unix)]
         Target::Unix(path) => {
             let s = tokio::net::UnixStream::connect(path).await.map_err(err)?;
@@ -291,6 +313,7 @@ pub async fn connect(
     }
 }
 
+#[cfg(feature = "tokio")]
 async fn tcp(host: &str, port: u16) -> io::Result<TcpStream> {
     let s = TcpStream::connect((host, port)).await?;
     s.set_nodelay(true)?;

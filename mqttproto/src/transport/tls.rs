@@ -4,12 +4,9 @@ use std::io;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use rustls::{ClientConfig, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use tokio::net::TcpStream;
-use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
-use tokio_rustls::TlsConnector;
 
 /// TLS settings of a client.
 #[derive(Debug, Clone)]
@@ -41,6 +38,7 @@ impl Default for TlsOptions {
 
 pub(crate) enum Error {
     Config(String),
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     Io(io::Error),
 }
 
@@ -56,6 +54,8 @@ fn read_certs(path: &PathBuf) -> Result<Vec<CertificateDer<'static>>, Error> {
 }
 
 impl TlsOptions {
+    /// The rustls configuration of a client (ring provider; TLS 1.2 and 1.3); with `alpn_http`,
+    /// the ALPN protocol `http/1.1` (for WebSocket over TLS).
     pub(crate) fn client_config(&self, alpn_http: bool) -> Result<ClientConfig, Error> {
         let mut roots = RootCertStore::empty();
         if self.system_roots {
@@ -100,20 +100,27 @@ impl TlsOptions {
         }
         Ok(config)
     }
+
+    /// The name the server's certificate is checked against: [`TlsOptions::server_name`], or
+    /// else `host`.
+    pub(crate) fn server_name(&self, host: &str) -> Result<ServerName<'static>, Error> {
+        let name = self.server_name.as_deref().unwrap_or(host);
+        ServerName::try_from(name.to_string())
+            .map_err(|e| Error::Config(format!("server name {name:?}: {e}")))
+    }
 }
 
 /// Runs the TLS handshake over `tcp`.
+#[cfg(feature = "tls")]
 pub(crate) async fn connect(
     host: &str,
-    tcp: TcpStream,
+    tcp: tokio::net::TcpStream,
     options: &TlsOptions,
     websocket: bool,
-) -> Result<TlsStream<TcpStream>, Error> {
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, Error> {
     let config = options.client_config(websocket)?;
-    let name = options.server_name.as_deref().unwrap_or(host);
-    let server_name = ServerName::try_from(name.to_string())
-        .map_err(|e| Error::Config(format!("server name {name:?}: {e}")))?;
-    TlsConnector::from(Arc::new(config))
+    let server_name = options.server_name(host)?;
+    tokio_rustls::TlsConnector::from(Arc::new(config))
         .connect(server_name, tcp)
         .await
         .map_err(Error::Io)

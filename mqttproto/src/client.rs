@@ -1,0 +1,353 @@
+//! What the async (`tokio::client`) and blocking (`blocking::client`)
+//! clients share: errors, connection events, the reconnection policy, the enhanced
+//! authentication trait, and the options their builders take (the same methods on both
+//! `ClientBuilder`s). None of it depends on an async runtime.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::proto::codec::Publish;
+use crate::proto::{self, ClientOptions, ReasonCode, StateError};
+use crate::transport::{Target, TransportOptions};
+
+/// An application message received from the broker.
+pub type Message = Publish;
+
+/// Why a client operation failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    /// The request is invalid for the connection (QoS above the server's maximum, retain not
+    /// available, packet too large, …).
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A topic name or filter is invalid.
+    #[error("invalid topic: {0}")]
+    Topic(#[from] proto::TopicError),
+    /// The offline queue is full (see the builder's `offline_queue`).
+    #[error("offline queue full")]
+    QueueFull,
+    /// The client stopped: `disconnect` was called, or reconnecting is off and the connection
+    /// ended.
+    #[error("client closed")]
+    Closed,
+    /// The blocking client's wait for an outcome ran out (see
+    /// `blocking::ClientBuilder::request_timeout`). The request itself goes on: a publish is
+    /// still delivered per its QoS, a subscription is still made (and then dropped).
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// A change in the connection.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub enum ConnectionEvent {
+    /// Connected (again).
+    Connected {
+        /// Whether the broker resumed the session.
+        session_present: bool,
+    },
+    /// The broker had lost the session after a reconnect; the client subscribed again and resent
+    /// unacknowledged messages.
+    SessionLost,
+    /// The connection ended or could not be made.
+    Disconnected {
+        /// Why, in words.
+        reason: String,
+        /// The broker's reason code, if it sent DISCONNECT or refused in CONNACK.
+        reason_code: Option<ReasonCode>,
+    },
+}
+
+/// Reconnection policy.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Reconnect {
+    /// Do not reconnect: when the connection ends, the client closes.
+    Off,
+    /// Reconnect after `initial`, doubling up to `max`, each delay drawn at random between half
+    /// and all of it (jitter).
+    Backoff {
+        /// First delay.
+        initial: Duration,
+        /// Largest delay.
+        max: Duration,
+    },
+}
+
+impl Default for Reconnect {
+    fn default() -> Self {
+        Reconnect::Backoff {
+            initial: Duration::from_millis(250),
+            max: Duration::from_secs(30),
+        }
+    }
+}
+
+impl Reconnect {
+    /// The delay before attempt number `attempt` (0 for the first retry), or `None` when the
+    /// policy is off. `rng` is the state of a xorshift generator (any non-zero seed).
+    pub(crate) fn delay(&self, attempt: u32, rng: &mut u64) -> Option<Duration> {
+        match self {
+            Reconnect::Off => None,
+            Reconnect::Backoff { initial, max } => {
+                let base = initial.saturating_mul(1u32 << attempt.min(16)).min(*max);
+                *rng ^= *rng << 13;
+                *rng ^= *rng >> 7;
+                *rng ^= *rng << 17;
+                let half = base / 2;
+                let extra = half.mul_f64((*rng % 10_000) as f64 / 10_000.0);
+                Some(half + extra)
+            }
+        }
+    }
+}
+
+/// Answers the server's AUTH challenges during enhanced authentication (section 4.12).
+///
+/// Called on the client's background task or thread; it should answer promptly.
+pub trait Authenticator: Send + 'static {
+    /// The server sent AUTH with Continue authentication and this Authentication Data: return
+    /// the next Authentication Data to send, or an error to give up (the client then sends
+    /// DISCONNECT 0x8C Bad authentication method).
+    fn challenge(&mut self, data: Option<&[u8]>) -> Result<Option<Bytes>, String>;
+    /// The server accepted (re-)authentication with this final Authentication Data.
+    fn success(&mut self, _data: Option<&[u8]>) {}
+}
+
+/// A shared, lockable authenticator.
+pub(crate) type SharedAuthenticator = Arc<std::sync::Mutex<dyn Authenticator>>;
+
+/// Asks `authenticator` about an AUTH packet from the server and answers through `core`.
+pub(crate) fn answer_auth(
+    authenticator: Option<&SharedAuthenticator>,
+    core: &mut proto::Client,
+    now: std::time::Instant,
+    auth: proto::codec::Auth,
+) {
+    let Some(authenticator) = authenticator else {
+        return;
+    };
+    let Ok(mut a) = authenticator.lock() else {
+        return;
+    };
+    let data = auth.properties.authentication_data.as_deref();
+    if auth.reason_code == ReasonCode::Success {
+        a.success(data);
+        return;
+    }
+    match a.challenge(data) {
+        Ok(next) => {
+            let _ = core.authenticate(now, next);
+        }
+        Err(reason) => {
+            tracing::info!(target: "mqttproto::client", %reason, "authentication abandoned");
+            let _ = core.disconnect(now, ReasonCode::BadAuthenticationMethod, None);
+        }
+    }
+}
+
+/// The options both client builders take.
+#[derive(Clone)]
+pub(crate) struct Settings {
+    pub(crate) target: Target,
+    pub(crate) transport: TransportOptions,
+    pub(crate) authenticator: Option<SharedAuthenticator>,
+    pub(crate) options: ClientOptions,
+    pub(crate) reconnect: Reconnect,
+    pub(crate) offline_queue: usize,
+    pub(crate) subscription_capacity: usize,
+}
+
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("target", &self.target)
+            .field("options", &self.options)
+            .field("reconnect", &self.reconnect)
+            .field("offline_queue", &self.offline_queue)
+            .field("subscription_capacity", &self.subscription_capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Settings {
+    pub(crate) fn new(target: Target) -> Settings {
+        Settings {
+            target,
+            transport: TransportOptions::default(),
+            authenticator: None,
+            options: ClientOptions {
+                // Bounds the QoS 1/2 messages that can wait for a slow consumer.
+                receive_maximum: std::num::NonZeroU16::new(1024)
+                    .unwrap_or(std::num::NonZeroU16::MIN),
+                ..ClientOptions::default()
+            },
+            reconnect: Reconnect::default(),
+            offline_queue: 10_000,
+            subscription_capacity: 1024,
+        }
+    }
+
+    /// The core options the drivers run with: inbound QoS 1/2 messages are acknowledged once
+    /// they are in their subscriptions' buffers, so that the broker's window (our Receive
+    /// Maximum) bounds what waits in memory.
+    pub(crate) fn core_options(&self) -> ClientOptions {
+        let mut options = self.options.clone();
+        options.manual_acks = true;
+        options
+    }
+}
+
+/// The builder methods both clients share; the builder has a `settings: Settings` field.
+macro_rules! common_builder_methods {
+    () => {
+        /// TLS settings for `mqtts://` and `wss://` (custom CA, client certificate, server
+        /// name).
+        #[cfg(any(feature = "tls", feature = "blocking"))]
+        pub fn tls(mut self, tls: crate::transport::TlsOptions) -> Self {
+            self.settings.transport.tls = tls;
+            self
+        }
+
+        /// Client identifier (empty: the broker assigns one, which is then reused on
+        /// reconnects).
+        pub fn client_id(mut self, id: &str) -> Self {
+            self.settings.options.client_id =
+                crate::proto::MqttString::try_from(id).unwrap_or_default();
+            self
+        }
+
+        /// User name and password.
+        pub fn credentials(mut self, username: &str, password: impl Into<bytes::Bytes>) -> Self {
+            self.settings.options.username = crate::proto::MqttString::try_from(username).ok();
+            self.settings.options.password = Some(password.into());
+            self
+        }
+
+        /// Clean Start on the first connection (reconnects always resume).
+        pub fn clean_start(mut self, clean: bool) -> Self {
+            self.settings.options.clean_start = clean;
+            self
+        }
+
+        /// Session Expiry Interval in seconds.
+        pub fn session_expiry(mut self, seconds: u32) -> Self {
+            self.settings.options.session_expiry_interval = seconds;
+            self
+        }
+
+        /// Keep Alive (whole seconds; zero turns keep alive off).
+        pub fn keep_alive(mut self, keep_alive: std::time::Duration) -> Self {
+            self.settings.options.keep_alive =
+                u16::try_from(keep_alive.as_secs()).unwrap_or(u16::MAX);
+            self
+        }
+
+        /// The Will Message.
+        pub fn will(mut self, will: crate::proto::codec::Will) -> Self {
+            self.settings.options.will = Some(will);
+            self
+        }
+
+        /// Receive Maximum (how many QoS 1/2 messages the broker may send before we
+        /// acknowledge).
+        pub fn receive_maximum(mut self, n: u16) -> Self {
+            if let Some(n) = std::num::NonZeroU16::new(n) {
+                self.settings.options.receive_maximum = n;
+            }
+            self
+        }
+
+        /// Maximum Packet Size we accept.
+        pub fn maximum_packet_size(mut self, n: u32) -> Self {
+            self.settings.options.maximum_packet_size = std::num::NonZeroU32::new(n);
+            self
+        }
+
+        /// Topic Alias Maximum we accept.
+        pub fn topic_alias_maximum(mut self, n: u16) -> Self {
+            self.settings.options.topic_alias_maximum = n;
+            self
+        }
+
+        /// Use topic aliases for outbound messages.
+        pub fn outbound_topic_aliases(mut self, on: bool) -> Self {
+            self.settings.options.outbound_topic_aliases = on;
+            self
+        }
+
+        /// User Properties of CONNECT.
+        pub fn user_property(mut self, name: &str, value: &str) -> Self {
+            if let (Ok(n), Ok(v)) = (
+                crate::proto::MqttString::try_from(name),
+                crate::proto::MqttString::try_from(value),
+            ) {
+                self.settings
+                    .options
+                    .user_properties
+                    .push(crate::proto::UserProperty::new(n, v));
+            }
+            self
+        }
+
+        /// The reconnection policy.
+        pub fn reconnect(mut self, policy: crate::client::Reconnect) -> Self {
+            self.settings.reconnect = policy;
+            self
+        }
+
+        /// How many publishes may wait while disconnected. When full, publishing fails with
+        /// [`ClientError::QueueFull`](crate::client::ClientError::QueueFull); nothing already
+        /// queued is dropped.
+        pub fn offline_queue(mut self, n: usize) -> Self {
+            self.settings.offline_queue = n;
+            self
+        }
+
+        /// How many messages each subscription buffers before the client stops reading from
+        /// the socket.
+        pub fn subscription_capacity(mut self, n: usize) -> Self {
+            self.settings.subscription_capacity = n.max(1);
+            self
+        }
+
+        /// How long to wait for PINGRESP before the connection is considered lost.
+        pub fn ping_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.settings.options.ping_timeout = timeout;
+            self
+        }
+
+        /// How long to wait for CONNACK (and, in the blocking client, for the TCP connection,
+        /// TLS and WebSocket handshakes).
+        pub fn connect_timeout(mut self, timeout: std::time::Duration) -> Self {
+            self.settings.options.connect_timeout = timeout;
+            self
+        }
+
+        /// Enhanced authentication: the Authentication Method, the initial Authentication
+        /// Data, and the [`Authenticator`](crate::client::Authenticator) that answers the
+        /// server's challenges.
+        pub fn authentication(
+            mut self,
+            method: &str,
+            initial_data: Option<bytes::Bytes>,
+            authenticator: impl crate::client::Authenticator,
+        ) -> Self {
+            self.settings.options.authentication_method =
+                crate::proto::MqttString::try_from(method).ok();
+            self.settings.options.authentication_data = initial_data;
+            self.settings.authenticator =
+                Some(std::sync::Arc::new(std::sync::Mutex::new(authenticator)));
+            self
+        }
+
+        /// All core options at once (advanced).
+        pub fn options(mut self, options: crate::proto::ClientOptions) -> Self {
+            self.settings.options = options;
+            self
+        }
+    };
+}
+pub(crate) use common_builder_methods;
