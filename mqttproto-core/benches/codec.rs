@@ -28,7 +28,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 
 use mqttproto_core::codec::{
     decode, Connect, ConnectProperties, Packet, Publish, PublishProperties, Subscribe,
@@ -96,7 +96,8 @@ fn publish_case(size_name: &str, len: usize, with_props: bool) -> Case {
                 .map(|(k, v)| UserProperty::new(mstr(k), mstr(v)))
                 .collect(),
             ..PublishProperties::default()
-        };
+        }
+        .into();
         theirs.properties = Some(rq::v5::PublishProperties {
             message_expiry_interval: Some(3600),
             content_type: Some(CONTENT_TYPE.into()),
@@ -377,7 +378,7 @@ fn bench_case(c: &mut Criterion, case: &Case) {
     group.finish();
 }
 
-fn codec(c: &mut Criterion) {
+fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (size_name, len) in [("64B", 64), ("1KiB", 1024), ("64KiB", 64 * 1024)] {
         cases.push(publish_case(size_name, len, false));
@@ -385,10 +386,91 @@ fn codec(c: &mut Criterion) {
     }
     cases.push(connect_case());
     cases.push(subscribe_case());
-    for case in &cases {
+    cases
+}
+
+fn codec(c: &mut Criterion) {
+    for case in &all_cases() {
         bench_case(c, case);
     }
 }
 
 criterion_group!(benches, codec);
-criterion_main!(benches);
+
+/// Instruction counting under `valgrind --tool=callgrind`, which unlike wall-clock time is
+/// repeatable on a busy machine: with `CODEC_COUNT=<iterations>` set, the binary runs every case's
+/// four loops through the `count_*` functions below and exits. Each function's inclusive cost
+/// divided by the iteration count is the cost of one decode (packet dropped included) or one
+/// encode. `CODEC_COUNT_CASE=<name>` restricts the run to one case.
+///
+/// ```text
+/// CODEC_COUNT=1000 CODEC_COUNT_CASE=publish_64B_no_props valgrind --tool=callgrind \
+///     --callgrind-out-file=cg.out target/release/deps/codec-<hash>
+/// callgrind_annotate --inclusive=yes cg.out | grep count_
+/// ```
+fn count_mode(iterations: usize, only: Option<&str>) {
+    for case in all_cases() {
+        if only.is_some_and(|name| name != case.name) {
+            continue;
+        }
+        let wire = check_equivalent(&case);
+        let mut input = BytesMut::with_capacity(iterations * wire.len());
+        for _ in 0..iterations {
+            input.extend_from_slice(&wire);
+        }
+        count_decode_mqttproto(&mut input, iterations);
+        for _ in 0..iterations {
+            input.extend_from_slice(&wire);
+        }
+        count_decode_rumqttc(&mut input, iterations);
+        let mut out = BytesMut::with_capacity(2 * wire.len());
+        count_encode_mqttproto(&case.ours, &mut out, iterations);
+        count_encode_rumqttc(&case.theirs, &mut out, iterations);
+        println!("{}: {} iterations counted", case.name, iterations);
+    }
+}
+
+#[inline(never)]
+fn count_decode_mqttproto(input: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        black_box(decode(black_box(&mut *input), V5, MAX_PACKET).unwrap().unwrap());
+    }
+}
+
+#[inline(never)]
+fn count_decode_rumqttc(input: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        black_box(rq::v5::Packet::read(black_box(&mut *input), Some(MAX_PACKET)).unwrap());
+    }
+}
+
+#[inline(never)]
+fn count_encode_mqttproto(p: &Packet, out: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        out.clear();
+        black_box(p).encode(out, V5).unwrap();
+        black_box(&*out);
+    }
+}
+
+#[inline(never)]
+fn count_encode_rumqttc(p: &rq::v5::Packet, out: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        out.clear();
+        black_box(p).write(out, None).unwrap();
+        black_box(&*out);
+    }
+}
+
+fn main() {
+    if let Some(n) = std::env::var("CODEC_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let only = std::env::var("CODEC_COUNT_CASE").ok();
+        count_mode(n, only.as_deref());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -21,7 +21,8 @@ pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
+    PropertiesBox, PropertySet, PublishProperties, SubscribeProperties, UnsubscribeProperties,
+    WillProperties,
 };
 pub use publish::Publish;
 pub use subscribe::{Subscribe, Subscription, Unsubscribe};
@@ -38,8 +39,8 @@ use wire::Reader;
 pub enum Packet {
     /// CONNECT
     Connect(Box<Connect>),
-    /// CONNACK
-    ConnAck(ConnAck),
+    /// CONNACK (boxed: its properties are large, and it is sent once per connection)
+    ConnAck(Box<ConnAck>),
     /// PUBLISH
     Publish(Publish),
     /// PUBACK
@@ -184,7 +185,7 @@ fn decode_body(
     let mut r = Reader::new(body, packet_type);
     let packet = match packet_type {
         PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(&mut r, version)?),
+        PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::decode(&mut r, version)?)),
         PacketType::Publish => Packet::Publish(Publish::decode(&mut r, flags, version)?),
         PacketType::PubAck => Packet::PubAck(PublishAck::decode(&mut r, version)?),
         PacketType::PubRec => Packet::PubRec(PublishAck::decode(&mut r, version)?),

@@ -293,6 +293,130 @@ pub(crate) fn block_len(props_len: usize) -> usize {
     varint_len(props_len as u32) + props_len
 }
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A packet's set of properties (one of the `…Properties` structs of this module).
+pub trait PropertySet: sealed::Sealed + Default + 'static {
+    /// A shared value with no property set.
+    fn empty() -> &'static Self;
+    /// Whether no property is set.
+    fn is_empty(&self) -> bool;
+}
+
+/// A set of properties kept on the heap, and only once a property is set.
+///
+/// Most messages carry no properties, so [`Publish`](super::Publish) keeps its
+/// [`PublishProperties`] in this box: a message without properties is a small value, it is decoded
+/// and dropped without allocating, and it moves cheaply.
+///
+/// The box reads and writes like the properties themselves:
+///
+/// * reading a field (`publish.properties.topic_alias`) goes through [`Deref`](std::ops::Deref);
+///   an unset box reads as the empty set;
+/// * writing a field (`publish.properties.topic_alias = None`) goes through
+///   [`DerefMut`](std::ops::DerefMut), which allocates the set if the box was unset; use
+///   [`get_mut`](Self::get_mut) to change properties only if some are set;
+/// * a whole set is assigned with `publish.properties = props.into()`.
+///
+/// Two boxes are equal when their properties are: an unset box equals a box that holds the empty
+/// set.
+#[derive(Clone, Default)]
+pub struct PropertiesBox<T>(Option<Box<T>>);
+
+impl<T: PropertySet> PropertiesBox<T> {
+    /// An unset box: no property, no allocation.
+    pub const fn none() -> Self {
+        PropertiesBox(None)
+    }
+
+    /// Boxes `props`, or allocates nothing if no property is set.
+    pub fn new(props: T) -> Self {
+        if props.is_empty() {
+            PropertiesBox(None)
+        } else {
+            PropertiesBox(Some(Box::new(props)))
+        }
+    }
+
+    /// Wraps a boxed set as it is (an empty one is kept).
+    #[inline]
+    pub(crate) fn from_box(props: Box<T>) -> Self {
+        PropertiesBox(Some(props))
+    }
+
+    /// Whether no property is set. This does not allocate, and is fast when the box is unset.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(p) => p.is_empty(),
+        }
+    }
+
+    /// The properties for changing, without allocating: `None` if the box is unset.
+    #[inline]
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// The properties for changing, allocating an empty set if the box is unset (what
+    /// [`DerefMut`](std::ops::DerefMut) does).
+    pub fn make_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Takes the properties out, leaving the box unset.
+    pub fn take(&mut self) -> T {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// The properties by value.
+    pub fn into_inner(self) -> T {
+        self.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl<T: PropertySet> std::ops::Deref for PropertiesBox<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(p) => p,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<T: PropertySet> std::ops::DerefMut for PropertiesBox<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        self.make_mut()
+    }
+}
+
+impl<T: PropertySet> From<T> for PropertiesBox<T> {
+    fn from(props: T) -> Self {
+        PropertiesBox::new(props)
+    }
+}
+
+impl<T: PropertySet + PartialEq> PartialEq for PropertiesBox<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: PropertySet + Eq> Eq for PropertiesBox<T> {}
+
+impl<T: PropertySet + std::fmt::Debug> std::fmt::Debug for PropertiesBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
 macro_rules! property_set {
     (
         $(#[$meta:meta])*
@@ -310,19 +434,48 @@ macro_rules! property_set {
             $( $(#[$rmeta])* pub $rfield: Vec<$rty>, )*
         }
 
+        impl sealed::Sealed for $name {}
+
+        impl PropertySet for $name {
+            #[inline]
+            fn empty() -> &'static Self {
+                static EMPTY: $name = $name::EMPTY;
+                &EMPTY
+            }
+
+            #[inline]
+            fn is_empty(&self) -> bool {
+                $name::is_empty(self)
+            }
+        }
+
         impl $name {
+            /// The value with no property set, usable in `const` and `static` context.
+            pub const EMPTY: $name = $name {
+                $( $field: None, )*
+                $( $rfield: Vec::new(), )*
+            };
+
             /// Whether no property is set.
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )* $( && self.$rfield.is_empty() )*
             }
 
             /// Reads the Property Length and the properties.
-            #[allow(unused_mut, unused_variables)]
+            #[allow(unused_mut, unused_variables, dead_code)]
             pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
                 let mut props = Self::default();
+                props.read_into(r)?;
+                Ok(props)
+            }
+
+            /// [`read`](Self::read) into an empty set in place (for a boxed set: no move).
+            #[allow(unused_mut, unused_variables)]
+            pub(crate) fn read_into(&mut self, r: &mut Reader) -> Result<(), DecodeError> {
+                let props = self;
                 let len = r.varint()? as usize;
                 if len == 0 {
-                    return Ok(props);
+                    return Ok(());
                 }
                 let outer = r.limit(len)?;
                 let mut seen: u64 = 0;
@@ -357,7 +510,7 @@ macro_rules! property_set {
                     }
                 }
                 r.end_limit(outer);
-                Ok(props)
+                Ok(())
             }
 
             /// The size of the properties, without the Property Length prefix.

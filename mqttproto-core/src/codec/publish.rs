@@ -2,7 +2,7 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::properties::{block_len, PublishProperties};
+use super::properties::{block_len, PropertiesBox, PublishProperties};
 use super::wire::{put_prefixed, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::topic::TopicName;
@@ -26,8 +26,10 @@ pub struct Publish {
     pub packet_id: Option<PacketId>,
     /// Payload, sharing the received frame's buffer.
     pub payload: Bytes,
-    /// Properties.
-    pub properties: PublishProperties,
+    /// Properties, on the heap only when some are set: read and write them as if this were a
+    /// [`PublishProperties`] (`publish.properties.topic_alias`); assign a whole set with
+    /// `publish.properties = props.into()`.
+    pub properties: PropertiesBox<PublishProperties>,
 }
 
 impl Publish {
@@ -69,9 +71,11 @@ impl Publish {
         };
         // Most messages carry no properties: a Property Length of 0 needs no property reader.
         let properties = if r.skip_empty_properties() {
-            PublishProperties::default()
+            PropertiesBox::none()
         } else {
-            PublishProperties::read(r)?
+            let mut props = Box::<PublishProperties>::default();
+            props.read_into(r)?;
+            PropertiesBox::from_box(props)
         };
         if topic.is_empty() && properties.topic_alias.is_none() {
             return Err(DecodeError::MissingTopicName);
