@@ -33,6 +33,9 @@ pub enum TopicError {
     MissingSharedFilter,
 }
 
+/// The lowest byte of the fast topic check: 0x2C is above U+0000, `#` (0x23) and `+` (0x2B).
+const TOPIC_FAST_MIN: u8 = 0x2C;
+
 /// A validated topic name: no wildcards, at least one character.
 ///
 /// A PUBLISH that relies on a topic alias carries an empty topic name; the codec represents that
@@ -51,16 +54,35 @@ impl TopicName {
 
     /// Validates, accepting the empty name that stands for "use the topic alias".
     pub(crate) fn from_bytes_allow_empty(bytes: Bytes) -> Result<TopicName, TopicError> {
+        Self::check_allow_empty(&bytes)?;
+        Ok(TopicName(MqttString::from_validated(bytes)))
+    }
+
+    /// The checks of [`from_bytes_allow_empty`](Self::from_bytes_allow_empty), on a slice.
+    #[inline]
+    pub(crate) fn check_allow_empty(bytes: &[u8]) -> Result<(), TopicError> {
         if bytes.len() <= crate::string::MAX_STRING_LEN
-            && crate::string::is_plain_ascii(&bytes, true)
+            && (crate::string::ascii_from(bytes, TOPIC_FAST_MIN)
+                || crate::string::is_plain_ascii(bytes, true))
         {
-            return Ok(TopicName(MqttString::from_validated(bytes)));
+            return Ok(());
         }
-        let s = MqttString::from_bytes(bytes)?;
-        if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        Self::check_slow(bytes)
+    }
+
+    #[cold]
+    fn check_slow(bytes: &[u8]) -> Result<(), TopicError> {
+        crate::string::validate_utf8(bytes)?;
+        if bytes.iter().any(|&b| b == b'+' || b == b'#') {
             return Err(TopicError::WildcardInName);
         }
-        Ok(TopicName(s))
+        Ok(())
+    }
+
+    /// Wraps bytes that [`check_allow_empty`](Self::check_allow_empty) accepted.
+    #[inline]
+    pub(crate) fn from_validated(bytes: Bytes) -> TopicName {
+        TopicName(MqttString::from_validated(bytes))
     }
 
     /// The empty topic name, used in a PUBLISH that names its topic through a Topic Alias.

@@ -176,7 +176,21 @@ pub fn decode_packet(mut frame: Bytes, version: ProtocolVersion) -> Result<Packe
     decode_body(header.packet_type, header.flags, frame, version)
 }
 
+#[inline]
 fn decode_body(
+    packet_type: PacketType,
+    flags: u8,
+    body: Bytes,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
+    if packet_type == PacketType::Publish {
+        // The payload takes the rest of the body: nothing can trail.
+        return Publish::decode(body, flags).map(Packet::Publish);
+    }
+    decode_other(packet_type, flags, body, version)
+}
+
+fn decode_other(
     packet_type: PacketType,
     flags: u8,
     body: Bytes,
@@ -186,7 +200,7 @@ fn decode_body(
     let packet = match packet_type {
         PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&mut r)?)),
         PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::decode(&mut r, version)?)),
-        PacketType::Publish => Packet::Publish(Publish::decode(&mut r, flags, version)?),
+        PacketType::Publish => Packet::Publish(Publish::decode(r.rest(), flags)?),
         PacketType::PubAck => Packet::PubAck(PublishAck::decode(&mut r, version)?),
         PacketType::PubRec => Packet::PubRec(PublishAck::decode(&mut r, version)?),
         PacketType::PubRel => Packet::PubRel(PublishAck::decode(&mut r, version)?),

@@ -1,6 +1,6 @@
 //! PUBLISH (section 3.3).
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::properties::{block_len, PropertiesBox, PublishProperties};
 use super::wire::{put_prefixed, Reader};
@@ -46,41 +46,67 @@ impl Publish {
         ((self.dup as u8) << 3) | ((self.qos as u8) << 1) | self.retain as u8
     }
 
+    /// Decodes a PUBLISH from its body (the packet after the fixed header) and the fixed header's
+    /// flags.
+    ///
+    /// This is the hot path of every connection, so it works on the body's bytes directly instead
+    /// of through the generic [`Reader`]: the topic is checked in place and sliced once, and the
+    /// payload takes over the body's reference. The checks and their order are those of the other
+    /// packets' decoders: flags, topic (length, then content), packet id, properties, then the
+    /// rules that depend on them.
     #[inline]
-    pub(crate) fn decode(
-        r: &mut Reader,
-        flags: u8,
-        _version: ProtocolVersion,
-    ) -> Result<Publish, DecodeError> {
+    pub(crate) fn decode(mut body: Bytes, flags: u8) -> Result<Publish, DecodeError> {
+        let truncated = || DecodeError::Truncated {
+            packet: PacketType::Publish,
+        };
         let qos = QoS::from_u8((flags >> 1) & 0x03).ok_or(DecodeError::InvalidQoS)?;
         let dup = flags & 0x08 != 0;
         if dup && qos == QoS::AtMostOnce {
             return Err(DecodeError::DupOnQoS0);
         }
         let retain = flags & 0x01 != 0;
-        let topic = TopicName::from_bytes_allow_empty(r.binary()?).map_err(|error| {
-            DecodeError::InvalidTopicName {
-                packet: PacketType::Publish,
-                error,
-            }
+
+        let b: &[u8] = &body;
+        let [h, l, ..] = *b else {
+            return Err(truncated());
+        };
+        let topic_end = 2 + usize::from(u16::from_be_bytes([h, l]));
+        let Some(topic) = b.get(2..topic_end) else {
+            return Err(truncated());
+        };
+        TopicName::check_allow_empty(topic).map_err(|error| DecodeError::InvalidTopicName {
+            packet: PacketType::Publish,
+            error,
         })?;
+        let mut pos = topic_end;
         let packet_id = if qos == QoS::AtMostOnce {
             None
         } else {
-            Some(r.packet_id()?)
+            let [h, l] = *b.get(pos..pos + 2).ok_or_else(truncated)? else {
+                return Err(truncated());
+            };
+            pos += 2;
+            Some(
+                PacketId::new(u16::from_be_bytes([h, l])).ok_or(DecodeError::ZeroPacketId {
+                    packet: PacketType::Publish,
+                })?,
+            )
         };
         // Most messages carry no properties: a Property Length of 0 needs no property reader.
-        let properties = if r.skip_empty_properties() {
-            PropertiesBox::none()
+        let no_properties = b.get(pos) == Some(&0);
+        let topic = TopicName::from_validated(body.slice(2..topic_end));
+        let (properties, payload) = if no_properties {
+            body.advance(pos + 1);
+            (PropertiesBox::none(), body)
         } else {
+            let mut r = Reader::new_at(body, pos, PacketType::Publish);
             let mut props = Box::<PublishProperties>::default();
-            props.read_into(r)?;
-            PropertiesBox::from_box(props)
+            props.read_into(&mut r)?;
+            (PropertiesBox::from_box(props), r.rest())
         };
         if topic.is_empty() && properties.topic_alias.is_none() {
             return Err(DecodeError::MissingTopicName);
         }
-        let payload = r.rest();
         if properties.payload_format_indicator == Some(PayloadFormat::Utf8)
             && std::str::from_utf8(&payload).is_err()
         {

@@ -92,6 +92,18 @@ impl Reader {
         }
     }
 
+    /// A reader over `buf` that starts at `pos`.
+    #[inline]
+    pub(crate) fn new_at(buf: Bytes, pos: usize, packet: PacketType) -> Reader {
+        debug_assert!(pos <= buf.len());
+        Reader {
+            end: buf.len(),
+            buf,
+            pos,
+            packet,
+        }
+    }
+
     #[inline]
     pub(crate) fn packet(&self) -> PacketType {
         self.packet
@@ -188,19 +200,6 @@ impl Reader {
         self.pos = 0;
         self.end = 0;
         b
-    }
-
-    /// Consumes an empty property block (a Property Length of 0, the single byte `0x00`) if one is
-    /// next, and says whether it did. Reading it with the property reader gives the same result;
-    /// this is the fast path for the common packet without properties.
-    #[inline]
-    pub(crate) fn skip_empty_properties(&mut self) -> bool {
-        if self.pos < self.end && self.buf[self.pos] == 0 {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
     }
 
     /// Limits reading to the next `n` bytes; returns what [`end_limit`](Self::end_limit) needs.
@@ -314,16 +313,6 @@ mod tests {
         assert_eq!(r.finish(), Ok(()));
         assert_eq!(r.rest(), Bytes::new());
         assert!(r.u8().is_err());
-    }
-
-    #[test]
-    fn skip_empty_properties_takes_only_a_zero_property_length() {
-        let mut r = Reader::new(Bytes::from_static(b"\x00\x02\x01\x01"), PacketType::Publish);
-        assert!(r.skip_empty_properties());
-        assert!(!r.skip_empty_properties());
-        assert_eq!(r.remaining(), 3);
-        let mut r = Reader::new(Bytes::new(), PacketType::Publish);
-        assert!(!r.skip_empty_properties());
     }
 
     #[test]
