@@ -93,6 +93,7 @@ impl FixedHeader {
 ///
 /// `Ok(None)` means more bytes are needed. Reserved flags are checked here [MQTT-2.1.3-1], so an
 /// invalid packet is rejected before its body arrives.
+#[inline]
 pub fn decode_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
@@ -152,7 +153,11 @@ pub fn decode(
     }
     let mut frame = buf.split_to(size).freeze();
     frame.advance(header.header_len);
-    decode_body(header.packet_type, header.flags, frame, version).map(Some)
+    if header.packet_type == PacketType::Publish {
+        // The hot path, without the intermediate `Result<Packet>` of `decode_body`.
+        return Publish::decode(frame, header.flags).map(|p| Some(Packet::Publish(p)));
+    }
+    decode_other(header.packet_type, header.flags, frame, version).map(Some)
 }
 
 /// Decodes one packet from a buffer that holds exactly one whole packet.
