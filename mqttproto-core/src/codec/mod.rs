@@ -310,7 +310,16 @@ impl Packet {
     /// Appends the encoded packet to `buf`.
     ///
     /// The packet is checked first ([`validate`](Self::validate)); on error nothing is written.
+    #[inline]
     pub fn encode(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
+        if let Packet::Publish(p) = self {
+            // The hot path: one pass, every length computed once.
+            return p.encode(buf);
+        }
+        self.encode_other(buf, version)
+    }
+
+    fn encode_other(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
         let remaining = self.checked_remaining_len(version)?;
         buf.reserve(1 + varint_len(remaining as u32) + remaining);
         buf.extend_from_slice(&[self.first_byte()]);

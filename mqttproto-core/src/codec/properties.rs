@@ -355,6 +355,13 @@ impl<T: PropertySet> PropertiesBox<T> {
         }
     }
 
+    /// The properties if the box is set (it may hold the empty set), without looking at the
+    /// shared empty value.
+    #[inline]
+    pub fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
     /// The properties for changing, without allocating: `None` if the box is unset.
     #[inline]
     pub fn get_mut(&mut self) -> Option<&mut T> {
@@ -529,7 +536,13 @@ macro_rules! property_set {
 
             /// Writes the Property Length and the properties.
             pub(crate) fn write(&self, buf: &mut BytesMut) {
-                put_varint(buf, self.encoded_len() as u32);
+                self.write_sized(buf, self.encoded_len());
+            }
+
+            /// [`write`](Self::write) with the size [`encoded_len`](Self::encoded_len) returned.
+            pub(crate) fn write_sized(&self, buf: &mut BytesMut, len: usize) {
+                debug_assert_eq!(len, self.encoded_len());
+                put_varint(buf, len as u32);
                 $( if let Some(v) = &self.$field { buf.put_u8(id::$pid as u8); v.write(buf); } )*
                 $( for v in &self.$rfield { buf.put_u8(id::$rpid as u8); v.write(buf); } )*
             }

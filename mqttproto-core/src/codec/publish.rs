@@ -3,7 +3,7 @@
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use super::properties::{block_len, PropertiesBox, PublishProperties};
-use super::wire::{put_prefixed, Reader};
+use super::wire::{put_prefixed, put_varint, varint_len, Reader, MAX_REMAINING_LENGTH};
 use crate::error::{DecodeError, EncodeError};
 use crate::topic::TopicName;
 use crate::types::{PacketId, PacketType, PayloadFormat, ProtocolVersion, QoS};
@@ -134,10 +134,14 @@ impl Publish {
         if self.dup && self.qos == QoS::AtMostOnce {
             return Err(EncodeError::DupOnQoS0);
         }
-        if self.topic.is_empty() && self.properties.topic_alias.is_none() {
+        let props = self.properties.get();
+        if self.topic.is_empty() && props.is_none_or(|p| p.topic_alias.is_none()) {
             return Err(EncodeError::MissingTopicName);
         }
-        self.properties.check()
+        match props {
+            Some(p) => p.check(),
+            None => Ok(()),
+        }
     }
 
     #[inline]
@@ -151,6 +155,53 @@ impl Publish {
         } else {
             n + block_len(self.properties.encoded_len())
         }
+    }
+
+    /// Validates and appends the whole packet, fixed header included: what
+    /// [`Packet::encode`](super::Packet::encode) does for a PUBLISH, with every length computed
+    /// once and one reservation.
+    #[inline]
+    pub(crate) fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.validate()?;
+        let props = self.properties.get().filter(|p| !p.is_empty());
+        let props_len = props.map_or(0, PublishProperties::encoded_len);
+        let mut remaining = 2 + self.topic.len() + block_len(props_len) + self.payload.len();
+        if self.packet_id.is_some() {
+            remaining += 2;
+        }
+        if remaining > MAX_REMAINING_LENGTH as usize {
+            return Err(EncodeError::PacketTooLarge(remaining));
+        }
+        buf.reserve(1 + varint_len(remaining as u32) + remaining);
+        // Fixed-size appends for the usual sizes: each is one capacity check and one store.
+        let first = ((PacketType::Publish as u8) << 4) | self.flags();
+        let r = remaining as u32;
+        let [t0, t1] = (self.topic.len() as u16).to_be_bytes();
+        if r < 0x80 {
+            buf.put_slice(&[first, r as u8, t0, t1]);
+        } else if r < 0x4000 {
+            buf.put_slice(&[first, (r as u8) | 0x80, (r >> 7) as u8, t0, t1]);
+        } else {
+            buf.put_u8(first);
+            put_varint(buf, r);
+            buf.put_slice(&[t0, t1]);
+        }
+        buf.put_slice(self.topic.as_bytes());
+        match (self.packet_id, props) {
+            (Some(id), None) => {
+                let [i0, i1] = id.get().to_be_bytes();
+                buf.put_slice(&[i0, i1, 0]);
+            }
+            (None, None) => buf.put_u8(0),
+            (id, Some(p)) => {
+                if let Some(id) = id {
+                    buf.put_u16(id.get());
+                }
+                p.write_sized(buf, props_len);
+            }
+        }
+        buf.put_slice(&self.payload);
+        Ok(())
     }
 
     #[inline]
