@@ -95,7 +95,8 @@ fn invalid(pid: u32, value: u32) -> DecodeError {
 pub(crate) trait PropValue: Sized {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError>;
     fn value_len(&self) -> usize;
-    fn write(&self, buf: &mut BytesMut);
+    /// Writes the property: its identifier `id`, then the value.
+    fn write(&self, id: u8, buf: &mut BytesMut);
     fn check(&self, _pid: u32) -> Result<(), EncodeError> {
         Ok(())
     }
@@ -110,11 +111,13 @@ impl PropValue for bool {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -122,11 +125,14 @@ impl PropValue for u16 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u16()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(*self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        let [a, b] = self.to_be_bytes();
+        buf.put_slice(&[id, a, b])
     }
 }
 
@@ -134,11 +140,14 @@ impl PropValue for u32 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u32()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(*self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        let [a, b, c, d] = self.to_be_bytes();
+        buf.put_slice(&[id, a, b, c, d])
     }
 }
 
@@ -153,11 +162,13 @@ impl PropValue for NonZeroU16 {
             }
         })
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(self.get())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        self.get().write(id, buf)
     }
 }
 
@@ -166,11 +177,13 @@ impl PropValue for NonZeroU32 {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         NonZeroU32::new(r.u32()?).ok_or_else(|| invalid(pid, 0))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(self.get())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        self.get().write(id, buf)
     }
 }
 
@@ -183,11 +196,13 @@ impl PropValue for QoS {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -199,11 +214,13 @@ impl PropValue for PayloadFormat {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -211,11 +228,13 @@ impl PropValue for MqttString {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         r.string(name_of(pid))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + MqttString::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.as_bytes())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.as_bytes())
     }
 }
 
@@ -224,11 +243,13 @@ impl PropValue for Bytes {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.binary()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + Bytes::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self)
     }
     fn check(&self, pid: u32) -> Result<(), EncodeError> {
         check_binary(name_of(pid), self)
@@ -241,11 +262,13 @@ impl PropValue for TopicName {
         let b = r.binary()?;
         TopicName::from_bytes(b).map_err(DecodeError::InvalidResponseTopic)
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + TopicName::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.as_bytes())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.as_bytes())
     }
 }
 
@@ -254,10 +277,13 @@ impl PropValue for SubscriptionId {
         let v = r.varint()?;
         SubscriptionId::new(v).ok_or_else(|| invalid(pid, v))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         varint_len(self.get())
     }
-    fn write(&self, buf: &mut BytesMut) {
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_u8(id);
         put_varint(buf, self.get())
     }
 }
@@ -268,13 +294,24 @@ impl PropValue for UserProperty {
         let value = r.string("User Property value")?;
         Ok(UserProperty { name, value })
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4 + self.name.len() + self.value.len()
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.name.as_bytes());
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.name.as_bytes());
         put_prefixed(buf, self.value.as_bytes());
     }
+}
+
+/// Appends a property identifier and a length-prefixed field in one go (the length was checked).
+#[inline]
+fn put_prefixed_property(buf: &mut BytesMut, id: u8, data: &[u8]) {
+    debug_assert!(data.len() <= u16::MAX as usize);
+    let [a, b] = (data.len() as u16).to_be_bytes();
+    buf.put_slice(&[id, a, b]);
+    buf.put_slice(data);
 }
 
 pub(crate) fn check_binary(field: &'static str, b: &[u8]) -> Result<(), EncodeError> {
@@ -543,8 +580,8 @@ macro_rules! property_set {
             pub(crate) fn write_sized(&self, buf: &mut BytesMut, len: usize) {
                 debug_assert_eq!(len, self.encoded_len());
                 put_varint(buf, len as u32);
-                $( if let Some(v) = &self.$field { buf.put_u8(id::$pid as u8); v.write(buf); } )*
-                $( for v in &self.$rfield { buf.put_u8(id::$rpid as u8); v.write(buf); } )*
+                $( if let Some(v) = &self.$field { v.write(id::$pid as u8, buf); } )*
+                $( for v in &self.$rfield { v.write(id::$rpid as u8, buf); } )*
             }
         }
     };
