@@ -151,7 +151,7 @@ impl MqttString {
         Ok(MqttString(bytes))
     }
 
-    /// Wraps bytes the caller has already proved valid (see [`is_plain_ascii`]).
+    /// Wraps bytes the caller has already proved valid (with [`check`]).
     pub(crate) fn from_validated(bytes: Bytes) -> Self {
         MqttString(bytes)
     }

@@ -58,6 +58,15 @@ impl TopicName {
         Ok(TopicName(MqttString::from_validated(bytes)))
     }
 
+    /// The checks of [`from_bytes`](Self::from_bytes), on a slice.
+    #[inline]
+    pub(crate) fn check(bytes: &[u8]) -> Result<(), TopicError> {
+        if bytes.is_empty() {
+            return Err(TopicError::Empty);
+        }
+        Self::check_allow_empty(bytes)
+    }
+
     /// The checks of [`from_bytes_allow_empty`](Self::from_bytes_allow_empty), on a slice.
     #[inline]
     pub(crate) fn check_allow_empty(bytes: &[u8]) -> Result<(), TopicError> {

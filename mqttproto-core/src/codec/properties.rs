@@ -259,8 +259,7 @@ impl PropValue for Bytes {
 /// Response Topic: a topic name without wildcards [MQTT-3.3.2-13, MQTT-3.3.2-14].
 impl PropValue for TopicName {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
-        let b = r.binary()?;
-        TopicName::from_bytes(b).map_err(DecodeError::InvalidResponseTopic)
+        r.topic_name(DecodeError::InvalidResponseTopic)
     }
     #[inline]
     fn value_len(&self) -> usize {

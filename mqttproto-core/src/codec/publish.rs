@@ -160,7 +160,7 @@ impl Publish {
     /// Validates and appends the whole packet, fixed header included: what
     /// [`Packet::encode`](super::Packet::encode) does for a PUBLISH, with every length computed
     /// once and one reservation.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
         self.validate()?;
         let props = self.properties.get().filter(|p| !p.is_empty());

@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::string::{MqttString, StringError};
+use crate::topic::{TopicError, TopicName};
 use crate::types::{PacketId, PacketType};
 
 /// The largest value of a Variable Byte Integer, and so of a remaining length.
@@ -177,17 +178,6 @@ impl Reader {
         })
     }
 
-    /// The next `n` bytes, sharing the packet's buffer.
-    #[inline]
-    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if n > self.remaining() {
-            return Err(self.truncated());
-        }
-        let b = self.buf.slice(self.pos..self.pos + n);
-        self.pos += n;
-        Ok(b)
-    }
-
     /// Everything left.
     ///
     /// The reader gives up its buffer rather than sharing it: no reference count is touched, and
@@ -223,15 +213,46 @@ impl Reader {
     /// Binary Data: a two-byte length and that many bytes.
     #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
-        let n = self.u16()? as usize;
-        self.take(n)
+        let (start, end) = self.prefixed()?;
+        Ok(self.buf.slice(start..end))
+    }
+
+    /// Steps over a length-prefixed field (string or binary data) and returns where its bytes
+    /// are, so that they can be checked in place before they are sliced off.
+    #[inline]
+    fn prefixed(&mut self) -> Result<(usize, usize), DecodeError> {
+        let b: &[u8] = &self.buf[..self.end];
+        let Some(&[h, l]) = b.get(self.pos..self.pos + 2) else {
+            return Err(self.truncated());
+        };
+        let start = self.pos + 2;
+        let end = start + usize::from(u16::from_be_bytes([h, l]));
+        if end > b.len() {
+            return Err(self.truncated());
+        }
+        self.pos = end;
+        Ok((start, end))
     }
 
     /// A UTF-8 Encoded String [MQTT-1.5.4-1, MQTT-1.5.4-2].
     #[inline]
     pub(crate) fn string(&mut self, field: &'static str) -> Result<MqttString, DecodeError> {
-        let b = self.binary()?;
-        MqttString::from_bytes(b).map_err(|error| self.string_error(field, error))
+        let (start, end) = self.prefixed()?;
+        if let Err(error) = crate::string::check(&self.buf[start..end]) {
+            return Err(self.string_error(field, error));
+        }
+        Ok(MqttString::from_validated(self.buf.slice(start..end)))
+    }
+
+    /// A topic name (not empty, no wildcards), checked in place; `error` reports an invalid one.
+    #[inline]
+    pub(crate) fn topic_name(
+        &mut self,
+        error: impl FnOnce(TopicError) -> DecodeError,
+    ) -> Result<TopicName, DecodeError> {
+        let (start, end) = self.prefixed()?;
+        TopicName::check(&self.buf[start..end]).map_err(error)?;
+        Ok(TopicName::from_validated(self.buf.slice(start..end)))
     }
 
     pub(crate) fn string_error(&self, field: &'static str, error: StringError) -> DecodeError {
