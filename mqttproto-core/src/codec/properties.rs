@@ -297,7 +297,7 @@ impl PropValue for UserProperty {
     fn value_len(&self) -> usize {
         4 + self.name.len() + self.value.len()
     }
-    #[inline]
+    #[inline(always)]
     fn write(&self, id: u8, buf: &mut BytesMut) {
         put_prefixed_property(buf, id, self.name.as_bytes());
         put_prefixed(buf, self.value.as_bytes());
@@ -305,7 +305,7 @@ impl PropValue for UserProperty {
 }
 
 /// Appends a property identifier and a length-prefixed field in one go (the length was checked).
-#[inline]
+#[inline(always)]
 fn put_prefixed_property(buf: &mut BytesMut, id: u8, data: &[u8]) {
     debug_assert!(data.len() <= u16::MAX as usize);
     let [a, b] = (data.len() as u16).to_be_bytes();
@@ -557,6 +557,7 @@ macro_rules! property_set {
             }
 
             /// The size of the properties, without the Property Length prefix.
+            #[inline]
             pub fn encoded_len(&self) -> usize {
                 let mut n = 0;
                 $( if let Some(v) = &self.$field { n += 1 + v.value_len(); } )*
@@ -564,6 +565,7 @@ macro_rules! property_set {
                 n
             }
 
+            #[inline]
             pub(crate) fn check(&self) -> Result<(), EncodeError> {
                 $( if let Some(v) = &self.$field { v.check(id::$pid)?; } )*
                 $( for v in &self.$rfield { v.check(id::$rpid)?; } )*
@@ -576,6 +578,7 @@ macro_rules! property_set {
             }
 
             /// [`write`](Self::write) with the size [`encoded_len`](Self::encoded_len) returned.
+            #[inline]
             pub(crate) fn write_sized(&self, buf: &mut BytesMut, len: usize) {
                 debug_assert_eq!(len, self.encoded_len());
                 put_varint(buf, len as u32);
