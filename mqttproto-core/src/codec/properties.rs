@@ -523,7 +523,7 @@ macro_rules! property_set {
                 let outer = r.limit(len)?;
                 let mut seen: u64 = 0;
                 while !r.is_empty() {
-                    let pid = r.varint()?;
+                    let pid = r.property_id()?;
                     let r = &mut *r;
                     match pid {
                         $( id::$pid => {

@@ -170,6 +170,18 @@ impl Reader {
         }
     }
 
+    /// A property identifier: a Variable Byte Integer, in practice always one byte.
+    #[inline(always)]
+    pub(crate) fn property_id(&mut self) -> Result<u32, DecodeError> {
+        match self.buf[..self.end].get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u32::from(b))
+            }
+            _ => self.varint(),
+        }
+    }
+
     /// A packet identifier, which must not be 0 [MQTT-2.2.1-3].
     #[inline]
     pub(crate) fn packet_id(&mut self) -> Result<PacketId, DecodeError> {
@@ -235,7 +247,7 @@ impl Reader {
     }
 
     /// A UTF-8 Encoded String [MQTT-1.5.4-1, MQTT-1.5.4-2].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn string(&mut self, field: &'static str) -> Result<MqttString, DecodeError> {
         let (start, end) = self.prefixed()?;
         if let Err(error) = crate::string::check(&self.buf[start..end]) {
