@@ -433,7 +433,11 @@ fn count_mode(iterations: usize, only: Option<&str>) {
 #[inline(never)]
 fn count_decode_mqttproto(input: &mut BytesMut, n: usize) {
     for _ in 0..n {
-        black_box(decode(black_box(&mut *input), V5, MAX_PACKET).unwrap().unwrap());
+        black_box(
+            decode(black_box(&mut *input), V5, MAX_PACKET)
+                .unwrap()
+                .unwrap(),
+        );
     }
 }
 
@@ -483,7 +487,14 @@ fn interleaved_mode(rounds: usize, only: Option<&str>) {
     }
     println!(
         "{:<24} {:<7} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}",
-        "case", "op", "ours min", "theirs min", "ours median", "theirs med", "ratio min", "ratio med"
+        "case",
+        "op",
+        "ours min",
+        "theirs min",
+        "ours median",
+        "theirs med",
+        "ratio min",
+        "ratio med"
     );
     for case in all_cases() {
         if only.is_some_and(|name| name != case.name) {

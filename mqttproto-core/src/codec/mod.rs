@@ -319,7 +319,11 @@ impl Packet {
         self.encode_other(buf, version)
     }
 
-    fn encode_other(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
+    fn encode_other(
+        &self,
+        buf: &mut BytesMut,
+        version: ProtocolVersion,
+    ) -> Result<(), EncodeError> {
         let remaining = self.checked_remaining_len(version)?;
         buf.reserve(1 + varint_len(remaining as u32) + remaining);
         buf.extend_from_slice(&[self.first_byte()]);

@@ -773,3 +773,70 @@ property_set! {
         user_properties: UserProperty = USER_PROPERTY,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_box_reads_an_unset_box_as_the_empty_set() {
+        let b = PropertiesBox::<PublishProperties>::default();
+        assert!(b.get().is_none());
+        assert!(b.is_empty());
+        assert_eq!(*b, PublishProperties::default());
+        assert_eq!(b.topic_alias, None);
+        assert!(b.user_properties.is_empty());
+        assert_eq!(
+            format!("{b:?}"),
+            format!("{:?}", PublishProperties::default())
+        );
+    }
+
+    #[test]
+    fn properties_box_allocates_only_when_written() {
+        let mut b = PropertiesBox::<PublishProperties>::none();
+        assert!(b.get_mut().is_none());
+        assert!(b.get().is_none(), "get_mut does not allocate");
+        b.message_expiry_interval = Some(5);
+        assert_eq!(b.get().map(|p| p.message_expiry_interval), Some(Some(5)));
+        assert!(!b.is_empty());
+        b.get_mut().unwrap().message_expiry_interval = None;
+        assert!(b.is_empty(), "a set box holding nothing is empty");
+        assert!(PropertiesBox::new(PublishProperties::default())
+            .get()
+            .is_none());
+    }
+
+    #[test]
+    fn properties_box_equality_is_by_content() {
+        let unset = PropertiesBox::<PublishProperties>::none();
+        let mut empty = PropertiesBox::<PublishProperties>::none();
+        empty.make_mut();
+        assert!(empty.get().is_some());
+        assert_eq!(unset, empty);
+        let set: PropertiesBox<PublishProperties> = PublishProperties {
+            content_type: Some(MqttString::from_static("text/plain").unwrap()),
+            ..PublishProperties::default()
+        }
+        .into();
+        assert_ne!(unset, set);
+        assert_eq!(set.clone(), set);
+    }
+
+    #[test]
+    fn properties_box_take_and_into_inner() {
+        let props = PublishProperties {
+            topic_alias: NonZeroU16::new(3),
+            ..PublishProperties::default()
+        };
+        let mut b = PropertiesBox::new(props.clone());
+        assert_eq!(b.take(), props);
+        assert!(b.get().is_none());
+        assert_eq!(b.take(), PublishProperties::default());
+        assert_eq!(PropertiesBox::new(props.clone()).into_inner(), props);
+        assert_eq!(
+            PropertiesBox::<PublishProperties>::none().into_inner(),
+            PublishProperties::default()
+        );
+    }
+}
