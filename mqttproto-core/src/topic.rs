@@ -259,19 +259,39 @@ impl TopicFilter {
     }
 }
 
+/// Checks the wildcards of a filter, level by level in order: a level holding `#` must be the
+/// last one and be `#` alone [MQTT-4.7.1-1]; a level holding `+` must be `+` alone
+/// [MQTT-4.7.1-2]. Within a level the `#` rule is checked first. One pass over the bytes.
 fn validate_filter(f: &[u8]) -> Result<(), TopicError> {
     if f.is_empty() {
         return Err(TopicError::Empty);
     }
-    let mut levels = f.split(|&b| b == b'/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        if level.contains(&b'#') && (level != b"#" || !last) {
-            return Err(TopicError::InvalidMultiLevelWildcard);
+    let mut start = 0;
+    let mut hash = false;
+    let mut plus = false;
+    for (i, &b) in f.iter().enumerate() {
+        match b {
+            b'#' => hash = true,
+            b'+' => plus = true,
+            b'/' => {
+                check_level(&f[start..i], hash, plus, false)?;
+                start = i + 1;
+                hash = false;
+                plus = false;
+            }
+            _ => {}
         }
-        if level.contains(&b'+') && level != b"+" {
-            return Err(TopicError::InvalidSingleLevelWildcard);
-        }
+    }
+    check_level(&f[start..], hash, plus, true)
+}
+
+#[inline]
+fn check_level(level: &[u8], hash: bool, plus: bool, last: bool) -> Result<(), TopicError> {
+    if hash && (level != b"#" || !last) {
+        return Err(TopicError::InvalidMultiLevelWildcard);
+    }
+    if plus && level != b"+" {
+        return Err(TopicError::InvalidSingleLevelWildcard);
     }
     Ok(())
 }
@@ -463,5 +483,43 @@ mod tests {
         assert_eq!(plain.share_name(), None);
         assert_eq!(plain.filter_str(), "a/b");
         assert!(!plain.has_wildcards());
+    }
+
+    /// The one-pass `validate_filter` against the level-by-level definition, on every filter of
+    /// up to 8 characters over `a`, `/`, `+`, `#`: same verdict, same error.
+    #[test]
+    fn validate_filter_matches_the_level_by_level_rules() {
+        fn reference(f: &[u8]) -> Result<(), TopicError> {
+            if f.is_empty() {
+                return Err(TopicError::Empty);
+            }
+            let mut levels = f.split(|&b| b == b'/').peekable();
+            while let Some(level) = levels.next() {
+                let last = levels.peek().is_none();
+                if level.contains(&b'#') && (level != b"#" || !last) {
+                    return Err(TopicError::InvalidMultiLevelWildcard);
+                }
+                if level.contains(&b'+') && level != b"+" {
+                    return Err(TopicError::InvalidSingleLevelWildcard);
+                }
+            }
+            Ok(())
+        }
+        let alphabet = [b'a', b'/', b'+', b'#'];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for mut n in 0..4usize.pow(len) {
+                let f: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[n % 4];
+                        n /= 4;
+                        c
+                    })
+                    .collect();
+                assert_eq!(validate_filter(&f), reference(&f), "{:?}", String::from_utf8_lossy(&f));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=8).map(|l| 4usize.pow(l)).sum::<usize>());
     }
 }
