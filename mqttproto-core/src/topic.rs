@@ -261,28 +261,64 @@ impl TopicFilter {
 
 /// Checks the wildcards of a filter, level by level in order: a level holding `#` must be the
 /// last one and be `#` alone [MQTT-4.7.1-1]; a level holding `+` must be `+` alone
-/// [MQTT-4.7.1-2]. Within a level the `#` rule is checked first. One pass over the bytes.
+/// [MQTT-4.7.1-2]. Within a level the `#` rule is checked first.
+///
+/// Only the wildcards are looked at (found 8 bytes at a time): a level without one is always
+/// valid, and a wildcard is valid exactly when its neighbours are separators (and, for `#`, when
+/// it ends the filter). The level of the first invalid wildcard is then judged by the rules above,
+/// which gives the error the level-by-level reading gives.
 fn validate_filter(f: &[u8]) -> Result<(), TopicError> {
     if f.is_empty() {
         return Err(TopicError::Empty);
     }
-    let mut start = 0;
-    let mut hash = false;
-    let mut plus = false;
-    for (i, &b) in f.iter().enumerate() {
-        match b {
-            b'#' => hash = true,
-            b'+' => plus = true,
-            b'/' => {
-                check_level(&f[start..i], hash, plus, false)?;
-                start = i + 1;
-                hash = false;
-                plus = false;
-            }
-            _ => {}
+    let n = f.len();
+    let mut i = 0;
+    while let Some(w) = next_wildcard(f, i) {
+        let sep_before = w == 0 || f[w - 1] == b'/';
+        let valid = if f[w] == b'#' {
+            sep_before && w + 1 == n
+        } else {
+            sep_before && (w + 1 == n || f[w + 1] == b'/')
+        };
+        if !valid {
+            let start = f[..w].iter().rposition(|&b| b == b'/').map_or(0, |p| p + 1);
+            let end = f[w..].iter().position(|&b| b == b'/').map_or(n, |p| w + p);
+            let level = &f[start..end];
+            return check_level(
+                level,
+                level.contains(&b'#'),
+                level.contains(&b'+'),
+                end == n,
+            );
         }
+        i = w + 1;
     }
-    check_level(&f[start..], hash, plus, true)
+    Ok(())
+}
+
+/// The position of the first `+` or `#` at or after `from`, skipping 8 bytes at a time where
+/// there is none.
+#[inline]
+fn next_wildcard(f: &[u8], mut from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_byte = |w: u64, b: u8| {
+        let x = w ^ (LO * u64::from(b));
+        x.wrapping_sub(LO) & !x & HI
+    };
+    while let Some(c) = f.get(from..from + 8) {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if has_byte(w, b'+') | has_byte(w, b'#') != 0 {
+            // Some byte of this word may be a wildcard (or the test's borrow flagged a 0x2C or
+            // 0x24 next to one): look at the bytes.
+            break;
+        }
+        from += 8;
+    }
+    f.get(from..)?
+        .iter()
+        .position(|&b| b == b'+' || b == b'#')
+        .map(|p| from + p)
 }
 
 #[inline]
@@ -516,8 +552,28 @@ mod tests {
                         c
                     })
                     .collect();
-                assert_eq!(validate_filter(&f), reference(&f), "{:?}", String::from_utf8_lossy(&f));
+                assert_eq!(
+                    validate_filter(&f),
+                    reference(&f),
+                    "{:?}",
+                    String::from_utf8_lossy(&f)
+                );
                 checked += 1;
+                // The same after prefixes that put it past the first words (the word-at-a-time
+                // skip), and with a wildcard-free suffix.
+                if len <= 6 {
+                    for pad in [
+                        &b"abcdefg/"[..],
+                        b"abcdefghijklmn/",
+                        b"abcdefghijklmnopq",
+                        b"+/a,$",
+                    ] {
+                        for g in [[pad, &f].concat(), [&f[..], b"/abcdefghij"].concat()] {
+                            let shown = String::from_utf8_lossy(&g);
+                            assert_eq!(validate_filter(&g), reference(&g), "{shown:?}");
+                        }
+                    }
+                }
             }
         }
         assert_eq!(checked, (0..=8).map(|l| 4usize.pow(l)).sum::<usize>());
