@@ -582,6 +582,12 @@ macro_rules! property_set {
             pub(crate) fn write_sized(&self, buf: &mut BytesMut, len: usize) {
                 debug_assert_eq!(len, self.encoded_len());
                 put_varint(buf, len as u32);
+                self.write_body(buf);
+            }
+
+            /// The properties without the Property Length.
+            #[inline]
+            pub(crate) fn write_body(&self, buf: &mut BytesMut) {
                 $( if let Some(v) = &self.$field { v.write(id::$pid as u8, buf); } )*
                 $( for v in &self.$rfield { v.write(id::$rpid as u8, buf); } )*
             }

@@ -193,6 +193,16 @@ impl Publish {
                 buf.put_slice(&[i0, i1, 0]);
             }
             (None, None) => buf.put_u8(0),
+            (Some(id), Some(p)) if props_len < 0x80 => {
+                let [i0, i1] = id.get().to_be_bytes();
+                buf.put_slice(&[i0, i1, props_len as u8]);
+                p.write_body(buf);
+            }
+            (Some(id), Some(p)) if props_len < 0x4000 => {
+                let [i0, i1] = id.get().to_be_bytes();
+                buf.put_slice(&[i0, i1, (props_len as u8) | 0x80, (props_len >> 7) as u8]);
+                p.write_body(buf);
+            }
             (id, Some(p)) => {
                 if let Some(id) = id {
                     buf.put_u16(id.get());
