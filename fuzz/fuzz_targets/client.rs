@@ -262,7 +262,7 @@ impl State {
     /// One well-formed server-to-client packet described by the input.
     fn server_packet(&mut self, inp: &mut Input) -> Packet {
         match inp.u8() % 12 {
-            0 => Packet::ConnAck(connack(inp)),
+            0 => Packet::ConnAck(Box::new(connack(inp))),
             1..=3 => {
                 let f = inp.u8();
                 let mut p = Publish::new(topic(inp), Bytes::from_static(b"payload"));
@@ -600,7 +600,7 @@ fuzz_target!(|data: &[u8]| {
     st.check(false);
     if flags & 0x20 != 0 {
         let c = connack(&mut inp);
-        st.feed_packet(Packet::ConnAck(c));
+        st.feed_packet(Packet::ConnAck(Box::new(c)));
         st.check(false);
     }
     while let Some(op) = inp.next() {

@@ -28,7 +28,7 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use criterion::{criterion_group, criterion_main, Bencher, BenchmarkId, Criterion, Throughput};
+use criterion::{criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 
 use mqttproto_core::codec::{
     decode, Connect, ConnectProperties, Packet, Publish, PublishProperties, Subscribe,
@@ -96,7 +96,8 @@ fn publish_case(size_name: &str, len: usize, with_props: bool) -> Case {
                 .map(|(k, v)| UserProperty::new(mstr(k), mstr(v)))
                 .collect(),
             ..PublishProperties::default()
-        };
+        }
+        .into();
         theirs.properties = Some(rq::v5::PublishProperties {
             message_expiry_interval: Some(3600),
             content_type: Some(CONTENT_TYPE.into()),
@@ -377,7 +378,7 @@ fn bench_case(c: &mut Criterion, case: &Case) {
     group.finish();
 }
 
-fn codec(c: &mut Criterion) {
+fn all_cases() -> Vec<Case> {
     let mut cases = Vec::new();
     for (size_name, len) in [("64B", 64), ("1KiB", 1024), ("64KiB", 64 * 1024)] {
         cases.push(publish_case(size_name, len, false));
@@ -385,10 +386,197 @@ fn codec(c: &mut Criterion) {
     }
     cases.push(connect_case());
     cases.push(subscribe_case());
-    for case in &cases {
+    cases
+}
+
+fn codec(c: &mut Criterion) {
+    for case in &all_cases() {
         bench_case(c, case);
     }
 }
 
 criterion_group!(benches, codec);
-criterion_main!(benches);
+
+/// Instruction counting under `valgrind --tool=callgrind`, which unlike wall-clock time is
+/// repeatable on a busy machine: with `CODEC_COUNT=<iterations>` set, the binary runs every case's
+/// four loops through the `count_*` functions below and exits. Each function's inclusive cost
+/// divided by the iteration count is the cost of one decode (packet dropped included) or one
+/// encode. `CODEC_COUNT_CASE=<name>` restricts the run to one case.
+///
+/// ```text
+/// CODEC_COUNT=1000 CODEC_COUNT_CASE=publish_64B_no_props valgrind --tool=callgrind \
+///     --callgrind-out-file=cg.out target/release/deps/codec-<hash>
+/// callgrind_annotate --inclusive=yes cg.out | grep count_
+/// ```
+fn count_mode(iterations: usize, only: Option<&str>) {
+    for case in all_cases() {
+        if only.is_some_and(|name| name != case.name) {
+            continue;
+        }
+        let wire = check_equivalent(&case);
+        let mut input = BytesMut::with_capacity(iterations * wire.len());
+        for _ in 0..iterations {
+            input.extend_from_slice(&wire);
+        }
+        count_decode_mqttproto(&mut input, iterations);
+        for _ in 0..iterations {
+            input.extend_from_slice(&wire);
+        }
+        count_decode_rumqttc(&mut input, iterations);
+        let mut out = BytesMut::with_capacity(2 * wire.len());
+        count_encode_mqttproto(&case.ours, &mut out, iterations);
+        count_encode_rumqttc(&case.theirs, &mut out, iterations);
+        println!("{}: {} iterations counted", case.name, iterations);
+    }
+}
+
+#[inline(never)]
+fn count_decode_mqttproto(input: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        black_box(
+            decode(black_box(&mut *input), V5, MAX_PACKET)
+                .unwrap()
+                .unwrap(),
+        );
+    }
+}
+
+#[inline(never)]
+fn count_decode_rumqttc(input: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        black_box(rq::v5::Packet::read(black_box(&mut *input), Some(MAX_PACKET)).unwrap());
+    }
+}
+
+#[inline(never)]
+fn count_encode_mqttproto(p: &Packet, out: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        out.clear();
+        black_box(p).encode(out, V5).unwrap();
+        black_box(&*out);
+    }
+}
+
+#[inline(never)]
+fn count_encode_rumqttc(p: &rq::v5::Packet, out: &mut BytesMut, n: usize) {
+    for _ in 0..n {
+        out.clear();
+        black_box(p).write(out, None).unwrap();
+        black_box(&*out);
+    }
+}
+
+/// Wall-clock timing with the two libraries interleaved, a check on criterion's figures when the
+/// machine is busy: with `CODEC_INTERLEAVED=<rounds>` set, every round times one batch of each of
+/// the four loops (decode and encode, mqttproto and rumqttc, in an order that alternates between
+/// rounds), so a burst of load from other processes falls on both libraries alike. It prints, per
+/// case and operation, the minimum and the median over the rounds of the time per packet, and the
+/// ratios rumqttc / mqttproto of both. `CODEC_COUNT_CASE=<name>` restricts the run to one case.
+#[allow(clippy::disallowed_methods)]
+fn interleaved_mode(rounds: usize, only: Option<&str>) {
+    fn time_batch(n: usize, mut f: impl FnMut()) -> f64 {
+        let start = Instant::now();
+        for _ in 0..n {
+            f();
+        }
+        start.elapsed().as_secs_f64() * 1e9 / n as f64
+    }
+    fn summary(v: &mut [f64]) -> (f64, f64) {
+        v.sort_by(f64::total_cmp);
+        (v[0], v[v.len() / 2])
+    }
+    println!(
+        "{:<24} {:<7} {:>12} {:>12} {:>12} {:>12} {:>9} {:>9}",
+        "case",
+        "op",
+        "ours min",
+        "theirs min",
+        "ours median",
+        "theirs med",
+        "ratio min",
+        "ratio med"
+    );
+    for case in all_cases() {
+        if only.is_some_and(|name| name != case.name) {
+            continue;
+        }
+        let wire = check_equivalent(&case);
+        let n = ((1 << 20) / wire.len().max(1)).clamp(1, 256);
+        let mut input = BytesMut::with_capacity(n * wire.len());
+        let mut out = BytesMut::with_capacity(2 * wire.len());
+        // decode ours, decode theirs, encode ours, encode theirs
+        let mut t: [Vec<f64>; 4] = Default::default();
+        for round in 0..rounds {
+            for k in 0..4 {
+                let which = if round % 2 == 0 { k } else { k ^ 1 };
+                match which {
+                    0 | 1 => {
+                        input.clear();
+                        for _ in 0..n {
+                            input.extend_from_slice(&wire);
+                        }
+                        let buf = &mut input;
+                        t[which].push(if which == 0 {
+                            time_batch(n, || {
+                                black_box(decode(black_box(&mut *buf), V5, MAX_PACKET).unwrap());
+                            })
+                        } else {
+                            time_batch(n, || {
+                                black_box(
+                                    rq::v5::Packet::read(black_box(&mut *buf), Some(MAX_PACKET))
+                                        .unwrap(),
+                                );
+                            })
+                        });
+                    }
+                    2 => t[2].push(time_batch(n, || {
+                        out.clear();
+                        black_box(&case.ours).encode(&mut out, V5).unwrap();
+                        black_box(&out);
+                    })),
+                    _ => t[3].push(time_batch(n, || {
+                        out.clear();
+                        black_box(&case.theirs).write(&mut out, None).unwrap();
+                        black_box(&out);
+                    })),
+                }
+            }
+        }
+        for (op, i) in [("decode", 0), ("encode", 2)] {
+            let (ours_min, ours_med) = summary(&mut t[i]);
+            let (theirs_min, theirs_med) = summary(&mut t[i + 1]);
+            println!(
+                "{:<24} {:<7} {:>9.1} ns {:>9.1} ns {:>9.1} ns {:>9.1} ns {:>9.2} {:>9.2}",
+                case.name,
+                op,
+                ours_min,
+                theirs_min,
+                ours_med,
+                theirs_med,
+                theirs_min / ours_min,
+                theirs_med / ours_med
+            );
+        }
+    }
+}
+
+fn main() {
+    if let Some(rounds) = std::env::var("CODEC_INTERLEAVED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let only = std::env::var("CODEC_COUNT_CASE").ok();
+        interleaved_mode(rounds, only.as_deref());
+        return;
+    }
+    if let Some(n) = std::env::var("CODEC_COUNT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        let only = std::env::var("CODEC_COUNT_CASE").ok();
+        count_mode(n, only.as_deref());
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -433,8 +433,10 @@ impl Client {
         }
         // Subscription Identifiers are for the server to send [MQTT-3.3.4-6]; aliases are ours
         // to manage.
-        publish.properties.subscription_identifiers.clear();
-        publish.properties.topic_alias = None;
+        if let Some(props) = publish.properties.get_mut() {
+            props.subscription_identifiers.clear();
+            props.topic_alias = None;
+        }
         publish.dup = false;
         publish.packet_id = None;
         let size = Packet::Publish(publish.clone()).encoded_len(self.wire.version);
@@ -840,7 +842,7 @@ impl Client {
 
     fn handle_packet(&mut self, now: Instant, packet: Packet) -> Result<(), Error> {
         match (self.state, packet) {
-            (ClientState::Connecting, Packet::ConnAck(c)) => self.on_connack(now, c),
+            (ClientState::Connecting, Packet::ConnAck(c)) => self.on_connack(now, *c),
             (_, Packet::Auth(a)) => self.on_auth(a),
             (_, Packet::Disconnect(d)) => {
                 let rc = d.reason_code;

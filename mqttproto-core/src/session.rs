@@ -313,7 +313,7 @@ impl Session {
             properties,
         };
         let p = connack.properties.clone();
-        match self.wire.send(now, Packet::ConnAck(connack)) {
+        match self.wire.send(now, Packet::ConnAck(Box::new(connack))) {
             Ok(()) => {}
             Err(StateError::PacketTooLarge { .. }) => {
                 // Not even a bare CONNACK fits the client's Maximum Packet Size
@@ -827,20 +827,20 @@ impl Session {
             if let Some(rc) = reason.filter(|rc| rc.is_valid_for(PacketType::ConnAck)) {
                 let _ = self.wire.send(
                     now,
-                    Packet::ConnAck(ConnAck {
+                    Packet::ConnAck(Box::new(ConnAck {
                         session_present: false,
                         reason_code: rc,
                         properties: ConnAckProperties::default(),
-                    }),
+                    })),
                 );
             } else if reason.is_some() {
                 let _ = self.wire.send(
                     now,
-                    Packet::ConnAck(ConnAck {
+                    Packet::ConnAck(Box::new(ConnAck {
                         session_present: false,
                         reason_code: ReasonCode::ProtocolError,
                         properties: ConnAckProperties::default(),
-                    }),
+                    })),
                 );
             }
             self.wire.fail(now, error, None)

@@ -33,6 +33,9 @@ pub enum TopicError {
     MissingSharedFilter,
 }
 
+/// The lowest byte of the fast topic check: 0x2C is above U+0000, `#` (0x23) and `+` (0x2B).
+const TOPIC_FAST_MIN: u8 = 0x2C;
+
 /// A validated topic name: no wildcards, at least one character.
 ///
 /// A PUBLISH that relies on a topic alias carries an empty topic name; the codec represents that
@@ -51,16 +54,44 @@ impl TopicName {
 
     /// Validates, accepting the empty name that stands for "use the topic alias".
     pub(crate) fn from_bytes_allow_empty(bytes: Bytes) -> Result<TopicName, TopicError> {
-        if bytes.len() <= crate::string::MAX_STRING_LEN
-            && crate::string::is_plain_ascii(&bytes, true)
-        {
-            return Ok(TopicName(MqttString::from_validated(bytes)));
+        Self::check_allow_empty(&bytes)?;
+        Ok(TopicName(MqttString::from_validated(bytes)))
+    }
+
+    /// The checks of [`from_bytes`](Self::from_bytes), on a slice.
+    #[inline]
+    pub(crate) fn check(bytes: &[u8]) -> Result<(), TopicError> {
+        if bytes.is_empty() {
+            return Err(TopicError::Empty);
         }
-        let s = MqttString::from_bytes(bytes)?;
-        if s.as_bytes().iter().any(|&b| b == b'+' || b == b'#') {
+        Self::check_allow_empty(bytes)
+    }
+
+    /// The checks of [`from_bytes_allow_empty`](Self::from_bytes_allow_empty), on a slice.
+    #[inline]
+    pub(crate) fn check_allow_empty(bytes: &[u8]) -> Result<(), TopicError> {
+        if bytes.len() <= crate::string::MAX_STRING_LEN
+            && (crate::string::ascii_from(bytes, TOPIC_FAST_MIN)
+                || crate::string::is_plain_ascii(bytes, true))
+        {
+            return Ok(());
+        }
+        Self::check_slow(bytes)
+    }
+
+    #[cold]
+    fn check_slow(bytes: &[u8]) -> Result<(), TopicError> {
+        crate::string::validate_utf8(bytes)?;
+        if bytes.iter().any(|&b| b == b'+' || b == b'#') {
             return Err(TopicError::WildcardInName);
         }
-        Ok(TopicName(s))
+        Ok(())
+    }
+
+    /// Wraps bytes that [`check_allow_empty`](Self::check_allow_empty) accepted.
+    #[inline]
+    pub(crate) fn from_validated(bytes: Bytes) -> TopicName {
+        TopicName(MqttString::from_validated(bytes))
     }
 
     /// The empty topic name, used in a PUBLISH that names its topic through a Topic Alias.
@@ -228,19 +259,75 @@ impl TopicFilter {
     }
 }
 
+/// Checks the wildcards of a filter, level by level in order: a level holding `#` must be the
+/// last one and be `#` alone [MQTT-4.7.1-1]; a level holding `+` must be `+` alone
+/// [MQTT-4.7.1-2]. Within a level the `#` rule is checked first.
+///
+/// Only the wildcards are looked at (found 8 bytes at a time): a level without one is always
+/// valid, and a wildcard is valid exactly when its neighbours are separators (and, for `#`, when
+/// it ends the filter). The level of the first invalid wildcard is then judged by the rules above,
+/// which gives the error the level-by-level reading gives.
 fn validate_filter(f: &[u8]) -> Result<(), TopicError> {
     if f.is_empty() {
         return Err(TopicError::Empty);
     }
-    let mut levels = f.split(|&b| b == b'/').peekable();
-    while let Some(level) = levels.next() {
-        let last = levels.peek().is_none();
-        if level.contains(&b'#') && (level != b"#" || !last) {
-            return Err(TopicError::InvalidMultiLevelWildcard);
+    let n = f.len();
+    let mut i = 0;
+    while let Some(w) = next_wildcard(f, i) {
+        let sep_before = w == 0 || f[w - 1] == b'/';
+        let valid = if f[w] == b'#' {
+            sep_before && w + 1 == n
+        } else {
+            sep_before && (w + 1 == n || f[w + 1] == b'/')
+        };
+        if !valid {
+            let start = f[..w].iter().rposition(|&b| b == b'/').map_or(0, |p| p + 1);
+            let end = f[w..].iter().position(|&b| b == b'/').map_or(n, |p| w + p);
+            let level = &f[start..end];
+            return check_level(
+                level,
+                level.contains(&b'#'),
+                level.contains(&b'+'),
+                end == n,
+            );
         }
-        if level.contains(&b'+') && level != b"+" {
-            return Err(TopicError::InvalidSingleLevelWildcard);
+        i = w + 1;
+    }
+    Ok(())
+}
+
+/// The position of the first `+` or `#` at or after `from`, skipping 8 bytes at a time where
+/// there is none.
+#[inline]
+fn next_wildcard(f: &[u8], mut from: usize) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let has_byte = |w: u64, b: u8| {
+        let x = w ^ (LO * u64::from(b));
+        x.wrapping_sub(LO) & !x & HI
+    };
+    while let Some(c) = f.get(from..from + 8) {
+        let w = u64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
+        if has_byte(w, b'+') | has_byte(w, b'#') != 0 {
+            // Some byte of this word may be a wildcard (or the test's borrow flagged a 0x2C or
+            // 0x24 next to one): look at the bytes.
+            break;
         }
+        from += 8;
+    }
+    f.get(from..)?
+        .iter()
+        .position(|&b| b == b'+' || b == b'#')
+        .map(|p| from + p)
+}
+
+#[inline]
+fn check_level(level: &[u8], hash: bool, plus: bool, last: bool) -> Result<(), TopicError> {
+    if hash && (level != b"#" || !last) {
+        return Err(TopicError::InvalidMultiLevelWildcard);
+    }
+    if plus && level != b"+" {
+        return Err(TopicError::InvalidSingleLevelWildcard);
     }
     Ok(())
 }
@@ -432,5 +519,63 @@ mod tests {
         assert_eq!(plain.share_name(), None);
         assert_eq!(plain.filter_str(), "a/b");
         assert!(!plain.has_wildcards());
+    }
+
+    /// The one-pass `validate_filter` against the level-by-level definition, on every filter of
+    /// up to 8 characters over `a`, `/`, `+`, `#`: same verdict, same error.
+    #[test]
+    fn validate_filter_matches_the_level_by_level_rules() {
+        fn reference(f: &[u8]) -> Result<(), TopicError> {
+            if f.is_empty() {
+                return Err(TopicError::Empty);
+            }
+            let mut levels = f.split(|&b| b == b'/').peekable();
+            while let Some(level) = levels.next() {
+                let last = levels.peek().is_none();
+                if level.contains(&b'#') && (level != b"#" || !last) {
+                    return Err(TopicError::InvalidMultiLevelWildcard);
+                }
+                if level.contains(&b'+') && level != b"+" {
+                    return Err(TopicError::InvalidSingleLevelWildcard);
+                }
+            }
+            Ok(())
+        }
+        let alphabet = [b'a', b'/', b'+', b'#'];
+        let mut checked = 0;
+        for len in 0..=8u32 {
+            for mut n in 0..4usize.pow(len) {
+                let f: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let c = alphabet[n % 4];
+                        n /= 4;
+                        c
+                    })
+                    .collect();
+                assert_eq!(
+                    validate_filter(&f),
+                    reference(&f),
+                    "{:?}",
+                    String::from_utf8_lossy(&f)
+                );
+                checked += 1;
+                // The same after prefixes that put it past the first words (the word-at-a-time
+                // skip), and with a wildcard-free suffix.
+                if len <= 6 {
+                    for pad in [
+                        &b"abcdefg/"[..],
+                        b"abcdefghijklmn/",
+                        b"abcdefghijklmnopq",
+                        b"+/a,$",
+                    ] {
+                        for g in [[pad, &f].concat(), [&f[..], b"/abcdefghij"].concat()] {
+                            let shown = String::from_utf8_lossy(&g);
+                            assert_eq!(validate_filter(&g), reference(&g), "{shown:?}");
+                        }
+                    }
+                }
+            }
+        }
+        assert_eq!(checked, (0..=8).map(|l| 4usize.pow(l)).sum::<usize>());
     }
 }

@@ -177,7 +177,8 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
                 SubscriptionId::new(1).unwrap(),
                 SubscriptionId::new(268_435_455).unwrap(),
             ],
-        },
+        }
+        .into(),
         ..Publish::new(TopicName::try_from("sensors/1/temp").unwrap(), &b"{}"[..])
     };
     let qos2 = Publish {
@@ -191,7 +192,8 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
         properties: PublishProperties {
             topic_alias: NonZeroU16::new(1),
             ..PublishProperties::default()
-        },
+        }
+        .into(),
         ..Publish::new(TopicName::empty(), &b"x"[..])
     };
     let ack_props = AckProperties {
@@ -273,8 +275,8 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             "connect_full",
             vec![Packet::Connect(Box::new(full_connect))],
         ),
-        ("connack_full", vec![Packet::ConnAck(connack)]),
-        ("connack_refused", vec![Packet::ConnAck(refused)]),
+        ("connack_full", vec![Packet::ConnAck(connack.into())]),
+        ("connack_refused", vec![Packet::ConnAck(refused.into())]),
         ("publish_qos0", vec![Packet::Publish(qos0.clone())]),
         ("publish_qos1_props", vec![Packet::Publish(qos1.clone())]),
         ("publish_qos2_dup_retain", vec![Packet::Publish(qos2)]),
@@ -660,7 +662,7 @@ fn fuzz_client_unsendable_pingreq_does_not_spin() {
         },
     };
     client
-        .handle_bytes(t0, &Packet::ConnAck(connack).to_bytes(V5).unwrap())
+        .handle_bytes(t0, &Packet::ConnAck(connack.into()).to_bytes(V5).unwrap())
         .unwrap();
     assert_eq!(client.state(), ClientState::Connected);
     let now = t0 + std::time::Duration::from_millis(1003);
@@ -797,7 +799,7 @@ fn fuzz_client_resume_within_new_receive_maximum() {
             properties: ConnAckProperties::default(),
         };
         c.properties.receive_maximum = NonZeroU16::new(rm);
-        Packet::ConnAck(c).to_bytes(V5).unwrap()
+        Packet::ConnAck(c.into()).to_bytes(V5).unwrap()
     };
     client.connect(now).unwrap();
     client.handle_bytes(now, &connack(false, 8)).unwrap();

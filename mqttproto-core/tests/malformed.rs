@@ -441,6 +441,105 @@ fn payload_format_indicator_utf8_with_invalid_payload() {
     common::decode_hex("32 07 0001 74 0009 00 ff");
 }
 
+/// Builds a QoS 0 PUBLISH with the given topic bytes, no properties and payload "x".
+fn publish_with_topic(topic: &[u8]) -> String {
+    let len = 2 + topic.len() + 1 + 1;
+    assert!(len < 128);
+    let mut s = format!("30 {len:02x} {:04x} ", topic.len());
+    for b in topic {
+        s.push_str(&format!("{b:02x}"));
+    }
+    s.push_str(" 00 78");
+    s
+}
+
+/// The PUBLISH parser reads the body's bytes directly: every way the body can end early is
+/// `Truncated`, never a panic or a misread field.
+#[test]
+fn publish_truncated_at_every_field() {
+    for hex in [
+        "30 00",                  // no topic length
+        "30 01 00",               // half a topic length
+        "30 02 0003",             // topic length, no topic
+        "30 03 0001 74",          // no Property Length
+        "32 03 0001 74",          // QoS 1: no packet id
+        "32 04 0001 74 00",       // QoS 1: half a packet id
+        "32 05 0001 74 0001",     // QoS 1: no Property Length
+        "30 05 0001 74 05 01",    // Property Length beyond the body
+        "30 06 0001 74 03 02 00", // Message Expiry Interval cut short
+    ] {
+        assert!(
+            matches!(
+                rejects(hex, ReasonCode::MalformedPacket),
+                DecodeError::Truncated {
+                    packet: PacketType::Publish
+                }
+            ),
+            "{hex}"
+        );
+    }
+}
+
+/// The checks keep their order: a bad topic is reported before a bad packet id, and a packet id
+/// of 0 before a bad property.
+#[test]
+fn publish_errors_in_field_order() {
+    // Topic "+" and packet id 0.
+    assert!(matches!(
+        rejects("32 06 0001 2b 0000 00", ReasonCode::TopicNameInvalid),
+        DecodeError::InvalidTopicName { .. }
+    ));
+    // Packet id 0 and an unknown property.
+    assert!(matches!(
+        rejects("32 07 0001 74 0000 01 7f", ReasonCode::ProtocolError),
+        DecodeError::ZeroPacketId { .. }
+    ));
+}
+
+/// The topic check works 8 bytes at a time with an overlapping last word: a wildcard or U+0000 is
+/// found at every position of topics of every length up to 40 bytes, and bytes below the fast
+/// path's range (space, `!`, `$`, `*`, `,`) or non-ASCII characters are still accepted.
+#[test]
+fn topic_name_checked_at_every_position() {
+    for len in 1..=40usize {
+        for pos in 0..len {
+            for (bad, statement) in [
+                (b'+', "MQTT-3.3.2-2"),
+                (b'#', "MQTT-3.3.2-2"),
+                (0u8, "MQTT-4.7.3-2"),
+            ] {
+                let mut topic = vec![b'a'; len];
+                topic[pos] = bad;
+                let e = reject_hex(&publish_with_topic(&topic));
+                assert!(
+                    matches!(e, DecodeError::InvalidTopicName { .. }),
+                    "len {len} pos {pos} byte {bad:#x}: {e:?}"
+                );
+                assert_eq!(e.statement(), Some(statement));
+            }
+            for ok in [b' ', b'!', b'$', b'*', b',', b'/', 0x7f] {
+                let mut topic = vec![b'a'; len];
+                topic[pos] = ok;
+                common::decode_hex(&publish_with_topic(&topic));
+            }
+        }
+        // A two-byte character (U+00E9) ending at the last byte, and an ill-formed lone
+        // continuation byte.
+        let mut topic = vec![b'a'; len + 1];
+        topic[len - 1..].copy_from_slice(&[0xc3, 0xa9]);
+        common::decode_hex(&publish_with_topic(&topic));
+        let mut topic = vec![b'a'; len];
+        topic[len - 1] = 0xa9;
+        assert!(matches!(
+            rejects(&publish_with_topic(&topic), ReasonCode::MalformedPacket),
+            DecodeError::InvalidTopicName {
+                error: TopicError::String(StringError::InvalidUtf8),
+                ..
+            }
+        ));
+    }
+}
+
 // ---- SUBSCRIBE / UNSUBSCRIBE --------------------------------------------------------------
 
 #[test]

@@ -207,7 +207,7 @@ fn connack() -> impl Strategy<Value = Packet> {
     )
         .prop_map(|(session_present, reason_code, a, b)| {
             let has_method = b.6.is_some();
-            Packet::ConnAck(ConnAck {
+            Packet::ConnAck(Box::new(ConnAck {
                 session_present: session_present && reason_code == ReasonCode::Success,
                 reason_code,
                 properties: ConnAckProperties {
@@ -229,7 +229,7 @@ fn connack() -> impl Strategy<Value = Packet> {
                     authentication_data: b.7.filter(|_| has_method),
                     user_properties: b.8,
                 },
-            })
+            }))
         })
 }
 
@@ -272,7 +272,8 @@ fn publish() -> impl Strategy<Value = Packet> {
                     content_type: p.5,
                     user_properties: p.6,
                     subscription_identifiers: p.7,
-                },
+                }
+                .into(),
             })
         })
 }

@@ -66,11 +66,11 @@ fn connack_success() {
     let p = decode_hex("20 03 00 00 00");
     assert_eq!(
         p,
-        Packet::ConnAck(ConnAck {
+        Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::Success,
             properties: ConnAckProperties::default(),
-        })
+        }))
     );
 }
 

@@ -64,11 +64,11 @@ fn piped(
 }
 
 fn connack() -> Packet {
-    Packet::ConnAck(ConnAck {
+    Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
         reason_code: ReasonCode::Success,
         properties: Default::default(),
-    })
+    }))
 }
 
 #[tokio::test(start_paused = true)]

@@ -920,7 +920,8 @@ impl Broker {
                 content_type: p.content_type.clone(),
                 user_properties: p.user_properties.clone(),
                 subscription_identifiers: Vec::new(),
-            },
+            }
+            .into(),
         };
         self.route(now, None, publish);
     }
@@ -965,7 +966,9 @@ impl Broker {
     fn route(&mut self, now: Instant, from: Option<SessionId>, mut publish: Publish) -> bool {
         publish.dup = false;
         publish.packet_id = None;
-        publish.properties.topic_alias = None;
+        if let Some(props) = publish.properties.get_mut() {
+            props.topic_alias = None;
+        }
         let expires_at = publish
             .properties
             .message_expiry_interval
@@ -1034,7 +1037,7 @@ impl Broker {
             let mut out = publish.clone();
             out.qos = publish.qos.min(t.qos);
             out.retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
-            out.properties.subscription_identifiers = t.ids;
+            set_subscription_ids(&mut out, t.ids);
             self.deliver(now, sid, out, expires_at);
         }
         self.scratch = targets;
@@ -1152,11 +1155,21 @@ impl Broker {
                     let mut p = m.publish;
                     p.qos = p.qos.min(granted);
                     p.retain = true;
-                    p.properties.subscription_identifiers = id.into_iter().collect();
+                    set_subscription_ids(&mut p, id.into_iter().collect());
                     self.deliver(now, sid, p, m.expires_at);
                 }
             }
         }
         Ok(())
+    }
+}
+
+/// Replaces the Subscription Identifiers of an outgoing message, without allocating properties
+/// for a message that has none and gets none.
+fn set_subscription_ids(publish: &mut Publish, ids: Vec<SubscriptionId>) {
+    match publish.properties.get_mut() {
+        Some(props) => props.subscription_identifiers = ids,
+        None if ids.is_empty() => {}
+        None => publish.properties.subscription_identifiers = ids,
     }
 }

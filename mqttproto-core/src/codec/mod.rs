@@ -21,7 +21,8 @@ pub use connect::{ConnAck, Connect, Will};
 pub use control::{Auth, Disconnect};
 pub use properties::{
     AckProperties, AuthProperties, ConnAckProperties, ConnectProperties, DisconnectProperties,
-    PublishProperties, SubscribeProperties, UnsubscribeProperties, WillProperties,
+    PropertiesBox, PropertySet, PublishProperties, SubscribeProperties, UnsubscribeProperties,
+    WillProperties,
 };
 pub use publish::Publish;
 pub use subscribe::{Subscribe, Subscription, Unsubscribe};
@@ -38,8 +39,8 @@ use wire::Reader;
 pub enum Packet {
     /// CONNECT
     Connect(Box<Connect>),
-    /// CONNACK
-    ConnAck(ConnAck),
+    /// CONNACK (boxed: its properties are large, and it is sent once per connection)
+    ConnAck(Box<ConnAck>),
     /// PUBLISH
     Publish(Publish),
     /// PUBACK
@@ -92,6 +93,7 @@ impl FixedHeader {
 ///
 /// `Ok(None)` means more bytes are needed. Reserved flags are checked here [MQTT-2.1.3-1], so an
 /// invalid packet is rejected before its body arrives.
+#[inline]
 pub fn decode_fixed_header(buf: &[u8]) -> Result<Option<FixedHeader>, DecodeError> {
     let Some(&first) = buf.first() else {
         return Ok(None);
@@ -151,7 +153,11 @@ pub fn decode(
     }
     let mut frame = buf.split_to(size).freeze();
     frame.advance(header.header_len);
-    decode_body(header.packet_type, header.flags, frame, version).map(Some)
+    if header.packet_type == PacketType::Publish {
+        // The hot path, without the intermediate `Result<Packet>` of `decode_body`.
+        return Publish::decode(frame, header.flags).map(|p| Some(Packet::Publish(p)));
+    }
+    decode_other(header.packet_type, header.flags, frame, version).map(Some)
 }
 
 /// Decodes one packet from a buffer that holds exactly one whole packet.
@@ -175,7 +181,21 @@ pub fn decode_packet(mut frame: Bytes, version: ProtocolVersion) -> Result<Packe
     decode_body(header.packet_type, header.flags, frame, version)
 }
 
+#[inline]
 fn decode_body(
+    packet_type: PacketType,
+    flags: u8,
+    body: Bytes,
+    version: ProtocolVersion,
+) -> Result<Packet, DecodeError> {
+    if packet_type == PacketType::Publish {
+        // The payload takes the rest of the body: nothing can trail.
+        return Publish::decode(body, flags).map(Packet::Publish);
+    }
+    decode_other(packet_type, flags, body, version)
+}
+
+fn decode_other(
     packet_type: PacketType,
     flags: u8,
     body: Bytes,
@@ -184,8 +204,8 @@ fn decode_body(
     let mut r = Reader::new(body, packet_type);
     let packet = match packet_type {
         PacketType::Connect => Packet::Connect(Box::new(Connect::decode(&mut r)?)),
-        PacketType::ConnAck => Packet::ConnAck(ConnAck::decode(&mut r, version)?),
-        PacketType::Publish => Packet::Publish(Publish::decode(&mut r, flags, version)?),
+        PacketType::ConnAck => Packet::ConnAck(Box::new(ConnAck::decode(&mut r, version)?)),
+        PacketType::Publish => Packet::Publish(Publish::decode(r.rest(), flags)?),
         PacketType::PubAck => Packet::PubAck(PublishAck::decode(&mut r, version)?),
         PacketType::PubRec => Packet::PubRec(PublishAck::decode(&mut r, version)?),
         PacketType::PubRel => Packet::PubRel(PublishAck::decode(&mut r, version)?),
@@ -290,7 +310,20 @@ impl Packet {
     /// Appends the encoded packet to `buf`.
     ///
     /// The packet is checked first ([`validate`](Self::validate)); on error nothing is written.
+    #[inline]
     pub fn encode(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
+        if let Packet::Publish(p) = self {
+            // The hot path: one pass, every length computed once.
+            return p.encode(buf);
+        }
+        self.encode_other(buf, version)
+    }
+
+    fn encode_other(
+        &self,
+        buf: &mut BytesMut,
+        version: ProtocolVersion,
+    ) -> Result<(), EncodeError> {
         let remaining = self.checked_remaining_len(version)?;
         buf.reserve(1 + varint_len(remaining as u32) + remaining);
         buf.extend_from_slice(&[self.first_byte()]);

@@ -95,7 +95,8 @@ fn invalid(pid: u32, value: u32) -> DecodeError {
 pub(crate) trait PropValue: Sized {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError>;
     fn value_len(&self) -> usize;
-    fn write(&self, buf: &mut BytesMut);
+    /// Writes the property: its identifier `id`, then the value.
+    fn write(&self, id: u8, buf: &mut BytesMut);
     fn check(&self, _pid: u32) -> Result<(), EncodeError> {
         Ok(())
     }
@@ -110,11 +111,13 @@ impl PropValue for bool {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -122,11 +125,14 @@ impl PropValue for u16 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u16()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(*self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        let [a, b] = self.to_be_bytes();
+        buf.put_slice(&[id, a, b])
     }
 }
 
@@ -134,11 +140,14 @@ impl PropValue for u32 {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.u32()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(*self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        let [a, b, c, d] = self.to_be_bytes();
+        buf.put_slice(&[id, a, b, c, d])
     }
 }
 
@@ -153,11 +162,13 @@ impl PropValue for NonZeroU16 {
             }
         })
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u16(self.get())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        self.get().write(id, buf)
     }
 }
 
@@ -166,11 +177,13 @@ impl PropValue for NonZeroU32 {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         NonZeroU32::new(r.u32()?).ok_or_else(|| invalid(pid, 0))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u32(self.get())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        self.get().write(id, buf)
     }
 }
 
@@ -183,11 +196,13 @@ impl PropValue for QoS {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -199,11 +214,13 @@ impl PropValue for PayloadFormat {
             v => Err(invalid(pid, v.into())),
         }
     }
+    #[inline]
     fn value_len(&self) -> usize {
         1
     }
-    fn write(&self, buf: &mut BytesMut) {
-        buf.put_u8(*self as u8)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_slice(&[id, *self as u8])
     }
 }
 
@@ -211,11 +228,13 @@ impl PropValue for MqttString {
     fn read(r: &mut Reader, pid: u32) -> Result<Self, DecodeError> {
         r.string(name_of(pid))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + MqttString::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.as_bytes())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.as_bytes())
     }
 }
 
@@ -224,11 +243,13 @@ impl PropValue for Bytes {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
         r.binary()
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + Bytes::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self)
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self)
     }
     fn check(&self, pid: u32) -> Result<(), EncodeError> {
         check_binary(name_of(pid), self)
@@ -238,14 +259,15 @@ impl PropValue for Bytes {
 /// Response Topic: a topic name without wildcards [MQTT-3.3.2-13, MQTT-3.3.2-14].
 impl PropValue for TopicName {
     fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
-        let b = r.binary()?;
-        TopicName::from_bytes(b).map_err(DecodeError::InvalidResponseTopic)
+        r.topic_name(DecodeError::InvalidResponseTopic)
     }
+    #[inline]
     fn value_len(&self) -> usize {
         2 + TopicName::len(self)
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.as_bytes())
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.as_bytes())
     }
 }
 
@@ -254,10 +276,13 @@ impl PropValue for SubscriptionId {
         let v = r.varint()?;
         SubscriptionId::new(v).ok_or_else(|| invalid(pid, v))
     }
+    #[inline]
     fn value_len(&self) -> usize {
         varint_len(self.get())
     }
-    fn write(&self, buf: &mut BytesMut) {
+    #[inline]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        buf.put_u8(id);
         put_varint(buf, self.get())
     }
 }
@@ -268,13 +293,24 @@ impl PropValue for UserProperty {
         let value = r.string("User Property value")?;
         Ok(UserProperty { name, value })
     }
+    #[inline]
     fn value_len(&self) -> usize {
         4 + self.name.len() + self.value.len()
     }
-    fn write(&self, buf: &mut BytesMut) {
-        put_prefixed(buf, self.name.as_bytes());
+    #[inline(always)]
+    fn write(&self, id: u8, buf: &mut BytesMut) {
+        put_prefixed_property(buf, id, self.name.as_bytes());
         put_prefixed(buf, self.value.as_bytes());
     }
+}
+
+/// Appends a property identifier and a length-prefixed field in one go (the length was checked).
+#[inline(always)]
+fn put_prefixed_property(buf: &mut BytesMut, id: u8, data: &[u8]) {
+    debug_assert!(data.len() <= u16::MAX as usize);
+    let [a, b] = (data.len() as u16).to_be_bytes();
+    buf.put_slice(&[id, a, b]);
+    buf.put_slice(data);
 }
 
 pub(crate) fn check_binary(field: &'static str, b: &[u8]) -> Result<(), EncodeError> {
@@ -291,6 +327,137 @@ pub(crate) fn check_binary(field: &'static str, b: &[u8]) -> Result<(), EncodeEr
 /// The Property Length prefix plus the properties.
 pub(crate) fn block_len(props_len: usize) -> usize {
     varint_len(props_len as u32) + props_len
+}
+
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A packet's set of properties (one of the `…Properties` structs of this module).
+pub trait PropertySet: sealed::Sealed + Default + 'static {
+    /// A shared value with no property set.
+    fn empty() -> &'static Self;
+    /// Whether no property is set.
+    fn is_empty(&self) -> bool;
+}
+
+/// A set of properties kept on the heap, and only once a property is set.
+///
+/// Most messages carry no properties, so [`Publish`](super::Publish) keeps its
+/// [`PublishProperties`] in this box: a message without properties is a small value, it is decoded
+/// and dropped without allocating, and it moves cheaply.
+///
+/// The box reads and writes like the properties themselves:
+///
+/// * reading a field (`publish.properties.topic_alias`) goes through [`Deref`](std::ops::Deref);
+///   an unset box reads as the empty set;
+/// * writing a field (`publish.properties.topic_alias = None`) goes through
+///   [`DerefMut`](std::ops::DerefMut), which allocates the set if the box was unset; use
+///   [`get_mut`](Self::get_mut) to change properties only if some are set;
+/// * a whole set is assigned with `publish.properties = props.into()`.
+///
+/// Two boxes are equal when their properties are: an unset box equals a box that holds the empty
+/// set.
+#[derive(Clone, Default)]
+pub struct PropertiesBox<T>(Option<Box<T>>);
+
+impl<T: PropertySet> PropertiesBox<T> {
+    /// An unset box: no property, no allocation.
+    pub const fn none() -> Self {
+        PropertiesBox(None)
+    }
+
+    /// Boxes `props`, or allocates nothing if no property is set.
+    pub fn new(props: T) -> Self {
+        if props.is_empty() {
+            PropertiesBox(None)
+        } else {
+            PropertiesBox(Some(Box::new(props)))
+        }
+    }
+
+    /// Wraps a boxed set as it is (an empty one is kept).
+    #[inline]
+    pub(crate) fn from_box(props: Box<T>) -> Self {
+        PropertiesBox(Some(props))
+    }
+
+    /// Whether no property is set. This does not allocate, and is fast when the box is unset.
+    #[inline]
+    pub fn is_empty(&self) -> bool {
+        match &self.0 {
+            None => true,
+            Some(p) => p.is_empty(),
+        }
+    }
+
+    /// The properties if the box is set (it may hold the empty set), without looking at the
+    /// shared empty value.
+    #[inline]
+    pub fn get(&self) -> Option<&T> {
+        self.0.as_deref()
+    }
+
+    /// The properties for changing, without allocating: `None` if the box is unset.
+    #[inline]
+    pub fn get_mut(&mut self) -> Option<&mut T> {
+        self.0.as_deref_mut()
+    }
+
+    /// The properties for changing, allocating an empty set if the box is unset (what
+    /// [`DerefMut`](std::ops::DerefMut) does).
+    pub fn make_mut(&mut self) -> &mut T {
+        self.0.get_or_insert_with(Box::default)
+    }
+
+    /// Takes the properties out, leaving the box unset.
+    pub fn take(&mut self) -> T {
+        self.0.take().map(|b| *b).unwrap_or_default()
+    }
+
+    /// The properties by value.
+    pub fn into_inner(self) -> T {
+        self.0.map(|b| *b).unwrap_or_default()
+    }
+}
+
+impl<T: PropertySet> std::ops::Deref for PropertiesBox<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        match &self.0 {
+            Some(p) => p,
+            None => T::empty(),
+        }
+    }
+}
+
+impl<T: PropertySet> std::ops::DerefMut for PropertiesBox<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        self.make_mut()
+    }
+}
+
+impl<T: PropertySet> From<T> for PropertiesBox<T> {
+    fn from(props: T) -> Self {
+        PropertiesBox::new(props)
+    }
+}
+
+impl<T: PropertySet + PartialEq> PartialEq for PropertiesBox<T> {
+    fn eq(&self, other: &Self) -> bool {
+        **self == **other
+    }
+}
+
+impl<T: PropertySet + Eq> Eq for PropertiesBox<T> {}
+
+impl<T: PropertySet + std::fmt::Debug> std::fmt::Debug for PropertiesBox<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
 }
 
 macro_rules! property_set {
@@ -310,24 +477,53 @@ macro_rules! property_set {
             $( $(#[$rmeta])* pub $rfield: Vec<$rty>, )*
         }
 
+        impl sealed::Sealed for $name {}
+
+        impl PropertySet for $name {
+            #[inline]
+            fn empty() -> &'static Self {
+                static EMPTY: $name = $name::EMPTY;
+                &EMPTY
+            }
+
+            #[inline]
+            fn is_empty(&self) -> bool {
+                $name::is_empty(self)
+            }
+        }
+
         impl $name {
+            /// The value with no property set, usable in `const` and `static` context.
+            pub const EMPTY: $name = $name {
+                $( $field: None, )*
+                $( $rfield: Vec::new(), )*
+            };
+
             /// Whether no property is set.
             pub fn is_empty(&self) -> bool {
                 true $( && self.$field.is_none() )* $( && self.$rfield.is_empty() )*
             }
 
             /// Reads the Property Length and the properties.
-            #[allow(unused_mut, unused_variables)]
+            #[allow(unused_mut, unused_variables, dead_code)]
             pub(crate) fn read(r: &mut Reader) -> Result<Self, DecodeError> {
                 let mut props = Self::default();
+                props.read_into(r)?;
+                Ok(props)
+            }
+
+            /// [`read`](Self::read) into an empty set in place (for a boxed set: no move).
+            #[allow(unused_mut, unused_variables)]
+            pub(crate) fn read_into(&mut self, r: &mut Reader) -> Result<(), DecodeError> {
+                let props = self;
                 let len = r.varint()? as usize;
                 if len == 0 {
-                    return Ok(props);
+                    return Ok(());
                 }
                 let outer = r.limit(len)?;
                 let mut seen: u64 = 0;
                 while !r.is_empty() {
-                    let pid = r.varint()?;
+                    let pid = r.property_id()?;
                     let r = &mut *r;
                     match pid {
                         $( id::$pid => {
@@ -357,10 +553,11 @@ macro_rules! property_set {
                     }
                 }
                 r.end_limit(outer);
-                Ok(props)
+                Ok(())
             }
 
             /// The size of the properties, without the Property Length prefix.
+            #[inline]
             pub fn encoded_len(&self) -> usize {
                 let mut n = 0;
                 $( if let Some(v) = &self.$field { n += 1 + v.value_len(); } )*
@@ -368,6 +565,7 @@ macro_rules! property_set {
                 n
             }
 
+            #[inline]
             pub(crate) fn check(&self) -> Result<(), EncodeError> {
                 $( if let Some(v) = &self.$field { v.check(id::$pid)?; } )*
                 $( for v in &self.$rfield { v.check(id::$rpid)?; } )*
@@ -376,9 +574,22 @@ macro_rules! property_set {
 
             /// Writes the Property Length and the properties.
             pub(crate) fn write(&self, buf: &mut BytesMut) {
-                put_varint(buf, self.encoded_len() as u32);
-                $( if let Some(v) = &self.$field { buf.put_u8(id::$pid as u8); v.write(buf); } )*
-                $( for v in &self.$rfield { buf.put_u8(id::$rpid as u8); v.write(buf); } )*
+                self.write_sized(buf, self.encoded_len());
+            }
+
+            /// [`write`](Self::write) with the size [`encoded_len`](Self::encoded_len) returned.
+            #[inline]
+            pub(crate) fn write_sized(&self, buf: &mut BytesMut, len: usize) {
+                debug_assert_eq!(len, self.encoded_len());
+                put_varint(buf, len as u32);
+                self.write_body(buf);
+            }
+
+            /// The properties without the Property Length.
+            #[inline]
+            pub(crate) fn write_body(&self, buf: &mut BytesMut) {
+                $( if let Some(v) = &self.$field { v.write(id::$pid as u8, buf); } )*
+                $( for v in &self.$rfield { v.write(id::$rpid as u8, buf); } )*
             }
         }
     };
@@ -566,5 +777,72 @@ property_set! {
     repeated {
         /// User Properties, in order.
         user_properties: UserProperty = USER_PROPERTY,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn properties_box_reads_an_unset_box_as_the_empty_set() {
+        let b = PropertiesBox::<PublishProperties>::default();
+        assert!(b.get().is_none());
+        assert!(b.is_empty());
+        assert_eq!(*b, PublishProperties::default());
+        assert_eq!(b.topic_alias, None);
+        assert!(b.user_properties.is_empty());
+        assert_eq!(
+            format!("{b:?}"),
+            format!("{:?}", PublishProperties::default())
+        );
+    }
+
+    #[test]
+    fn properties_box_allocates_only_when_written() {
+        let mut b = PropertiesBox::<PublishProperties>::none();
+        assert!(b.get_mut().is_none());
+        assert!(b.get().is_none(), "get_mut does not allocate");
+        b.message_expiry_interval = Some(5);
+        assert_eq!(b.get().map(|p| p.message_expiry_interval), Some(Some(5)));
+        assert!(!b.is_empty());
+        b.get_mut().unwrap().message_expiry_interval = None;
+        assert!(b.is_empty(), "a set box holding nothing is empty");
+        assert!(PropertiesBox::new(PublishProperties::default())
+            .get()
+            .is_none());
+    }
+
+    #[test]
+    fn properties_box_equality_is_by_content() {
+        let unset = PropertiesBox::<PublishProperties>::none();
+        let mut empty = PropertiesBox::<PublishProperties>::none();
+        empty.make_mut();
+        assert!(empty.get().is_some());
+        assert_eq!(unset, empty);
+        let set: PropertiesBox<PublishProperties> = PublishProperties {
+            content_type: Some(MqttString::from_static("text/plain").unwrap()),
+            ..PublishProperties::default()
+        }
+        .into();
+        assert_ne!(unset, set);
+        assert_eq!(set.clone(), set);
+    }
+
+    #[test]
+    fn properties_box_take_and_into_inner() {
+        let props = PublishProperties {
+            topic_alias: NonZeroU16::new(3),
+            ..PublishProperties::default()
+        };
+        let mut b = PropertiesBox::new(props.clone());
+        assert_eq!(b.take(), props);
+        assert!(b.get().is_none());
+        assert_eq!(b.take(), PublishProperties::default());
+        assert_eq!(PropertiesBox::new(props.clone()).into_inner(), props);
+        assert_eq!(
+            PropertiesBox::<PublishProperties>::none().into_inner(),
+            PublishProperties::default()
+        );
     }
 }

@@ -5,6 +5,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 
 use crate::error::DecodeError;
 use crate::string::{MqttString, StringError};
+use crate::topic::{TopicError, TopicName};
 use crate::types::{PacketId, PacketType};
 
 /// The largest value of a Variable Byte Integer, and so of a remaining length.
@@ -92,6 +93,18 @@ impl Reader {
         }
     }
 
+    /// A reader over `buf` that starts at `pos`.
+    #[inline]
+    pub(crate) fn new_at(buf: Bytes, pos: usize, packet: PacketType) -> Reader {
+        debug_assert!(pos <= buf.len());
+        Reader {
+            end: buf.len(),
+            buf,
+            pos,
+            packet,
+        }
+    }
+
     #[inline]
     pub(crate) fn packet(&self) -> PacketType {
         self.packet
@@ -157,23 +170,24 @@ impl Reader {
         }
     }
 
+    /// A property identifier: a Variable Byte Integer, in practice always one byte.
+    #[inline(always)]
+    pub(crate) fn property_id(&mut self) -> Result<u32, DecodeError> {
+        match self.buf[..self.end].get(self.pos) {
+            Some(&b) if b < 0x80 => {
+                self.pos += 1;
+                Ok(u32::from(b))
+            }
+            _ => self.varint(),
+        }
+    }
+
     /// A packet identifier, which must not be 0 [MQTT-2.2.1-3].
     #[inline]
     pub(crate) fn packet_id(&mut self) -> Result<PacketId, DecodeError> {
         PacketId::new(self.u16()?).ok_or(DecodeError::ZeroPacketId {
             packet: self.packet,
         })
-    }
-
-    /// The next `n` bytes, sharing the packet's buffer.
-    #[inline]
-    pub(crate) fn take(&mut self, n: usize) -> Result<Bytes, DecodeError> {
-        if n > self.remaining() {
-            return Err(self.truncated());
-        }
-        let b = self.buf.slice(self.pos..self.pos + n);
-        self.pos += n;
-        Ok(b)
     }
 
     /// Everything left.
@@ -188,19 +202,6 @@ impl Reader {
         self.pos = 0;
         self.end = 0;
         b
-    }
-
-    /// Consumes an empty property block (a Property Length of 0, the single byte `0x00`) if one is
-    /// next, and says whether it did. Reading it with the property reader gives the same result;
-    /// this is the fast path for the common packet without properties.
-    #[inline]
-    pub(crate) fn skip_empty_properties(&mut self) -> bool {
-        if self.pos < self.end && self.buf[self.pos] == 0 {
-            self.pos += 1;
-            true
-        } else {
-            false
-        }
     }
 
     /// Limits reading to the next `n` bytes; returns what [`end_limit`](Self::end_limit) needs.
@@ -224,15 +225,46 @@ impl Reader {
     /// Binary Data: a two-byte length and that many bytes.
     #[inline]
     pub(crate) fn binary(&mut self) -> Result<Bytes, DecodeError> {
-        let n = self.u16()? as usize;
-        self.take(n)
+        let (start, end) = self.prefixed()?;
+        Ok(self.buf.slice(start..end))
+    }
+
+    /// Steps over a length-prefixed field (string or binary data) and returns where its bytes
+    /// are, so that they can be checked in place before they are sliced off.
+    #[inline]
+    fn prefixed(&mut self) -> Result<(usize, usize), DecodeError> {
+        let b: &[u8] = &self.buf[..self.end];
+        let Some(&[h, l]) = b.get(self.pos..self.pos + 2) else {
+            return Err(self.truncated());
+        };
+        let start = self.pos + 2;
+        let end = start + usize::from(u16::from_be_bytes([h, l]));
+        if end > b.len() {
+            return Err(self.truncated());
+        }
+        self.pos = end;
+        Ok((start, end))
     }
 
     /// A UTF-8 Encoded String [MQTT-1.5.4-1, MQTT-1.5.4-2].
-    #[inline]
+    #[inline(always)]
     pub(crate) fn string(&mut self, field: &'static str) -> Result<MqttString, DecodeError> {
-        let b = self.binary()?;
-        MqttString::from_bytes(b).map_err(|error| self.string_error(field, error))
+        let (start, end) = self.prefixed()?;
+        if let Err(error) = crate::string::check(&self.buf[start..end]) {
+            return Err(self.string_error(field, error));
+        }
+        Ok(MqttString::from_validated(self.buf.slice(start..end)))
+    }
+
+    /// A topic name (not empty, no wildcards), checked in place; `error` reports an invalid one.
+    #[inline]
+    pub(crate) fn topic_name(
+        &mut self,
+        error: impl FnOnce(TopicError) -> DecodeError,
+    ) -> Result<TopicName, DecodeError> {
+        let (start, end) = self.prefixed()?;
+        TopicName::check(&self.buf[start..end]).map_err(error)?;
+        Ok(TopicName::from_validated(self.buf.slice(start..end)))
     }
 
     pub(crate) fn string_error(&self, field: &'static str, error: StringError) -> DecodeError {
@@ -314,16 +346,6 @@ mod tests {
         assert_eq!(r.finish(), Ok(()));
         assert_eq!(r.rest(), Bytes::new());
         assert!(r.u8().is_err());
-    }
-
-    #[test]
-    fn skip_empty_properties_takes_only_a_zero_property_length() {
-        let mut r = Reader::new(Bytes::from_static(b"\x00\x02\x01\x01"), PacketType::Publish);
-        assert!(r.skip_empty_properties());
-        assert!(!r.skip_empty_properties());
-        assert_eq!(r.remaining(), 3);
-        let mut r = Reader::new(Bytes::new(), PacketType::Publish);
-        assert!(!r.skip_empty_properties());
     }
 
     #[test]
