@@ -1206,14 +1206,14 @@ fn client_checks_the_authentication_method_mqtt_4_12_0_5_and_4_12_0_6() {
         let now = Instant::now();
         client.connect(now).unwrap();
         while client.poll_transmit().is_some() {}
-        let connack = Packet::ConnAck(ConnAck {
+        let connack = Packet::ConnAck(Box::new(ConnAck {
             session_present: false,
             reason_code: ReasonCode::Success,
             properties: ConnAckProperties {
                 authentication_method: theirs.clone(),
                 ..Default::default()
             },
-        })
+        }))
         .to_bytes(ProtocolVersion::V5)
         .unwrap();
         let result = client.handle_bytes(now, &connack);

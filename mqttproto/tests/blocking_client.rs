@@ -356,11 +356,11 @@ impl Server {
 }
 
 fn connack() -> Packet {
-    Packet::ConnAck(ConnAck {
+    Packet::ConnAck(Box::new(ConnAck {
         session_present: false,
         reason_code: ReasonCode::Success,
         properties: Default::default(),
-    })
+    }))
 }
 
 #[test]
