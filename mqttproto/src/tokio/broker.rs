@@ -94,8 +94,13 @@ pub use super::listen::{ClientCertificates, ServerTlsOptions};
 
 const TARGET: &str = "mqttproto::broker";
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
+/// Bytes asked of the socket per read at first; the size adapts between this and
+/// [`READ_CHUNK_MAX`] (doubled when a read fills the space offered, halved when it uses under a
+/// quarter), so that large messages cross to the owner in few chunks.
+const READ_CHUNK_MIN: usize = 4096;
+/// The most bytes asked of the socket per read (below glibc's mmap threshold, so that a
+/// reader's buffer is never a fresh mapping).
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Inputs (chunks of bytes, closes, verdicts) buffered between readers and the owner.
 const INBOUND_CAPACITY: usize = 1024;
 /// Inputs the owner processes before draining the core's output.
@@ -1229,20 +1234,24 @@ impl Owner {
             } => {
                 client_cert = cert;
                 let (r, w) = tokio::io::split(stream);
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
             }
             NewConn::Tcp(sock, _, _) => {
                 let (r, w) = sock.into_split();
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_ready_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
             }
             #[cfg(unix)]
             NewConn::Unix(sock, _) => {
                 let (r, w) = sock.into_split();
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_ready_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
             }
             NewConn::Other(stream, _) => {
                 let (r, w) = tokio::io::split(stream);
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
             }
         };
         tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
@@ -1529,39 +1538,127 @@ impl Drop for VerdictGuard {
 
 // ---- connection tasks -------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_io<R, W>(
+/// Spawns a connection's reader (`reader`, one of the read loops below) and its writer.
+fn spawn_io<W>(
     handle: ConnectionHandle,
-    read: R,
+    reader: impl Future<Output = ()> + Send + 'static,
     write: W,
-    inbound: mpsc::Sender<Inbound>,
     outbound: mpsc::Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
     closing: oneshot::Receiver<()>,
     linger: Duration,
 ) -> (AbortHandle, JoinHandle<()>)
 where
-    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let reader = tokio::spawn(read_loop(handle, read, inbound)).abort_handle();
+    let reader = tokio::spawn(reader).abort_handle();
     let writer = tokio::spawn(write_loop(handle, write, outbound, queued, closing, linger));
     (reader, writer)
 }
 
+/// The next read size after a read of `got` bytes into `offered` bytes of space.
+fn next_chunk(chunk: usize, offered: usize, got: usize) -> usize {
+    if got >= offered {
+        (chunk * 2).min(READ_CHUNK_MAX)
+    } else if got < chunk / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
+
+/// Makes room for a read of `chunk` bytes; returns the space offered.
+fn make_room(buf: &mut BytesMut, chunk: usize) -> usize {
+    if buf.capacity() - buf.len() < chunk {
+        buf.reserve(chunk);
+    }
+    buf.capacity() - buf.len()
+}
+
+/// A read half that can wait until it is readable without holding a buffer, and then read
+/// without waiting: TCP and Unix sockets.
+trait ReadyRead: Send + 'static {
+    /// Waits until a read may make progress.
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Reads what is there, or fails with `WouldBlock`.
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize>;
+}
+
+impl ReadyRead for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+#[cfg(unix)]
+impl ReadyRead for tokio::net::unix::OwnedReadHalf {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+/// The reader of a TCP or Unix socket. It holds no buffer while the socket is idle: it waits
+/// for readability first, reads into a buffer sized for the traffic, forwards what it read
+/// (the owner copies it into the core), and lets the buffer go when the socket runs dry. An
+/// idle connection therefore costs no read buffer.
+async fn read_ready_loop<R: ReadyRead>(
+    handle: ConnectionHandle,
+    read: R,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut buf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
+    loop {
+        if let Err(error) = read.ready().await {
+            tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
+            break;
+        }
+        let offered = make_room(&mut buf, chunk);
+        match read.try_read_into(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk = next_chunk(chunk, offered, n);
+                let data = buf.split().freeze();
+                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // Going idle: keep no buffer while waiting.
+                buf = BytesMut::new();
+            }
+            Err(error) => {
+                tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
+                break;
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::Closed(handle)).await;
+}
+
+/// The reader of any other stream (TLS, WebSocket, streams handed to
+/// [`BrokerHandle::accept_stream`]).
 async fn read_loop<R: AsyncRead + Unpin>(
     handle: ConnectionHandle,
     mut read: R,
     inbound: mpsc::Sender<Inbound>,
 ) {
     let mut buf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
     loop {
-        buf.reserve(READ_CHUNK);
+        let offered = make_room(&mut buf, chunk);
         match read.read_buf(&mut buf).await {
             Ok(0) => break,
-            Ok(_) => {
-                let chunk = buf.split().freeze();
-                if inbound.send(Inbound::Bytes(handle, chunk)).await.is_err() {
+            Ok(n) => {
+                chunk = next_chunk(chunk, offered, n);
+                let data = buf.split().freeze();
+                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
                     return;
                 }
             }
@@ -1583,8 +1680,20 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     linger: Duration,
 ) {
     let writes = async {
-        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
-        while let Some(first) = outbound.recv().await {
+        let mut batch = VecDeque::new();
+        loop {
+            let first = match outbound.try_recv() {
+                Ok(b) => b,
+                Err(mpsc::error::TryRecvError::Empty) => {
+                    // Going idle: keep no batch buffer while waiting.
+                    batch = VecDeque::new();
+                    match outbound.recv().await {
+                        Some(b) => b,
+                        None => break,
+                    }
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => break,
+            };
             batch.push_back(first);
             while batch.len() < WRITE_BATCH {
                 match outbound.try_recv() {
@@ -1622,15 +1731,17 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     bufs: &mut VecDeque<Bytes>,
 ) -> io::Result<()> {
     while !bufs.is_empty() {
-        let n = {
+        // The slices live on the stack of one poll, not in the writer task's state.
+        let n = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
             let mut count = 0;
             for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
                 *slot = IoSlice::new(b);
                 count += 1;
             }
-            write.write_vectored(&slices[..count]).await?
-        };
+            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
