@@ -1090,12 +1090,9 @@ async fn accept_unix(listener: tokio::net::UnixListener, index: usize, tx: mpsc:
 // ---- the owner --------------------------------------------------------------------------
 
 struct Conn {
-    /// The writer's queue.
-    tx: mpsc::Sender<Bytes>,
-    /// Bytes in the writer's queue, not yet written.
-    queued: Arc<AtomicUsize>,
-    /// Dropped when the connection closes: the writer then has `flush_timeout` to finish.
-    _closing: oneshot::Sender<()>,
+    /// The writer's queue; closed when the connection is dropped: the writer then has
+    /// `flush_timeout` to finish.
+    outbox: Arc<Outbox>,
     reader: AbortHandle,
     /// Taken when the connection closes.
     writer: Option<JoinHandle<()>>,
@@ -1111,6 +1108,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // The reader has nothing more to do; the writer finishes on its own (see `write_loop`).
         self.reader.abort();
+        self.outbox.close();
     }
 }
 
@@ -1219,12 +1217,10 @@ impl Owner {
             return; // dropping the socket closes it
         }
         let handle = self.core.accept(now());
-        let (tx, rx) = mpsc::channel(self.config.outbound_queue_capacity.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let (closing_tx, closing_rx) = oneshot::channel();
+        let outbox = Arc::new(Outbox::default());
         let inbound = self.inbound_tx.clone();
         let linger = self.config.flush_timeout;
-        let q = queued.clone();
+        let q = outbox.clone();
         let mut client_cert = None;
         let (reader, writer) = match conn {
             NewConn::Wrapped {
@@ -1235,32 +1231,30 @@ impl Owner {
                 client_cert = cert;
                 let (r, w) = tokio::io::split(stream);
                 let reader = read_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
+                spawn_io(handle, reader, w, q, linger)
             }
             NewConn::Tcp(sock, _, _) => {
                 let (r, w) = sock.into_split();
                 let reader = read_ready_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
+                spawn_io(handle, reader, w, q, linger)
             }
             #[cfg(unix)]
             NewConn::Unix(sock, _) => {
                 let (r, w) = sock.into_split();
                 let reader = read_ready_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
+                spawn_io(handle, reader, w, q, linger)
             }
             NewConn::Other(stream, _) => {
                 let (r, w) = tokio::io::split(stream);
                 let reader = read_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, rx, q, closing_rx, linger)
+                spawn_io(handle, reader, w, q, linger)
             }
         };
         tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
         self.conns.insert(
             handle,
             Conn {
-                tx,
-                queued,
-                _closing: closing_tx,
+                outbox,
                 reader,
                 writer: Some(writer),
                 peer,
@@ -1292,18 +1286,14 @@ impl Owner {
         if conn.overflowed {
             return;
         }
-        let len = bytes.len();
-        let pending = conn.queued.fetch_add(len, Ordering::AcqRel);
-        let too_many_bytes = pending > 0 && pending + len > self.config.max_outbound_bytes;
-        let result = if too_many_bytes {
-            Err(mpsc::error::TrySendError::Full(bytes))
-        } else {
-            conn.tx.try_send(bytes)
-        };
+        let result = conn.outbox.push(
+            bytes,
+            self.config.outbound_queue_capacity.max(1),
+            self.config.max_outbound_bytes,
+        );
         match result {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                conn.queued.fetch_sub(len, Ordering::AcqRel);
+            Err(Refused::Full { pending }) => {
                 conn.overflowed = true;
                 tracing::warn!(
                     target: TARGET,
@@ -1314,9 +1304,8 @@ impl Owner {
                 );
                 self.core.handle_close(now(), handle);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::WriterGone) => {
                 // The writer failed (the peer is gone); the reader reports it too.
-                conn.queued.fetch_sub(len, Ordering::AcqRel);
                 self.core.handle_close(now(), handle);
             }
         }
@@ -1435,8 +1424,8 @@ impl Owner {
                         self.closing_writers.push(writer);
                     }
                 }
-                // Dropping the connection aborts its reader; dropping `tx` and `_closing` lets
-                // the writer flush, then close the socket.
+                // Dropping the connection aborts its reader and closes its outbox: the writer
+                // flushes, then closes the socket.
             }
         }
     }
@@ -1543,16 +1532,14 @@ fn spawn_io<W>(
     handle: ConnectionHandle,
     reader: impl Future<Output = ()> + Send + 'static,
     write: W,
-    outbound: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    closing: oneshot::Receiver<()>,
+    outbox: Arc<Outbox>,
     linger: Duration,
 ) -> (AbortHandle, JoinHandle<()>)
 where
     W: AsyncWrite + Unpin + Send + 'static,
 {
     let reader = tokio::spawn(reader).abort_handle();
-    let writer = tokio::spawn(write_loop(handle, write, outbound, queued, closing, linger));
+    let writer = tokio::spawn(write_loop(handle, write, outbox, linger));
     (reader, writer)
 }
 
@@ -1671,47 +1658,156 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let _ = inbound.send(Inbound::Closed(handle)).await;
 }
 
+/// Why [`Outbox::push`] refused bytes.
+enum Refused {
+    /// The queue holds too many writes or bytes: the client is not keeping up.
+    Full {
+        /// Bytes queued or being written.
+        pending: usize,
+    },
+    /// The writer has ended (its socket failed).
+    WriterGone,
+}
+
+/// A connection's outbound queue, between the owner and the connection's writer.
+///
+/// Lighter than a bounded channel: it allocates nothing until bytes are queued, and the writer
+/// takes the whole queue at once (one lock per batch), so an idle connection's queue holds no
+/// buffer.
+#[derive(Default)]
+struct Outbox {
+    state: std::sync::Mutex<OutboxState>,
+    /// Wakes the writer: bytes were queued, or the outbox was closed.
+    wake: tokio::sync::Notify,
+    /// Wakes the writer's flush deadline: the outbox was closed.
+    closing: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    queue: VecDeque<Bytes>,
+    /// Bytes queued or being written.
+    pending: usize,
+    /// The connection is closed: the writer writes what is queued, then shuts the socket.
+    closed: bool,
+    /// The writer has ended: nothing more can be written.
+    writer_gone: bool,
+}
+
+/// What the writer takes from its [`Outbox`].
+enum Take {
+    /// Bytes to write, in order.
+    Batch(VecDeque<Bytes>),
+    /// Nothing yet.
+    Empty,
+    /// Closed, and everything was taken.
+    Closed,
+}
+
+impl Outbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        // The lock is never held across a panic point that could leave the state half-changed.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `bytes` unless more than `max_writes` writes, or (when anything is pending) more
+    /// than `max_bytes` bytes, would be pending.
+    fn push(&self, bytes: Bytes, max_writes: usize, max_bytes: usize) -> Result<(), Refused> {
+        let mut state = self.state();
+        if state.writer_gone {
+            return Err(Refused::WriterGone);
+        }
+        let pending = state.pending;
+        if state.queue.len() >= max_writes || (pending > 0 && pending + bytes.len() > max_bytes) {
+            return Err(Refused::Full { pending });
+        }
+        let was_empty = state.queue.is_empty();
+        state.pending += bytes.len();
+        state.queue.push_back(bytes);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(())
+    }
+
+    /// Closes the outbox: what is queued still goes out.
+    fn close(&self) {
+        self.state().closed = true;
+        self.wake.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Takes everything queued.
+    fn take(&self) -> Take {
+        let mut state = self.state();
+        if !state.queue.is_empty() {
+            Take::Batch(std::mem::take(&mut state.queue))
+        } else if state.closed {
+            Take::Closed
+        } else {
+            Take::Empty
+        }
+    }
+
+    /// `len` bytes taken earlier were written.
+    fn written(&self, len: usize) {
+        let mut state = self.state();
+        state.pending = state.pending.saturating_sub(len);
+    }
+
+    /// Completes once the outbox is closed.
+    async fn closed(&self) {
+        let notified = self.closing.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a close in between is not missed.
+        notified.as_mut().enable();
+        if self.state().closed {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl Drop for OutboxWriter {
+    fn drop(&mut self) {
+        self.0.state().writer_gone = true;
+    }
+}
+
+/// The writer's hold on its outbox: marks the writer gone when the writer ends in any way.
+struct OutboxWriter(Arc<Outbox>);
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     handle: ConnectionHandle,
     mut write: W,
-    mut outbound: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    closing: oneshot::Receiver<()>,
+    outbox: Arc<Outbox>,
     linger: Duration,
 ) {
+    let outbox = OutboxWriter(outbox);
     let writes = async {
-        let mut batch = VecDeque::new();
         loop {
-            let first = match outbound.try_recv() {
-                Ok(b) => b,
-                Err(mpsc::error::TryRecvError::Empty) => {
-                    // Going idle: keep no batch buffer while waiting.
-                    batch = VecDeque::new();
-                    match outbound.recv().await {
-                        Some(b) => b,
-                        None => break,
-                    }
+            let mut batch = match outbox.0.take() {
+                Take::Batch(batch) => batch,
+                Take::Empty => {
+                    outbox.0.wake.notified().await;
+                    continue;
                 }
-                Err(mpsc::error::TryRecvError::Disconnected) => break,
+                Take::Closed => break,
             };
-            batch.push_back(first);
-            while batch.len() < WRITE_BATCH {
-                match outbound.try_recv() {
-                    Ok(b) => batch.push_back(b),
-                    Err(_) => break,
-                }
-            }
             let len: usize = batch.iter().map(Bytes::len).sum();
             write_all_vectored(&mut write, &mut batch).await?;
             // A no-op for TCP; WebSocket frames and TLS records go out on flush.
             write.flush().await?;
-            queued.fetch_sub(len, Ordering::AcqRel);
+            outbox.0.written(len);
         }
         write.shutdown().await
     };
     // Once the connection is closed, the last bytes have `linger` to go out.
     let expiry = async {
-        let _ = closing.await;
+        outbox.0.closed().await;
         tokio::time::sleep(linger).await;
     };
     tokio::select! {
