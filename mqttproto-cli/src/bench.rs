@@ -672,7 +672,7 @@ impl Bench {
                     refused += p.refused;
                 }
                 Err(e) => {
-                    first_error.get_or_insert(e);
+                    first_error.get_or_insert(format!("a publisher: {e}"));
                 }
             }
         }
@@ -694,18 +694,15 @@ impl Bench {
             .await
             .map_err(|_| "subscribers did not finish in time")?
         {
-            match joined.map_err(|e| format!("subscriber task: {e}"))? {
-                Ok(seen) => {
-                    outcome.received += seen.distinct;
-                    outcome.duplicated += seen.duplicated;
-                    if let Some(t) = seen.last {
-                        last = last.max(t);
-                    }
-                    latencies.extend(seen.latencies_ns);
-                }
-                Err(e) => {
-                    first_error.get_or_insert(e);
-                }
+            let (seen, error) = joined.map_err(|e| format!("subscriber task: {e}"))?;
+            outcome.received += seen.distinct;
+            outcome.duplicated += seen.duplicated;
+            if let Some(t) = seen.last {
+                last = last.max(t);
+            }
+            latencies.extend(seen.latencies_ns);
+            if let Some(e) = error {
+                first_error.get_or_insert(format!("a subscriber: {e}"));
             }
         }
         if let Some(e) = first_error {
@@ -774,29 +771,53 @@ impl Bench {
 }
 
 /// A subscriber: counts what arrives (acknowledging QoS 1) until it has everything, the
-/// publishers are done and nothing came for [`QUIET`], or the run's deadline.
+/// publishers are done and nothing came for [`QUIET`], or the run's deadline. What it saw
+/// counts even when the connection failed (a broker may drop a subscriber that does not keep
+/// up): the error comes with it.
 async fn subscriber(
     mut conn: Conn,
     run: Run,
     done: Arc<AtomicBool>,
     origin: Instant,
     deadline: Instant,
-) -> Result<Seen, String> {
+) -> (Seen, Option<String>) {
     let mut seen = Seen::new(run.publishers, run.count, run.latency);
+    let result = receive(&mut conn, &mut seen, &run, &done, origin, deadline).await;
+    conn.close().await;
+    (seen, result.err())
+}
+
+async fn receive(
+    conn: &mut Conn,
+    seen: &mut Seen,
+    run: &Run,
+    done: &AtomicBool,
+    origin: Instant,
+    deadline: Instant,
+) -> Result<(), String> {
     let all = run.count * run.publishers as u64;
+    // When the publishers were first seen finished; then the subscriber waits until nothing
+    // came for QUIET since that moment and since the last message.
+    let mut done_at: Option<Instant> = None;
+    let mut last_activity = Instant::now();
     while seen.distinct < all {
-        let wait_until = if done.load(Ordering::Acquire) {
-            deadline.min(Instant::now() + QUIET)
-        } else {
+        let wait_until = match done_at {
+            Some(d) => (d.max(last_activity) + QUIET).min(deadline),
             // Wake up now and then to notice that the publishers finished.
-            deadline.min(Instant::now() + Duration::from_millis(250))
+            None => (Instant::now() + Duration::from_millis(250)).min(deadline),
         };
         let packet = match timeout_at(wait_until, conn.next()).await {
             Ok(p) => p?,
             Err(_) if Instant::now() >= deadline => break,
-            Err(_) if done.load(Ordering::Acquire) && wait_until < deadline => break,
-            Err(_) => continue,
+            Err(_) if done_at.is_some() => break,
+            Err(_) => {
+                if done.load(Ordering::Acquire) {
+                    done_at = Some(Instant::now());
+                }
+                continue;
+            }
         };
+        last_activity = Instant::now();
         if let Packet::Publish(p) = packet {
             let now = Instant::now();
             seen.last = Some(now);
@@ -806,8 +827,7 @@ async fn subscriber(
             }
         }
     }
-    conn.close().await;
-    Ok(seen)
+    Ok(())
 }
 
 /// A publisher: sends `run.count` messages, at most `window` unacknowledged at QoS 1.

@@ -107,6 +107,9 @@ const INBOUND_CAPACITY: usize = 1024;
 const INBOUND_BATCH: usize = 64;
 /// Pending writes one vectored write takes at most.
 const WRITE_BATCH: usize = 64;
+/// How long the owner stops taking input so that a backlogged writer can catch up (see
+/// [`Owner::wait_for_backlog`]).
+const BACKLOG_WAIT: Duration = Duration::from_millis(100);
 /// New sockets buffered between acceptors and the owner.
 const ACCEPT_CAPACITY: usize = 64;
 
@@ -862,6 +865,7 @@ impl Broker {
             local_addrs,
             shutting_down: false,
             closing_writers: Vec::new(),
+            backlog: None,
             config,
         };
         owner.run(inbound_rx, accept_rx, shutdown).await;
@@ -1120,6 +1124,8 @@ struct Owner {
     config: BrokerConfig,
     shutting_down: bool,
     closing_writers: Vec<JoinHandle<()>>,
+    /// A writer with more than half of [`BrokerConfig::max_outbound_bytes`] pending.
+    backlog: Option<Arc<Outbox>>,
 }
 
 fn now() -> std::time::Instant {
@@ -1179,6 +1185,33 @@ impl Owner {
                 }
             }
             self.flush();
+            self.wait_for_backlog().await;
+        }
+    }
+
+    /// When a connection's writer has fallen behind (more than half of
+    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to
+    /// [`BACKLOG_WAIT`] or until the writer is down to a quarter. A client that reads slower
+    /// than others publish then slows the publishers down (through TCP) instead of being
+    /// disconnected as soon as a few large messages pile up; one that stays behind still
+    /// overflows and is disconnected, after holding the others up for a bounded time.
+    async fn wait_for_backlog(&mut self) {
+        let Some(outbox) = self.backlog.take() else {
+            return;
+        };
+        let low = self.config.max_outbound_bytes / 4;
+        let deadline = Instant::now() + BACKLOG_WAIT;
+        loop {
+            let progress = outbox.progress.notified();
+            tokio::pin!(progress);
+            // Registered before the check, so progress in between is not missed.
+            progress.as_mut().enable();
+            if outbox.pending() <= low || outbox.writer_gone() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -1292,7 +1325,11 @@ impl Owner {
             self.config.max_outbound_bytes,
         );
         match result {
-            Ok(()) => {}
+            Ok(pending) => {
+                if pending > self.config.max_outbound_bytes / 2 {
+                    self.backlog = Some(conn.outbox.clone());
+                }
+            }
             Err(Refused::Full { pending }) => {
                 conn.overflowed = true;
                 tracing::warn!(
@@ -1681,6 +1718,9 @@ struct Outbox {
     wake: tokio::sync::Notify,
     /// Wakes the writer's flush deadline: the outbox was closed.
     closing: tokio::sync::Notify,
+    /// Wakes an owner waiting for the writer to catch up: bytes were written, or the writer
+    /// ended.
+    progress: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -1713,8 +1753,8 @@ impl Outbox {
     }
 
     /// Queues `bytes` unless more than `max_writes` writes, or (when anything is pending) more
-    /// than `max_bytes` bytes, would be pending.
-    fn push(&self, bytes: Bytes, max_writes: usize, max_bytes: usize) -> Result<(), Refused> {
+    /// than `max_bytes` bytes, would be pending. Returns the bytes now pending.
+    fn push(&self, bytes: Bytes, max_writes: usize, max_bytes: usize) -> Result<usize, Refused> {
         let mut state = self.state();
         if state.writer_gone {
             return Err(Refused::WriterGone);
@@ -1725,12 +1765,23 @@ impl Outbox {
         }
         let was_empty = state.queue.is_empty();
         state.pending += bytes.len();
+        let pending = state.pending;
         state.queue.push_back(bytes);
         drop(state);
         if was_empty {
             self.wake.notify_one();
         }
-        Ok(())
+        Ok(pending)
+    }
+
+    /// Bytes queued or being written.
+    fn pending(&self) -> usize {
+        self.state().pending
+    }
+
+    /// Whether the writer has ended.
+    fn writer_gone(&self) -> bool {
+        self.state().writer_gone
     }
 
     /// Closes the outbox: what is queued still goes out.
@@ -1756,6 +1807,8 @@ impl Outbox {
     fn written(&self, len: usize) {
         let mut state = self.state();
         state.pending = state.pending.saturating_sub(len);
+        drop(state);
+        self.progress.notify_waiters();
     }
 
     /// Completes once the outbox is closed.
@@ -1774,6 +1827,7 @@ impl Outbox {
 impl Drop for OutboxWriter {
     fn drop(&mut self) {
         self.0.state().writer_gone = true;
+        self.0.progress.notify_waiters();
     }
 }
 
