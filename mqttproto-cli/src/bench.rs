@@ -852,6 +852,7 @@ impl Publisher {
         let mut in_flight: u32 = 0;
         let mut sent: u64 = 0;
         let mut refused: u64 = 0;
+        let mut stalled = false;
         let start = Instant::now();
         let period = self
             .run
@@ -902,7 +903,16 @@ impl Publisher {
                 sent += 1;
             }
             if n > 0 {
-                self.conn.flush().await?;
+                // A broker that stops reading must not hold the publisher past the deadline;
+                // what was not written by then counts as lost.
+                match timeout_at(self.deadline, self.conn.flush()).await {
+                    Ok(written) => written?,
+                    Err(_) => {
+                        // Part of the buffer may be written: the stream is cut mid-packet.
+                        stalled = true;
+                        break;
+                    }
+                }
             }
             // Acknowledgements that already arrived.
             if qos1 {
@@ -951,7 +961,9 @@ impl Publisher {
         } else {
             sent
         };
-        self.conn.close().await;
+        if !stalled {
+            self.conn.close().await;
+        }
         // At QoS 1 only acknowledged messages count as sent: an unacknowledged one may or may
         // not have been delivered.
         Ok(Published {
