@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks our broker against Mosquitto in the same run with `mqttproto bench`, and prints a
-# side-by-side table with ratios (ours / Mosquitto; for latency and memory, lower is better).
+# side-by-side table with ratios (each broker / Mosquitto; for latency and memory, lower is
+# better).
 #
 # Usage: scripts/bench-broker.sh [--runs N] [--quick] [-- EXTRA BENCH ARGS...]
 #
@@ -152,7 +153,7 @@ echo "mqttproto bench: $(date -u '+%Y-%m-%d %H:%M UTC'), $(nproc) cores ($(grep 
 echo "brokers pinned to core $BROKER_CORE, load tool to core $LOAD_CORE; $RUNS run(s); raw results in $RESULTS"
 echo
 # The table: one row per (scenario, QoS, subscribers, metric); a min–max range per broker over
-# the runs, and the ratio of the medians of the first two brokers.
+# the runs, and the ratio of the medians of each broker to Mosquitto's.
 python3 - "$RESULTS" "$BROKERS" <<'PY'
 import sys, statistics
 path, brokers = sys.argv[1], sys.argv[2].split()
@@ -192,16 +193,20 @@ def rng(vals):
     fmt = (lambda x: "%.0f" % x) if hi >= 100 else (lambda x: "%.1f" % x)
     return fmt(lo) if lo == hi else "%s–%s" % (fmt(lo), fmt(hi))
 
-head = ["scenario", "metric"] + brokers + (["ratio %s/%s" % (brokers[0], brokers[1])] if len(brokers) > 1 else [])
+# Ratios of each broker against Mosquitto (or, without it, against the last broker).
+ref = "mosquitto" if "mosquitto" in brokers else brokers[-1]
+others = [b for b in brokers if b != ref]
+head = ["scenario", "metric"] + brokers + ["ratio %s/%s" % (b, ref) for b in others]
 print("| " + " | ".join(head) + " |")
 print("|" + "---|" * len(head))
 for k in order:
     vals = rows[k]
     cells = [k[0], k[1]] + [rng(vals.get(b, [])) for b in brokers]
-    if len(brokers) > 1:
-        a, b = vals.get(brokers[0]), vals.get(brokers[1])
-        if a and b and statistics.median(b) > 0 and k[1] != "lost":
-            cells.append("%.2f" % (statistics.median(a) / statistics.median(b)))
+    base = vals.get(ref)
+    for other in others:
+        a = vals.get(other)
+        if a and base and statistics.median(base) > 0 and k[1] != "lost":
+            cells.append("%.2f" % (statistics.median(a) / statistics.median(base)))
         else:
             cells.append("-")
     print("| " + " | ".join(cells) + " |")
