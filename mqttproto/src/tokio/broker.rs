@@ -1958,4 +1958,128 @@ mod tests {
         drop(a);
         assert_eq!(reader.await.unwrap(), b"hello world!");
     }
+
+    /// One end of an in-memory connection to the broker, speaking MQTT 5 through the codec.
+    struct Pipe {
+        stream: tokio::io::DuplexStream,
+        buf: BytesMut,
+    }
+
+    impl Pipe {
+        async fn open(broker: &BrokerHandle, client_id: &str, capacity: usize) -> Pipe {
+            use mqttproto_core::codec::{ConnectProperties, Packet};
+            let (client, server) = tokio::io::duplex(capacity);
+            broker
+                .accept_stream(server, PeerAddr::Unknown)
+                .await
+                .unwrap();
+            let mut pipe = Pipe {
+                stream: client,
+                buf: BytesMut::new(),
+            };
+            let connect = Connect {
+                clean_start: true,
+                client_id: client_id.try_into().unwrap(),
+                properties: ConnectProperties {
+                    receive_maximum: std::num::NonZeroU16::new(u16::MAX),
+                    ..ConnectProperties::default()
+                },
+                ..Connect::default()
+            };
+            pipe.send(Packet::Connect(Box::new(connect))).await;
+            match pipe.recv().await {
+                Packet::ConnAck(ack) => assert_eq!(ack.reason_code, ReasonCode::Success),
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+            pipe
+        }
+
+        async fn send(&mut self, packet: mqttproto_core::codec::Packet) {
+            let bytes = packet
+                .to_bytes(mqttproto_core::ProtocolVersion::V5)
+                .unwrap();
+            self.stream.write_all(&bytes).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> mqttproto_core::codec::Packet {
+            use mqttproto_core::codec::decode;
+            loop {
+                let decoded = decode(&mut self.buf, mqttproto_core::ProtocolVersion::V5, u32::MAX);
+                if let Some(packet) = decoded.unwrap() {
+                    return packet;
+                }
+                self.buf.reserve(64 * 1024);
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "the broker closed the connection");
+            }
+        }
+    }
+
+    /// A subscriber that reads slower than the publisher writes (its pipe holds 4 KiB) is not
+    /// disconnected as a slow consumer when more than `max_outbound_bytes` is published at
+    /// once: the broker stops taking the publisher's input while the subscriber's writer is
+    /// behind, and every QoS 1 message arrives. In-memory pipes and the paused clock: the
+    /// broker's bounded wait only ends early when nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_throttles_the_publisher_instead_of_being_disconnected() {
+        use mqttproto_core::codec::{Packet, Publish, PublishAck, Subscribe, Subscription};
+        use mqttproto_core::{PacketId, QoS, TopicFilter, TopicName};
+        const MESSAGES: u16 = 60;
+        const SIZE: usize = 32 * 1024;
+        let config = BrokerConfig {
+            max_outbound_bytes: 256 * 1024,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::bind(config).await.unwrap().spawn();
+
+        let mut sub = Pipe::open(&broker, "slow-reader", 4 * 1024).await;
+        sub.send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![Subscription::new(
+                TopicFilter::try_from("big").unwrap(),
+                QoS::AtLeastOnce,
+            )],
+        }))
+        .await;
+        assert!(matches!(sub.recv().await, Packet::SubAck(_)));
+
+        // 60 messages of 32 KiB (1.9 MiB, more than 7 times the subscriber's outbound limit),
+        // all within the broker's Receive Maximum of 100, written as fast as the broker reads.
+        let mut publisher = Pipe::open(&broker, "fast-writer", 1 << 20).await;
+        let publishing = tokio::spawn(async move {
+            for i in 1..=MESSAGES {
+                let mut payload = vec![0u8; SIZE];
+                payload[..2].copy_from_slice(&i.to_be_bytes());
+                let mut publish = Publish::new(TopicName::try_from("big").unwrap(), payload);
+                publish.qos = QoS::AtLeastOnce;
+                publish.packet_id = PacketId::new(i);
+                publisher.send(Packet::Publish(publish)).await;
+            }
+            let mut acked = 0;
+            while acked < MESSAGES {
+                if let Packet::PubAck(ack) = publisher.recv().await {
+                    assert_eq!(ack.reason_code, ReasonCode::Success);
+                    acked += 1;
+                }
+            }
+            publisher
+        });
+
+        let mut received = Vec::new();
+        while received.len() < usize::from(MESSAGES) {
+            match sub.recv().await {
+                Packet::Publish(p) => {
+                    assert_eq!(p.payload.len(), SIZE);
+                    received.push(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+                    let id = p.packet_id.unwrap();
+                    sub.send(Packet::PubAck(PublishAck::new(id))).await;
+                }
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
+        publishing.await.unwrap();
+        broker.shutdown().await;
+    }
 }
