@@ -8,9 +8,10 @@
 //! * one **acceptor task** per listener (TCP with `TCP_NODELAY`, or a Unix socket), which hands
 //!   new sockets to the owner;
 //! * per connection, a **reader task** that forwards `(connection, bytes)` to the owner over a
-//!   bounded channel (so a busy owner slows readers down instead of buffering without bound),
-//!   and a **writer task** that drains a bounded per-connection queue, coalescing what is
-//!   pending into vectored writes;
+//!   bounded channel (so a busy owner slows readers down instead of buffering without bound);
+//!   a TCP or Unix-socket reader holds no buffer while its socket is idle;
+//!   and a **writer task** that drains a bounded per-connection queue (an outbox that allocates
+//!   nothing while empty), taking everything pending into vectored writes;
 //! * per CONNECT, when an [`Authenticator`] is configured, a short task that awaits its verdict
 //!   and sends it back to the owner, which then answers the client. The owner never awaits an
 //!   authenticator.
@@ -22,8 +23,11 @@
 //!
 //! # Slow consumers
 //!
-//! The owner never waits for a connection: it hands bytes to the connection's writer with a
-//! non-blocking send. When a connection's outbound queue is full (more than
+//! The owner never blocks on a connection: it hands bytes to the connection's writer without
+//! waiting. When a writer falls behind (more than half of [`BrokerConfig::max_outbound_bytes`]
+//! pending), the owner stops taking input for at most 100 ms, until the writer is down to a
+//! quarter, so that a client reading slower than others publish slows the publishers down
+//! (through TCP) rather than overflowing. When a connection's outbound queue is full (more than
 //! [`BrokerConfig::outbound_queue_capacity`] pending writes, or more than
 //! [`BrokerConfig::max_outbound_bytes`] pending bytes), the client is not keeping up and is
 //! **disconnected** (its socket is closed, as the specification allows a server to do at any
@@ -32,7 +36,8 @@
 //! the session lives on. QoS 1 and 2 messages that were in flight stay in the session and are
 //! resent when the client resumes it; new messages are queued for the offline session up to
 //! the offline-queue bound ([`BrokerConfig::with_max_queued_messages`]). QoS 0 messages in the
-//! dropped queue are lost. One stalled subscriber therefore never holds up the others.
+//! dropped queue are lost. One stalled subscriber therefore holds up the others for at most
+//! 100 ms at a time, and only until it overflows.
 //!
 //! # Example
 //!
