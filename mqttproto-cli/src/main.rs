@@ -9,9 +9,12 @@
 //! * `passwd FILE USER`: adds, updates (`--password` or stdin) or deletes (`-D`) a user of a
 //!   password file for the broker (`-c` creates the file);
 //! * `decode`: parses MQTT 5 packets given in hex and prints them, or the reason code a
-//!   receiver would answer with.
+//!   receiver would answer with;
+//! * `bench`: a load tool for MQTT 5 brokers (fan-in, fan-out, latency, large messages, idle
+//!   connections).
 #![forbid(unsafe_code)]
 
+mod bench;
 mod broker;
 mod client_cmds;
 mod config;
@@ -54,6 +57,9 @@ enum Command {
         #[arg(long, default_value_t = 268_435_460)]
         max_packet_size: u32,
     },
+    /// Load a broker and measure it: fan-in, fan-out, latency, large messages, idle
+    /// connections (see `mqttproto bench --help`).
+    Bench(bench::BenchArgs),
 }
 
 fn parse_hex(text: &str) -> Result<Vec<u8>, String> {
@@ -127,6 +133,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Broker(args) => broker::run(args),
         Command::Passwd(args) => passwd::run(args),
+        Command::Bench(args) => bench::run(args),
         Command::Pub(args) => run_async(client_cmds::run_pub(args)),
         Command::Sub(args) => run_async(client_cmds::run_sub(args)),
         Command::Decode {

@@ -8,9 +8,10 @@
 //! * one **acceptor task** per listener (TCP with `TCP_NODELAY`, or a Unix socket), which hands
 //!   new sockets to the owner;
 //! * per connection, a **reader task** that forwards `(connection, bytes)` to the owner over a
-//!   bounded channel (so a busy owner slows readers down instead of buffering without bound),
-//!   and a **writer task** that drains a bounded per-connection queue, coalescing what is
-//!   pending into vectored writes;
+//!   bounded channel (so a busy owner slows readers down instead of buffering without bound);
+//!   a TCP or Unix-socket reader holds no buffer while its socket is idle;
+//!   and a **writer task** that drains a bounded per-connection queue (an outbox that allocates
+//!   nothing while empty), taking everything pending into vectored writes;
 //! * per CONNECT, when an [`Authenticator`] is configured, a short task that awaits its verdict
 //!   and sends it back to the owner, which then answers the client. The owner never awaits an
 //!   authenticator;
@@ -26,8 +27,11 @@
 //!
 //! # Slow consumers
 //!
-//! The owner never waits for a connection: it hands bytes to the connection's writer with a
-//! non-blocking send. When a connection's outbound queue is full (more than
+//! The owner never blocks on a connection: it hands bytes to the connection's writer without
+//! waiting. When a writer falls behind (more than half of [`BrokerConfig::max_outbound_bytes`]
+//! pending), the owner stops taking input for at most 100 ms, until the writer is down to a
+//! quarter, so that a client reading slower than others publish slows the publishers down
+//! (through TCP) rather than overflowing. When a connection's outbound queue is full (more than
 //! [`BrokerConfig::outbound_queue_capacity`] pending writes, or more than
 //! [`BrokerConfig::max_outbound_bytes`] pending bytes), the client is not keeping up and is
 //! **disconnected** (its socket is closed, as the specification allows a server to do at any
@@ -36,7 +40,8 @@
 //! the session lives on. QoS 1 and 2 messages that were in flight stay in the session and are
 //! resent when the client resumes it; new messages are queued for the offline session up to
 //! the offline-queue bound ([`BrokerConfig::with_max_queued_messages`]). QoS 0 messages in the
-//! dropped queue are lost. One stalled subscriber therefore never holds up the others.
+//! dropped queue are lost. One stalled subscriber therefore holds up the others for at most
+//! 100 ms at a time, and only until it overflows.
 //!
 //! # Example
 //!
@@ -103,14 +108,22 @@ pub type BrokerConfig = crate::server::BrokerConfig<dyn Authenticator>;
 
 const TARGET: &str = "mqttproto::broker";
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 4096;
+/// Bytes asked of the socket per read at first; the size adapts between this and
+/// [`READ_CHUNK_MAX`] (doubled when a read fills the space offered, halved when it uses under a
+/// quarter), so that large messages cross to the owner in few chunks.
+const READ_CHUNK_MIN: usize = 4096;
+/// The most bytes asked of the socket per read (below glibc's mmap threshold, so that a
+/// reader's buffer is never a fresh mapping).
+const READ_CHUNK_MAX: usize = 64 * 1024;
 /// Inputs (chunks of bytes, closes, verdicts) buffered between readers and the owner.
 const INBOUND_CAPACITY: usize = 1024;
 /// Inputs the owner processes before draining the core's output.
 const INBOUND_BATCH: usize = 64;
 /// Pending writes one vectored write takes at most.
 const WRITE_BATCH: usize = 64;
+/// How long the owner stops taking input so that a backlogged writer can catch up (see
+/// [`Owner::wait_for_backlog`]).
+const BACKLOG_WAIT: Duration = Duration::from_millis(100);
 /// New sockets buffered between acceptors and the owner.
 const ACCEPT_CAPACITY: usize = 64;
 
@@ -419,6 +432,7 @@ impl Broker {
             local_addrs,
             shutting_down: false,
             closing_writers: Vec::new(),
+            backlog: None,
             config,
         };
         owner.run(inbound_rx, accept_rx, shutdown).await;
@@ -647,12 +661,9 @@ async fn accept_unix(listener: tokio::net::UnixListener, index: usize, tx: mpsc:
 // ---- the owner --------------------------------------------------------------------------
 
 struct Conn {
-    /// The writer's queue.
-    tx: mpsc::Sender<Bytes>,
-    /// Bytes in the writer's queue, not yet written.
-    queued: Arc<AtomicUsize>,
-    /// Dropped when the connection closes: the writer then has `flush_timeout` to finish.
-    _closing: oneshot::Sender<()>,
+    /// The writer's queue; closed when the connection is dropped: the writer then has
+    /// `flush_timeout` to finish.
+    outbox: Arc<Outbox>,
     reader: AbortHandle,
     /// Taken when the connection closes.
     writer: Option<JoinHandle<()>>,
@@ -668,6 +679,7 @@ impl Drop for Conn {
     fn drop(&mut self) {
         // The reader has nothing more to do; the writer finishes on its own (see `write_loop`).
         self.reader.abort();
+        self.outbox.close();
     }
 }
 
@@ -681,6 +693,8 @@ struct Owner {
     config: BrokerConfig,
     shutting_down: bool,
     closing_writers: Vec<JoinHandle<()>>,
+    /// A writer with more than half of [`BrokerConfig::max_outbound_bytes`] pending.
+    backlog: Option<Arc<Outbox>>,
 }
 
 fn now() -> std::time::Instant {
@@ -740,6 +754,33 @@ impl Owner {
                 }
             }
             self.flush();
+            self.wait_for_backlog().await;
+        }
+    }
+
+    /// When a connection's writer has fallen behind (more than half of
+    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to
+    /// [`BACKLOG_WAIT`] or until the writer is down to a quarter. A client that reads slower
+    /// than others publish then slows the publishers down (through TCP) instead of being
+    /// disconnected as soon as a few large messages pile up; one that stays behind still
+    /// overflows and is disconnected, after holding the others up for a bounded time.
+    async fn wait_for_backlog(&mut self) {
+        let Some(outbox) = self.backlog.take() else {
+            return;
+        };
+        let low = self.config.max_outbound_bytes / 4;
+        let deadline = Instant::now() + BACKLOG_WAIT;
+        loop {
+            let progress = outbox.progress.notified();
+            tokio::pin!(progress);
+            // Registered before the check, so progress in between is not missed.
+            progress.as_mut().enable();
+            if outbox.pending() <= low || outbox.writer_gone() {
+                return;
+            }
+            if tokio::time::timeout_at(deadline, progress).await.is_err() {
+                return;
+            }
         }
     }
 
@@ -783,12 +824,10 @@ impl Owner {
             return; // dropping the socket closes it
         }
         let handle = self.core.accept(now());
-        let (tx, rx) = mpsc::channel(self.config.outbound_queue_capacity.max(1));
-        let queued = Arc::new(AtomicUsize::new(0));
-        let (closing_tx, closing_rx) = oneshot::channel();
+        let outbox = Arc::new(Outbox::default());
         let inbound = self.inbound_tx.clone();
         let linger = self.config.flush_timeout;
-        let q = queued.clone();
+        let q = outbox.clone();
         let mut client_cert = None;
         let (reader, writer) = match conn {
             NewConn::Wrapped {
@@ -798,29 +837,31 @@ impl Owner {
             } => {
                 client_cert = cert;
                 let (r, w) = tokio::io::split(stream);
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, q, linger)
             }
             NewConn::Tcp(sock, _, _) => {
                 let (r, w) = sock.into_split();
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_ready_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, q, linger)
             }
             #[cfg(unix)]
             NewConn::Unix(sock, _) => {
                 let (r, w) = sock.into_split();
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_ready_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, q, linger)
             }
             NewConn::Other(stream, _) => {
                 let (r, w) = tokio::io::split(stream);
-                spawn_io(handle, r, w, inbound, rx, q, closing_rx, linger)
+                let reader = read_loop(handle, r, inbound);
+                spawn_io(handle, reader, w, q, linger)
             }
         };
         tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
         self.conns.insert(
             handle,
             Conn {
-                tx,
-                queued,
-                _closing: closing_tx,
+                outbox,
                 reader,
                 writer: Some(writer),
                 peer,
@@ -852,18 +893,18 @@ impl Owner {
         if conn.overflowed {
             return;
         }
-        let len = bytes.len();
-        let pending = conn.queued.fetch_add(len, Ordering::AcqRel);
-        let too_many_bytes = pending > 0 && pending + len > self.config.max_outbound_bytes;
-        let result = if too_many_bytes {
-            Err(mpsc::error::TrySendError::Full(bytes))
-        } else {
-            conn.tx.try_send(bytes)
-        };
+        let result = conn.outbox.push(
+            bytes,
+            self.config.outbound_queue_capacity.max(1),
+            self.config.max_outbound_bytes,
+        );
         match result {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                conn.queued.fetch_sub(len, Ordering::AcqRel);
+            Ok(pending) => {
+                if pending > self.config.max_outbound_bytes / 2 {
+                    self.backlog = Some(conn.outbox.clone());
+                }
+            }
+            Err(Refused::Full { pending }) => {
                 conn.overflowed = true;
                 tracing::warn!(
                     target: TARGET,
@@ -874,9 +915,8 @@ impl Owner {
                 );
                 self.core.handle_close(now(), handle);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(Refused::WriterGone) => {
                 // The writer failed (the peer is gone); the reader reports it too.
-                conn.queued.fetch_sub(len, Ordering::AcqRel);
                 self.core.handle_close(now(), handle);
             }
         }
@@ -991,8 +1031,8 @@ impl Owner {
                         self.closing_writers.push(writer);
                     }
                 }
-                // Dropping the connection aborts its reader; dropping `tx` and `_closing` lets
-                // the writer flush, then close the socket.
+                // Dropping the connection aborts its reader and closes its outbox: the writer
+                // flushes, then closes the socket.
             }
         }
     }
@@ -1097,39 +1137,125 @@ impl Drop for VerdictGuard {
 
 // ---- connection tasks -------------------------------------------------------------------
 
-#[allow(clippy::too_many_arguments)]
-fn spawn_io<R, W>(
+/// Spawns a connection's reader (`reader`, one of the read loops below) and its writer.
+fn spawn_io<W>(
     handle: ConnectionHandle,
-    read: R,
+    reader: impl Future<Output = ()> + Send + 'static,
     write: W,
-    inbound: mpsc::Sender<Inbound>,
-    outbound: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    closing: oneshot::Receiver<()>,
+    outbox: Arc<Outbox>,
     linger: Duration,
 ) -> (AbortHandle, JoinHandle<()>)
 where
-    R: AsyncRead + Unpin + Send + 'static,
     W: AsyncWrite + Unpin + Send + 'static,
 {
-    let reader = tokio::spawn(read_loop(handle, read, inbound)).abort_handle();
-    let writer = tokio::spawn(write_loop(handle, write, outbound, queued, closing, linger));
+    let reader = tokio::spawn(reader).abort_handle();
+    let writer = tokio::spawn(write_loop(handle, write, outbox, linger));
     (reader, writer)
 }
 
+/// The next read size after a read of `got` bytes into `offered` bytes of space.
+fn next_chunk(chunk: usize, offered: usize, got: usize) -> usize {
+    if got >= offered {
+        (chunk * 2).min(READ_CHUNK_MAX)
+    } else if got < chunk / 4 {
+        (chunk / 2).max(READ_CHUNK_MIN)
+    } else {
+        chunk
+    }
+}
+
+/// Makes room for a read of `chunk` bytes; returns the space offered.
+fn make_room(buf: &mut BytesMut, chunk: usize) -> usize {
+    if buf.capacity() - buf.len() < chunk {
+        buf.reserve(chunk);
+    }
+    buf.capacity() - buf.len()
+}
+
+/// A read half that can wait until it is readable without holding a buffer, and then read
+/// without waiting: TCP and Unix sockets.
+trait ReadyRead: Send + 'static {
+    /// Waits until a read may make progress.
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
+    /// Reads what is there, or fails with `WouldBlock`.
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize>;
+}
+
+impl ReadyRead for tokio::net::tcp::OwnedReadHalf {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+#[cfg(unix)]
+impl ReadyRead for tokio::net::unix::OwnedReadHalf {
+    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
+        self.readable()
+    }
+    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
+        self.try_read_buf(buf)
+    }
+}
+
+/// The reader of a TCP or Unix socket. It holds no buffer while the socket is idle: it waits
+/// for readability first, reads into a buffer sized for the traffic, forwards what it read
+/// (the owner copies it into the core), and lets the buffer go when the socket runs dry. An
+/// idle connection therefore costs no read buffer.
+async fn read_ready_loop<R: ReadyRead>(
+    handle: ConnectionHandle,
+    read: R,
+    inbound: mpsc::Sender<Inbound>,
+) {
+    let mut buf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
+    loop {
+        if let Err(error) = read.ready().await {
+            tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
+            break;
+        }
+        let offered = make_room(&mut buf, chunk);
+        match read.try_read_into(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                chunk = next_chunk(chunk, offered, n);
+                let data = buf.split().freeze();
+                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
+                    return;
+                }
+            }
+            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
+                // Going idle: keep no buffer while waiting.
+                buf = BytesMut::new();
+            }
+            Err(error) => {
+                tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
+                break;
+            }
+        }
+    }
+    let _ = inbound.send(Inbound::Closed(handle)).await;
+}
+
+/// The reader of any other stream (TLS, WebSocket, streams handed to
+/// [`BrokerHandle::accept_stream`]).
 async fn read_loop<R: AsyncRead + Unpin>(
     handle: ConnectionHandle,
     mut read: R,
     inbound: mpsc::Sender<Inbound>,
 ) {
     let mut buf = BytesMut::new();
+    let mut chunk = READ_CHUNK_MIN;
     loop {
-        buf.reserve(READ_CHUNK);
+        let offered = make_room(&mut buf, chunk);
         match read.read_buf(&mut buf).await {
             Ok(0) => break,
-            Ok(_) => {
-                let chunk = buf.split().freeze();
-                if inbound.send(Inbound::Bytes(handle, chunk)).await.is_err() {
+            Ok(n) => {
+                chunk = next_chunk(chunk, offered, n);
+                let data = buf.split().freeze();
+                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
                     return;
                 }
             }
@@ -1142,35 +1268,173 @@ async fn read_loop<R: AsyncRead + Unpin>(
     let _ = inbound.send(Inbound::Closed(handle)).await;
 }
 
+/// Why [`Outbox::push`] refused bytes.
+enum Refused {
+    /// The queue holds too many writes or bytes: the client is not keeping up.
+    Full {
+        /// Bytes queued or being written.
+        pending: usize,
+    },
+    /// The writer has ended (its socket failed).
+    WriterGone,
+}
+
+/// A connection's outbound queue, between the owner and the connection's writer.
+///
+/// Lighter than a bounded channel: it allocates nothing until bytes are queued, and the writer
+/// takes the whole queue at once (one lock per batch), so an idle connection's queue holds no
+/// buffer.
+#[derive(Default)]
+struct Outbox {
+    state: std::sync::Mutex<OutboxState>,
+    /// Wakes the writer: bytes were queued, or the outbox was closed.
+    wake: tokio::sync::Notify,
+    /// Wakes the writer's flush deadline: the outbox was closed.
+    closing: tokio::sync::Notify,
+    /// Wakes an owner waiting for the writer to catch up: bytes were written, or the writer
+    /// ended.
+    progress: tokio::sync::Notify,
+}
+
+#[derive(Default)]
+struct OutboxState {
+    queue: VecDeque<Bytes>,
+    /// Bytes queued or being written.
+    pending: usize,
+    /// The connection is closed: the writer writes what is queued, then shuts the socket.
+    closed: bool,
+    /// The writer has ended: nothing more can be written.
+    writer_gone: bool,
+}
+
+/// What the writer takes from its [`Outbox`].
+enum Take {
+    /// Bytes to write, in order.
+    Batch(VecDeque<Bytes>),
+    /// Nothing yet.
+    Empty,
+    /// Closed, and everything was taken.
+    Closed,
+}
+
+impl Outbox {
+    fn state(&self) -> std::sync::MutexGuard<'_, OutboxState> {
+        // The lock is never held across a panic point that could leave the state half-changed.
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Queues `bytes` unless more than `max_writes` writes, or (when anything is pending) more
+    /// than `max_bytes` bytes, would be pending. Returns the bytes now pending.
+    fn push(&self, bytes: Bytes, max_writes: usize, max_bytes: usize) -> Result<usize, Refused> {
+        let mut state = self.state();
+        if state.writer_gone {
+            return Err(Refused::WriterGone);
+        }
+        let pending = state.pending;
+        if state.queue.len() >= max_writes || (pending > 0 && pending + bytes.len() > max_bytes) {
+            return Err(Refused::Full { pending });
+        }
+        let was_empty = state.queue.is_empty();
+        state.pending += bytes.len();
+        let pending = state.pending;
+        state.queue.push_back(bytes);
+        drop(state);
+        if was_empty {
+            self.wake.notify_one();
+        }
+        Ok(pending)
+    }
+
+    /// Bytes queued or being written.
+    fn pending(&self) -> usize {
+        self.state().pending
+    }
+
+    /// Whether the writer has ended.
+    fn writer_gone(&self) -> bool {
+        self.state().writer_gone
+    }
+
+    /// Closes the outbox: what is queued still goes out.
+    fn close(&self) {
+        self.state().closed = true;
+        self.wake.notify_one();
+        self.closing.notify_waiters();
+    }
+
+    /// Takes everything queued.
+    fn take(&self) -> Take {
+        let mut state = self.state();
+        if !state.queue.is_empty() {
+            Take::Batch(std::mem::take(&mut state.queue))
+        } else if state.closed {
+            Take::Closed
+        } else {
+            Take::Empty
+        }
+    }
+
+    /// `len` bytes taken earlier were written.
+    fn written(&self, len: usize) {
+        let mut state = self.state();
+        state.pending = state.pending.saturating_sub(len);
+        drop(state);
+        self.progress.notify_waiters();
+    }
+
+    /// Completes once the outbox is closed.
+    async fn closed(&self) {
+        let notified = self.closing.notified();
+        tokio::pin!(notified);
+        // Registered before the check, so a close in between is not missed.
+        notified.as_mut().enable();
+        if self.state().closed {
+            return;
+        }
+        notified.await;
+    }
+}
+
+impl Drop for OutboxWriter {
+    fn drop(&mut self) {
+        self.0.state().writer_gone = true;
+        self.0.progress.notify_waiters();
+    }
+}
+
+/// The writer's hold on its outbox: marks the writer gone when the writer ends in any way.
+struct OutboxWriter(Arc<Outbox>);
+
 async fn write_loop<W: AsyncWrite + Unpin>(
     handle: ConnectionHandle,
     mut write: W,
-    mut outbound: mpsc::Receiver<Bytes>,
-    queued: Arc<AtomicUsize>,
-    closing: oneshot::Receiver<()>,
+    outbox: Arc<Outbox>,
     linger: Duration,
 ) {
+    let outbox = OutboxWriter(outbox);
     let writes = async {
-        let mut batch = VecDeque::with_capacity(WRITE_BATCH);
-        while let Some(first) = outbound.recv().await {
-            batch.push_back(first);
-            while batch.len() < WRITE_BATCH {
-                match outbound.try_recv() {
-                    Ok(b) => batch.push_back(b),
-                    Err(_) => break,
+        loop {
+            let mut batch = match outbox.0.take() {
+                Take::Batch(batch) => batch,
+                Take::Empty => {
+                    outbox.0.wake.notified().await;
+                    continue;
                 }
-            }
+                Take::Closed => break,
+            };
             let len: usize = batch.iter().map(Bytes::len).sum();
             write_all_vectored(&mut write, &mut batch).await?;
             // A no-op for TCP; WebSocket frames and TLS records go out on flush.
             write.flush().await?;
-            queued.fetch_sub(len, Ordering::AcqRel);
+            outbox.0.written(len);
         }
         write.shutdown().await
     };
     // Once the connection is closed, the last bytes have `linger` to go out.
     let expiry = async {
-        let _ = closing.await;
+        outbox.0.closed().await;
         tokio::time::sleep(linger).await;
     };
     tokio::select! {
@@ -1190,15 +1454,17 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
     bufs: &mut VecDeque<Bytes>,
 ) -> io::Result<()> {
     while !bufs.is_empty() {
-        let n = {
+        // The slices live on the stack of one poll, not in the writer task's state.
+        let n = std::future::poll_fn(|cx| {
             let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
             let mut count = 0;
             for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
                 *slot = IoSlice::new(b);
                 count += 1;
             }
-            write.write_vectored(&slices[..count]).await?
-        };
+            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..count])
+        })
+        .await?;
         if n == 0 {
             return Err(io::ErrorKind::WriteZero.into());
         }
@@ -1225,6 +1491,7 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use mqttproto_core::codec::Connect;
 
     #[test]
     fn listen_addrs_parse_and_display() {
@@ -1264,5 +1531,129 @@ mod tests {
         a.shutdown().await.unwrap();
         drop(a);
         assert_eq!(reader.await.unwrap(), b"hello world!");
+    }
+
+    /// One end of an in-memory connection to the broker, speaking MQTT 5 through the codec.
+    struct Pipe {
+        stream: tokio::io::DuplexStream,
+        buf: BytesMut,
+    }
+
+    impl Pipe {
+        async fn open(broker: &BrokerHandle, client_id: &str, capacity: usize) -> Pipe {
+            use mqttproto_core::codec::{ConnectProperties, Packet};
+            let (client, server) = tokio::io::duplex(capacity);
+            broker
+                .accept_stream(server, PeerAddr::Unknown)
+                .await
+                .unwrap();
+            let mut pipe = Pipe {
+                stream: client,
+                buf: BytesMut::new(),
+            };
+            let connect = Connect {
+                clean_start: true,
+                client_id: client_id.try_into().unwrap(),
+                properties: ConnectProperties {
+                    receive_maximum: std::num::NonZeroU16::new(u16::MAX),
+                    ..ConnectProperties::default()
+                },
+                ..Connect::default()
+            };
+            pipe.send(Packet::Connect(Box::new(connect))).await;
+            match pipe.recv().await {
+                Packet::ConnAck(ack) => assert_eq!(ack.reason_code, ReasonCode::Success),
+                other => panic!("expected CONNACK, got {other:?}"),
+            }
+            pipe
+        }
+
+        async fn send(&mut self, packet: mqttproto_core::codec::Packet) {
+            let bytes = packet
+                .to_bytes(mqttproto_core::ProtocolVersion::V5)
+                .unwrap();
+            self.stream.write_all(&bytes).await.unwrap();
+        }
+
+        async fn recv(&mut self) -> mqttproto_core::codec::Packet {
+            use mqttproto_core::codec::decode;
+            loop {
+                let decoded = decode(&mut self.buf, mqttproto_core::ProtocolVersion::V5, u32::MAX);
+                if let Some(packet) = decoded.unwrap() {
+                    return packet;
+                }
+                self.buf.reserve(64 * 1024);
+                let n = self.stream.read_buf(&mut self.buf).await.unwrap();
+                assert!(n > 0, "the broker closed the connection");
+            }
+        }
+    }
+
+    /// A subscriber that reads slower than the publisher writes (its pipe holds 4 KiB) is not
+    /// disconnected as a slow consumer when more than `max_outbound_bytes` is published at
+    /// once: the broker stops taking the publisher's input while the subscriber's writer is
+    /// behind, and every QoS 1 message arrives. In-memory pipes and the paused clock: the
+    /// broker's bounded wait only ends early when nothing else can run.
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_reader_throttles_the_publisher_instead_of_being_disconnected() {
+        use mqttproto_core::codec::{Packet, Publish, PublishAck, Subscribe, Subscription};
+        use mqttproto_core::{PacketId, QoS, TopicFilter, TopicName};
+        const MESSAGES: u16 = 60;
+        const SIZE: usize = 32 * 1024;
+        let config = BrokerConfig {
+            max_outbound_bytes: 256 * 1024,
+            ..BrokerConfig::default()
+        };
+        let broker = Broker::bind(config).await.unwrap().spawn();
+
+        let mut sub = Pipe::open(&broker, "slow-reader", 4 * 1024).await;
+        sub.send(Packet::Subscribe(Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![Subscription::new(
+                TopicFilter::try_from("big").unwrap(),
+                QoS::AtLeastOnce,
+            )],
+        }))
+        .await;
+        assert!(matches!(sub.recv().await, Packet::SubAck(_)));
+
+        // 60 messages of 32 KiB (1.9 MiB, more than 7 times the subscriber's outbound limit),
+        // all within the broker's Receive Maximum of 100, written as fast as the broker reads.
+        let mut publisher = Pipe::open(&broker, "fast-writer", 1 << 20).await;
+        let publishing = tokio::spawn(async move {
+            for i in 1..=MESSAGES {
+                let mut payload = vec![0u8; SIZE];
+                payload[..2].copy_from_slice(&i.to_be_bytes());
+                let mut publish = Publish::new(TopicName::try_from("big").unwrap(), payload);
+                publish.qos = QoS::AtLeastOnce;
+                publish.packet_id = PacketId::new(i);
+                publisher.send(Packet::Publish(publish)).await;
+            }
+            let mut acked = 0;
+            while acked < MESSAGES {
+                if let Packet::PubAck(ack) = publisher.recv().await {
+                    assert_eq!(ack.reason_code, ReasonCode::Success);
+                    acked += 1;
+                }
+            }
+            publisher
+        });
+
+        let mut received = Vec::new();
+        while received.len() < usize::from(MESSAGES) {
+            match sub.recv().await {
+                Packet::Publish(p) => {
+                    assert_eq!(p.payload.len(), SIZE);
+                    received.push(u16::from_be_bytes([p.payload[0], p.payload[1]]));
+                    let id = p.packet_id.unwrap();
+                    sub.send(Packet::PubAck(PublishAck::new(id))).await;
+                }
+                other => panic!("expected PUBLISH, got {other:?}"),
+            }
+        }
+        assert_eq!(received, (1..=MESSAGES).collect::<Vec<_>>());
+        publishing.await.unwrap();
+        broker.shutdown().await;
     }
 }
