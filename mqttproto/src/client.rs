@@ -148,6 +148,21 @@ pub(crate) fn answer_auth(
     }
 }
 
+/// Tells `authenticator` that the server accepted the connection: a successful CONNACK ends
+/// the enhanced-authentication exchange, with the server's final Authentication Data if any.
+pub(crate) fn connack_auth(
+    authenticator: Option<&SharedAuthenticator>,
+    connack: &proto::codec::ConnAck,
+) {
+    let (Some(authenticator), Some(_)) = (authenticator, &connack.properties.authentication_method)
+    else {
+        return;
+    };
+    if let Ok(mut a) = authenticator.lock() {
+        a.success(connack.properties.authentication_data.as_deref());
+    }
+}
+
 /// The options both client builders take.
 #[derive(Clone)]
 pub(crate) struct Settings {

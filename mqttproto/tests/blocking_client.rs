@@ -26,7 +26,9 @@ use bytes::{Bytes, BytesMut};
 use common::Mosquitto;
 use mqttproto::blocking::Client;
 use mqttproto::client::{Authenticator, ClientError, ConnectionEvent, Reconnect};
-use mqttproto::proto::codec::{decode, Auth, AuthProperties, ConnAck, Packet, Publish};
+use mqttproto::proto::codec::{
+    decode, Auth, AuthProperties, ConnAck, ConnAckProperties, Packet, Publish,
+};
 use mqttproto::proto::{MqttString, ProtocolVersion, QoS, ReasonCode, TopicName};
 use mqttproto::tokio::broker::{Broker, BrokerConfig, BrokerHandle, ListenAddr, Listener};
 use mqttproto::tokio::listen::ServerTlsOptions;
@@ -649,7 +651,17 @@ fn enhanced_authentication_challenge_and_response() {
         answer.properties.authentication_data.as_deref(),
         Some(&b"re:nonce"[..])
     );
-    peer.send(connack());
+    // A successful CONNACK carries the Authentication Method [MQTT-4.12.0-5], and here final
+    // Authentication Data, which reaches the authenticator's `success`.
+    peer.send(Packet::ConnAck(Box::new(ConnAck {
+        session_present: false,
+        reason_code: ReasonCode::Success,
+        properties: ConnAckProperties {
+            authentication_method: method.clone(),
+            authentication_data: Some(Bytes::from_static(b"final")),
+            ..Default::default()
+        },
+    })));
     assert!(matches!(
         events.recv_timeout(WAIT),
         Ok(ConnectionEvent::Connected { .. })
@@ -681,7 +693,7 @@ fn enhanced_authentication_challenge_and_response() {
     assert_eq!(publisher.join().unwrap().unwrap(), ReasonCode::Success);
     assert_eq!(
         seen.lock().unwrap().as_slice(),
-        &[b"nonce".to_vec(), b"ok:done".to_vec()]
+        &[b"nonce".to_vec(), b"ok:final".to_vec(), b"ok:done".to_vec()]
     );
 }
 

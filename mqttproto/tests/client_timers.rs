@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use mqttproto::proto::codec::{decode, Auth, AuthProperties, ConnAck, Packet};
+use mqttproto::proto::codec::{decode, Auth, AuthProperties, ConnAck, ConnAckProperties, Packet};
 use mqttproto::proto::{MqttString, ProtocolVersion, QoS, ReasonCode};
 use mqttproto::tokio::client::{Authenticator, ConnectionEvent, Reconnect};
 use mqttproto::tokio::Client;
@@ -189,6 +189,13 @@ impl Authenticator for Scripted {
         answer.extend_from_slice(&data);
         Ok(Some(Bytes::from(answer)))
     }
+
+    fn success(&mut self, data: Option<&[u8]>) {
+        self.seen
+            .lock()
+            .unwrap()
+            .push([b"ok:", data.unwrap_or_default()].concat());
+    }
 }
 
 #[tokio::test(start_paused = true)]
@@ -233,12 +240,27 @@ async fn enhanced_authentication_challenge_and_response() {
         Some(&b"re:nonce"[..])
     );
     let mut events = client.events();
-    server.send(connack()).await;
+    // A successful CONNACK carries the Authentication Method [MQTT-4.12.0-5], and here final
+    // Authentication Data, which reaches the authenticator's `success`.
+    server
+        .send(Packet::ConnAck(Box::new(ConnAck {
+            session_present: false,
+            reason_code: ReasonCode::Success,
+            properties: ConnAckProperties {
+                authentication_method: method.clone(),
+                authentication_data: Some(Bytes::from_static(b"final")),
+                ..Default::default()
+            },
+        })))
+        .await;
     assert!(matches!(
         events.recv().await.unwrap(),
         ConnectionEvent::Connected { .. }
     ));
-    assert_eq!(seen.lock().unwrap().as_slice(), &[b"nonce".to_vec()]);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[b"nonce".to_vec(), b"ok:final".to_vec()]
+    );
     // Re-authentication: AUTH 0x19, a challenge answered by the authenticator, then success.
     client
         .reauthenticate(Some(Bytes::from_static(b"again")))
@@ -285,5 +307,13 @@ async fn enhanced_authentication_challenge_and_response() {
     };
     assert_eq!(p.topic.as_str(), "after/reauth");
     publish.await.unwrap();
-    assert_eq!(seen.lock().unwrap().len(), 2);
+    assert_eq!(
+        seen.lock().unwrap().as_slice(),
+        &[
+            b"nonce".to_vec(),
+            b"ok:final".to_vec(),
+            b"nonce2".to_vec(),
+            b"ok:".to_vec()
+        ]
+    );
 }

@@ -1019,6 +1019,7 @@ impl Worker {
             match ev {
                 ClientEvent::Connected(connack) => {
                     connected = true;
+                    crate::client::connack_auth(self.authenticator.as_ref(), &connack);
                     tracing::info!(target: TRACE, session_present = connack.session_present, "connected");
                     self.emit(ConnectionEvent::Connected {
                         session_present: connack.session_present,

@@ -40,8 +40,9 @@
 //! the session lives on. QoS 1 and 2 messages that were in flight stay in the session and are
 //! resent when the client resumes it; new messages are queued for the offline session up to
 //! the offline-queue bound ([`BrokerConfig::with_max_queued_messages`]). QoS 0 messages in the
-//! dropped queue are lost. One stalled subscriber therefore holds up the others for at most
-//! 100 ms at a time, and only until it overflows.
+//! dropped queue are lost. One slow or stalled subscriber therefore holds up the others for at
+//! most 100 ms at a time and 1 s in all, after which it earns at most a tenth of the time
+//! that passes (a reader that stays slow gets disconnected instead of pacing everyone).
 //!
 //! # Example
 //!
@@ -124,6 +125,12 @@ const WRITE_BATCH: usize = 64;
 /// How long the owner stops taking input so that a backlogged writer can catch up (see
 /// [`Owner::wait_for_backlog`]).
 const BACKLOG_WAIT: Duration = Duration::from_millis(100);
+/// The most a connection may hold the owner up in one go, in total, before it has to earn
+/// more (see [`PauseCredit`]).
+const PAUSE_BURST: Duration = Duration::from_secs(1);
+/// A connection earns one unit of pause per `PAUSE_SHARE` units of time: at most a tenth of
+/// the broker's time goes to waiting for one slow reader.
+const PAUSE_SHARE: u32 = 10;
 /// New sockets buffered between acceptors and the owner.
 const ACCEPT_CAPACITY: usize = 64;
 
@@ -673,6 +680,25 @@ struct Conn {
     client_cert: Option<Bytes>,
     /// The outbound queue overflowed: the socket is closed without flushing.
     overflowed: bool,
+    /// How long the owner may still pause for this connection's writer (see
+    /// [`Owner::wait_for_backlog`]); allocated the first time it falls behind.
+    pause_credit: Option<Box<PauseCredit>>,
+}
+
+/// A connection's budget for holding everyone else up: [`PAUSE_BURST`] at first, then
+/// refilled at [`PAUSE_SHARE`] of the time that passes, so that a persistently slow reader
+/// costs the others at most that share of the broker's time.
+struct PauseCredit {
+    left: Duration,
+    at: Instant,
+}
+
+impl PauseCredit {
+    fn refill(&mut self, now: Instant) {
+        let earned = now.saturating_duration_since(self.at) / PAUSE_SHARE;
+        self.left = (self.left + earned).min(PAUSE_BURST);
+        self.at = now;
+    }
 }
 
 impl Drop for Conn {
@@ -694,7 +720,7 @@ struct Owner {
     shutting_down: bool,
     closing_writers: Vec<JoinHandle<()>>,
     /// A writer with more than half of [`BrokerConfig::max_outbound_bytes`] pending.
-    backlog: Option<Arc<Outbox>>,
+    backlog: Option<ConnectionHandle>,
 }
 
 fn now() -> std::time::Instant {
@@ -764,23 +790,42 @@ impl Owner {
     /// than others publish then slows the publishers down (through TCP) instead of being
     /// disconnected as soon as a few large messages pile up; one that stays behind still
     /// overflows and is disconnected, after holding the others up for a bounded time.
+    ///
+    /// Each connection spends from its [`PauseCredit`]: a reader that stays slow holds the
+    /// others up for at most [`PAUSE_BURST`] at first and a tenth of the time after that;
+    /// without credit it is left to overflow and be disconnected.
     async fn wait_for_backlog(&mut self) {
-        let Some(outbox) = self.backlog.take() else {
+        let Some(handle) = self.backlog.take() else {
+            return;
+        };
+        let Some((outbox, left)) = self.conns.get(&handle).and_then(|c| {
+            let left = c.pause_credit.as_ref()?.left;
+            Some((c.outbox.clone(), left))
+        }) else {
             return;
         };
         let low = self.config.max_outbound_bytes / 4;
-        let deadline = Instant::now() + BACKLOG_WAIT;
+        let start = Instant::now();
+        let deadline = start + BACKLOG_WAIT.min(left);
         loop {
             let progress = outbox.progress.notified();
             tokio::pin!(progress);
             // Registered before the check, so progress in between is not missed.
             progress.as_mut().enable();
             if outbox.pending() <= low || outbox.writer_gone() {
-                return;
+                break;
             }
             if tokio::time::timeout_at(deadline, progress).await.is_err() {
-                return;
+                break;
             }
+        }
+        let waited = start.elapsed();
+        if let Some(credit) = self
+            .conns
+            .get_mut(&handle)
+            .and_then(|c| c.pause_credit.as_mut())
+        {
+            credit.left = credit.left.saturating_sub(waited);
         }
     }
 
@@ -868,6 +913,7 @@ impl Owner {
                 listener,
                 client_cert,
                 overflowed: false,
+                pause_credit: None,
             },
         );
     }
@@ -901,7 +947,17 @@ impl Owner {
         match result {
             Ok(pending) => {
                 if pending > self.config.max_outbound_bytes / 2 {
-                    self.backlog = Some(conn.outbox.clone());
+                    let now = Instant::now();
+                    let credit = conn.pause_credit.get_or_insert_with(|| {
+                        Box::new(PauseCredit {
+                            left: PAUSE_BURST,
+                            at: now,
+                        })
+                    });
+                    credit.refill(now);
+                    if !credit.left.is_zero() {
+                        self.backlog = Some(handle);
+                    }
                 }
             }
             Err(Refused::Full { pending }) => {
@@ -1587,6 +1643,23 @@ mod tests {
                 assert!(n > 0, "the broker closed the connection");
             }
         }
+    }
+
+    /// The pause budget of one connection: 1 s at first, spent by waits, earned back at a
+    /// tenth of the time that passes, never above 1 s.
+    #[test]
+    fn pause_credit_is_bounded_and_refills_at_a_tenth() {
+        let t0 = Instant::now();
+        let mut c = PauseCredit {
+            left: PAUSE_BURST,
+            at: t0,
+        };
+        c.left = c.left.saturating_sub(Duration::from_millis(1500));
+        assert_eq!(c.left, Duration::ZERO);
+        c.refill(t0 + Duration::from_secs(5));
+        assert_eq!(c.left, Duration::from_millis(500));
+        c.refill(t0 + Duration::from_secs(60));
+        assert_eq!(c.left, PAUSE_BURST);
     }
 
     /// A subscriber that reads slower than the publisher writes (its pipe holds 4 KiB) is not

@@ -702,6 +702,7 @@ impl Task {
             match ev {
                 ClientEvent::Connected(connack) => {
                     connected = true;
+                    crate::client::connack_auth(self.authenticator.as_ref(), &connack);
                     tracing::info!(target: TRACE, session_present = connack.session_present, "connected");
                     let _ = self.events.send(ConnectionEvent::Connected {
                         session_present: connack.session_present,
