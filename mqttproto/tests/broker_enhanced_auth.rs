@@ -469,6 +469,11 @@ async fn reauthentication_succeeds(driver: Driver) {
         c.next_event().await,
         ConnectionEvent::Connected { .. }
     ));
+    // The CONNACK's final Authentication Data reached the client's authenticator.
+    let first = timeout(WAIT, c.successes.recv())
+        .await
+        .expect("authenticated in time");
+    assert_eq!(first, Some(Some(Bytes::from_static(b"welcome"))));
     timeout(
         WAIT,
         c.client.reauthenticate(Some(Bytes::from_static(b"alice"))),
