@@ -38,13 +38,19 @@
 //! # Slow consumers
 //!
 //! As in the async broker: the owner hands bytes to a connection's writer with a non-blocking
-//! send. When a connection's outbound queue is full (more than
+//! send. When a writer falls behind (more than half of [`BrokerConfig::max_outbound_bytes`]
+//! pending), the owner stops taking input for at most 100 ms, until the writer is down to a
+//! quarter, so that a client reading slower than others publish slows the publishers down
+//! (through TCP: the readers block on the owner's full channel) rather than overflowing. Each
+//! connection may hold the others up this way for 1 s in all, then for a tenth of the time that
+//! passes. When a connection's outbound queue is full (more than
 //! [`BrokerConfig::outbound_queue_capacity`] pending writes, or more than
 //! [`BrokerConfig::max_outbound_bytes`] pending bytes), the client is not keeping up and is
 //! **disconnected**: its socket is shut down at once (no DISCONNECT can pass a full queue), and
 //! it counts as a lost connection (its will is published; a persistent session lives on with its
 //! QoS 1 and 2 messages, resent when the client resumes it; QoS 0 messages in the dropped queue
-//! are lost). A stalled subscriber therefore blocks only its own writer thread.
+//! are lost). A stalled subscriber therefore holds the others up for at most 100 ms at a time
+//! and a bounded share of the time, and otherwise blocks only its own writer thread.
 //!
 //! A closing connection (and every connection at shutdown) has
 //! [`BrokerConfig::flush_timeout`] to write out its last bytes; then its socket is shut down
@@ -412,6 +418,7 @@ impl Broker {
             inbound_tx,
             local_addrs,
             config,
+            backlog: None,
         };
         owner.run(&inbound_rx);
 
@@ -893,7 +900,18 @@ struct Conn {
     client_cert: Option<Bytes>,
     /// The outbound queue overflowed: the socket is shut down without flushing.
     overflowed: bool,
+    /// How long the owner may still pause for this connection's writer, and when that was
+    /// last brought up to date (see [`Owner::wait_for_backlog`]); set the first time it falls
+    /// behind.
+    pause_credit: Option<Box<(Duration, Instant)>>,
 }
+
+/// The longest the owner waits at a time for a writer that fell behind.
+const BACKLOG_WAIT: Duration = Duration::from_millis(100);
+/// A connection's pause budget at first, and at most.
+const PAUSE_BURST: Duration = Duration::from_secs(1);
+/// A connection earns one unit of pause per `PAUSE_SHARE` units of time.
+const PAUSE_SHARE: u32 = 10;
 
 /// A closed connection whose writer may still be flushing.
 struct Closing {
@@ -910,6 +928,8 @@ struct Owner {
     inbound_tx: SyncSender<Inbound>,
     local_addrs: Vec<ListenAddr>,
     config: BrokerConfig,
+    /// A connection whose writer fell behind (over half of `max_outbound_bytes` pending).
+    backlog: Option<ConnectionHandle>,
 }
 
 /// Whether the owner loop goes on.
@@ -961,6 +981,7 @@ impl Owner {
                 // The owner holds a sender: never happens.
                 Err(RecvTimeoutError::Disconnected) => return,
             }
+            self.wait_for_backlog();
             let now = Instant::now();
             if deadline.is_some_and(|d| d <= now) {
                 self.core.handle_timeout(now);
@@ -1030,6 +1051,7 @@ impl Owner {
                 listener: opened.listener,
                 client_cert: opened.client_cert,
                 overflowed: false,
+                pause_credit: None,
             },
         );
     }
@@ -1045,6 +1067,40 @@ impl Owner {
                 Some(event) => self.on_event(event),
                 None => return,
             }
+        }
+    }
+
+    /// When a connection's writer has fallen behind (more than half of
+    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to
+    /// [`BACKLOG_WAIT`], or until the writer is down to a quarter: readers then block on the
+    /// full inbound channel, and TCP slows the publishers down, instead of the slow reader being
+    /// disconnected as soon as a few large messages pile up. Each connection spends from a
+    /// budget ([`PAUSE_BURST`] at first, then a tenth of the time that passes), so a reader that
+    /// stays slow holds the others up for a bounded share of the time and is then left to
+    /// overflow and be disconnected. The writer's progress is checked every millisecond.
+    fn wait_for_backlog(&mut self) {
+        let Some(handle) = self.backlog.take() else {
+            return;
+        };
+        let Some((queued, left)) = self.conns.get(&handle).and_then(|c| {
+            let left = c.pause_credit.as_ref()?.0;
+            Some((c.queued.clone(), left))
+        }) else {
+            return;
+        };
+        let low = self.config.max_outbound_bytes / 4;
+        let start = Instant::now();
+        let limit = BACKLOG_WAIT.min(left);
+        while queued.load(Ordering::Acquire) > low && start.elapsed() < limit {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let waited = start.elapsed();
+        if let Some(credit) = self
+            .conns
+            .get_mut(&handle)
+            .and_then(|c| c.pause_credit.as_mut())
+        {
+            credit.0 = credit.0.saturating_sub(waited);
         }
     }
 
@@ -1064,7 +1120,20 @@ impl Owner {
             conn.tx.try_send(bytes)
         };
         match result {
-            Ok(()) => {}
+            Ok(()) => {
+                if pending + len > self.config.max_outbound_bytes / 2 {
+                    let now = Instant::now();
+                    let credit = conn
+                        .pause_credit
+                        .get_or_insert_with(|| Box::new((PAUSE_BURST, now)));
+                    let earned = now.saturating_duration_since(credit.1) / PAUSE_SHARE;
+                    credit.0 = (credit.0 + earned).min(PAUSE_BURST);
+                    credit.1 = now;
+                    if !credit.0.is_zero() {
+                        self.backlog = Some(handle);
+                    }
+                }
+            }
             Err(TrySendError::Full(_)) => {
                 conn.queued.fetch_sub(len, Ordering::AcqRel);
                 conn.overflowed = true;
