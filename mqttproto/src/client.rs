@@ -163,6 +163,68 @@ pub(crate) fn connack_auth(
     }
 }
 
+/// Whether `msg` is the broker's resend (after a reconnect) of a QoS 1 message still `waiting`
+/// here from an earlier connection. It is one message, now registered on this connection, so
+/// the waiting copy's acknowledgement goes out on this connection once it is delivered; keeping
+/// both would put the acknowledgement behind every older waiting message (after a cut, onto a
+/// dead connection, again and again). The broker cannot reuse a packet id we have not
+/// acknowledged, and a waiting message is not acknowledged yet, so the same id is the same
+/// message.
+pub(crate) fn resent_while_waiting<'a>(
+    mut waiting: impl Iterator<Item = &'a Message>,
+    msg: &Message,
+) -> bool {
+    msg.qos == proto::QoS::AtLeastOnce
+        && msg.dup
+        && msg.packet_id.is_some()
+        && waiting.any(|m| m.qos == proto::QoS::AtLeastOnce && m.packet_id == msg.packet_id)
+}
+
+/// Acknowledges a message the application now has (it reached every subscription it matches).
+/// A QoS 2 acknowledgement that cannot go out now (no connection) waits in `unacked` for the
+/// next one: the core keeps QoS 2 state across a reconnect and recognises the broker's resend
+/// as a duplicate, so nothing else would acknowledge it. A QoS 1 acknowledgement that cannot go
+/// out is dropped: the broker resends the message on the next connection and that copy is
+/// acknowledged; keeping the id could acknowledge a different message that reuses it.
+pub(crate) fn acknowledge_delivered(
+    core: &mut proto::Client,
+    now: std::time::Instant,
+    msg: &Message,
+    unacked: &mut Vec<proto::PacketId>,
+) {
+    let Some(id) = msg.packet_id else {
+        return;
+    };
+    match core.acknowledge(now, id, ReasonCode::Success) {
+        Ok(()) => {}
+        Err(StateError::NotConnected | StateError::Failed(_))
+            if msg.qos == proto::QoS::ExactlyOnce =>
+        {
+            unacked.push(id)
+        }
+        Err(e) => {
+            tracing::debug!(target: "mqttproto::client", packet_id = id.get(), error = %e, "acknowledgement not sent")
+        }
+    }
+}
+
+/// On a new connection, sends the QoS 2 acknowledgements [`acknowledge_delivered`] kept. Those
+/// that still cannot go out (the connection failed again right after its CONNACK) stay for the
+/// next one: a QoS 2 message left "delivered, not acknowledged" would never complete, and the
+/// broker would resend it for ever.
+pub(crate) fn retry_unacked(
+    core: &mut proto::Client,
+    now: std::time::Instant,
+    unacked: &mut Vec<proto::PacketId>,
+) {
+    unacked.retain(|&id| {
+        matches!(
+            core.acknowledge(now, id, ReasonCode::Success),
+            Err(StateError::NotConnected | StateError::Failed(_))
+        )
+    });
+}
+
 /// The options both client builders take.
 #[derive(Clone)]
 pub(crate) struct Settings {

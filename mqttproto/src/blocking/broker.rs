@@ -122,6 +122,7 @@ pub use self::conn::Stream;
 use self::conn::Wrap;
 use crate::server::connack_code;
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
+use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
     AclFile, AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
@@ -903,15 +904,8 @@ struct Conn {
     /// How long the owner may still pause for this connection's writer, and when that was
     /// last brought up to date (see [`Owner::wait_for_backlog`]); set the first time it falls
     /// behind.
-    pause_credit: Option<Box<(Duration, Instant)>>,
+    pause_credit: Option<Box<PauseCredit>>,
 }
-
-/// The longest the owner waits at a time for a writer that fell behind.
-const BACKLOG_WAIT: Duration = Duration::from_millis(100);
-/// A connection's pause budget at first, and at most.
-const PAUSE_BURST: Duration = Duration::from_secs(1);
-/// A connection earns one unit of pause per `PAUSE_SHARE` units of time.
-const PAUSE_SHARE: u32 = 10;
 
 /// A closed connection whose writer may still be flushing.
 struct Closing {
@@ -1071,26 +1065,25 @@ impl Owner {
     }
 
     /// When a connection's writer has fallen behind (more than half of
-    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to
-    /// [`BACKLOG_WAIT`], or until the writer is down to a quarter: readers then block on the
+    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to 100 ms, or
+    /// until the writer is down to a quarter: readers then block on the
     /// full inbound channel, and TCP slows the publishers down, instead of the slow reader being
     /// disconnected as soon as a few large messages pile up. Each connection spends from a
-    /// budget ([`PAUSE_BURST`] at first, then a tenth of the time that passes), so a reader that
+    /// budget ([`PauseCredit`]: 1 s at first, then a tenth of the time that passes), so a reader that
     /// stays slow holds the others up for a bounded share of the time and is then left to
     /// overflow and be disconnected. The writer's progress is checked every millisecond.
     fn wait_for_backlog(&mut self) {
         let Some(handle) = self.backlog.take() else {
             return;
         };
-        let Some((queued, left)) = self.conns.get(&handle).and_then(|c| {
-            let left = c.pause_credit.as_ref()?.0;
-            Some((c.queued.clone(), left))
+        let Some((queued, limit)) = self.conns.get(&handle).and_then(|c| {
+            let limit = c.pause_credit.as_ref()?.next_wait();
+            Some((c.queued.clone(), limit))
         }) else {
             return;
         };
         let low = self.config.max_outbound_bytes / 4;
         let start = Instant::now();
-        let limit = BACKLOG_WAIT.min(left);
         while queued.load(Ordering::Acquire) > low && start.elapsed() < limit {
             std::thread::sleep(Duration::from_millis(1));
         }
@@ -1100,7 +1093,7 @@ impl Owner {
             .get_mut(&handle)
             .and_then(|c| c.pause_credit.as_mut())
         {
-            credit.0 = credit.0.saturating_sub(waited);
+            credit.spend(waited);
         }
     }
 
@@ -1125,11 +1118,9 @@ impl Owner {
                     let now = Instant::now();
                     let credit = conn
                         .pause_credit
-                        .get_or_insert_with(|| Box::new((PAUSE_BURST, now)));
-                    let earned = now.saturating_duration_since(credit.1) / PAUSE_SHARE;
-                    credit.0 = (credit.0 + earned).min(PAUSE_BURST);
-                    credit.1 = now;
-                    if !credit.0.is_zero() {
+                        .get_or_insert_with(|| Box::new(PauseCredit::new(now)));
+                    credit.refill(now);
+                    if !credit.left().is_zero() {
                         self.backlog = Some(handle);
                     }
                 }

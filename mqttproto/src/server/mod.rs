@@ -25,6 +25,8 @@ use mqttproto_core::codec::Connect;
 pub mod acl;
 pub mod auth;
 pub mod enhanced;
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub(crate) mod pause;
 pub mod tls;
 
 pub use acl::AclFile;

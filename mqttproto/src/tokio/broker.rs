@@ -97,6 +97,7 @@ use tokio::task::{AbortHandle, JoinHandle};
 use tokio::time::Instant;
 
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
+use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
     AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
@@ -122,15 +123,6 @@ const INBOUND_CAPACITY: usize = 1024;
 const INBOUND_BATCH: usize = 64;
 /// Pending writes one vectored write takes at most.
 const WRITE_BATCH: usize = 64;
-/// How long the owner stops taking input so that a backlogged writer can catch up (see
-/// [`Owner::wait_for_backlog`]).
-const BACKLOG_WAIT: Duration = Duration::from_millis(100);
-/// The most a connection may hold the owner up in one go, in total, before it has to earn
-/// more (see [`PauseCredit`]).
-const PAUSE_BURST: Duration = Duration::from_secs(1);
-/// A connection earns one unit of pause per `PAUSE_SHARE` units of time: at most a tenth of
-/// the broker's time goes to waiting for one slow reader.
-const PAUSE_SHARE: u32 = 10;
 /// New sockets buffered between acceptors and the owner.
 const ACCEPT_CAPACITY: usize = 64;
 
@@ -685,22 +677,6 @@ struct Conn {
     pause_credit: Option<Box<PauseCredit>>,
 }
 
-/// A connection's budget for holding everyone else up: [`PAUSE_BURST`] at first, then
-/// refilled at [`PAUSE_SHARE`] of the time that passes, so that a persistently slow reader
-/// costs the others at most that share of the broker's time.
-struct PauseCredit {
-    left: Duration,
-    at: Instant,
-}
-
-impl PauseCredit {
-    fn refill(&mut self, now: Instant) {
-        let earned = now.saturating_duration_since(self.at) / PAUSE_SHARE;
-        self.left = (self.left + earned).min(PAUSE_BURST);
-        self.at = now;
-    }
-}
-
 impl Drop for Conn {
     fn drop(&mut self) {
         // The reader has nothing more to do; the writer finishes on its own (see `write_loop`).
@@ -785,28 +761,28 @@ impl Owner {
     }
 
     /// When a connection's writer has fallen behind (more than half of
-    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to
-    /// [`BACKLOG_WAIT`] or until the writer is down to a quarter. A client that reads slower
+    /// [`BrokerConfig::max_outbound_bytes`] pending), stops taking input for up to 100 ms or
+    /// until the writer is down to a quarter. A client that reads slower
     /// than others publish then slows the publishers down (through TCP) instead of being
     /// disconnected as soon as a few large messages pile up; one that stays behind still
     /// overflows and is disconnected, after holding the others up for a bounded time.
     ///
     /// Each connection spends from its [`PauseCredit`]: a reader that stays slow holds the
-    /// others up for at most [`PAUSE_BURST`] at first and a tenth of the time after that;
+    /// others up for at most 1 s at first and a tenth of the time after that;
     /// without credit it is left to overflow and be disconnected.
     async fn wait_for_backlog(&mut self) {
         let Some(handle) = self.backlog.take() else {
             return;
         };
-        let Some((outbox, left)) = self.conns.get(&handle).and_then(|c| {
-            let left = c.pause_credit.as_ref()?.left;
-            Some((c.outbox.clone(), left))
+        let Some((outbox, wait)) = self.conns.get(&handle).and_then(|c| {
+            let wait = c.pause_credit.as_ref()?.next_wait();
+            Some((c.outbox.clone(), wait))
         }) else {
             return;
         };
         let low = self.config.max_outbound_bytes / 4;
         let start = Instant::now();
-        let deadline = start + BACKLOG_WAIT.min(left);
+        let deadline = start + wait;
         loop {
             let progress = outbox.progress.notified();
             tokio::pin!(progress);
@@ -825,7 +801,7 @@ impl Owner {
             .get_mut(&handle)
             .and_then(|c| c.pause_credit.as_mut())
         {
-            credit.left = credit.left.saturating_sub(waited);
+            credit.spend(waited);
         }
     }
 
@@ -947,15 +923,12 @@ impl Owner {
         match result {
             Ok(pending) => {
                 if pending > self.config.max_outbound_bytes / 2 {
-                    let now = Instant::now();
-                    let credit = conn.pause_credit.get_or_insert_with(|| {
-                        Box::new(PauseCredit {
-                            left: PAUSE_BURST,
-                            at: now,
-                        })
-                    });
+                    let now = Instant::now().into_std();
+                    let credit = conn
+                        .pause_credit
+                        .get_or_insert_with(|| Box::new(PauseCredit::new(now)));
                     credit.refill(now);
-                    if !credit.left.is_zero() {
+                    if !credit.left().is_zero() {
                         self.backlog = Some(handle);
                     }
                 }
@@ -1643,23 +1616,6 @@ mod tests {
                 assert!(n > 0, "the broker closed the connection");
             }
         }
-    }
-
-    /// The pause budget of one connection: 1 s at first, spent by waits, earned back at a
-    /// tenth of the time that passes, never above 1 s.
-    #[test]
-    fn pause_credit_is_bounded_and_refills_at_a_tenth() {
-        let t0 = Instant::now();
-        let mut c = PauseCredit {
-            left: PAUSE_BURST,
-            at: t0,
-        };
-        c.left = c.left.saturating_sub(Duration::from_millis(1500));
-        assert_eq!(c.left, Duration::ZERO);
-        c.refill(t0 + Duration::from_secs(5));
-        assert_eq!(c.left, Duration::from_millis(500));
-        c.refill(t0 + Duration::from_secs(60));
-        assert_eq!(c.left, PAUSE_BURST);
     }
 
     /// A subscriber that reads slower than the publisher writes (its pipe holds 4 KiB) is not

@@ -707,22 +707,7 @@ impl Task {
                     let _ = self.events.send(ConnectionEvent::Connected {
                         session_present: connack.session_present,
                     });
-                    // QoS 2 messages delivered while disconnected: their state survived the
-                    // reconnect, PUBREC goes out now. If the connection already failed again
-                    // (a cut right after the CONNACK), keep them for the next one: a QoS 2
-                    // message left "delivered, not acknowledged" would never complete, and the
-                    // broker would resend it for ever.
-                    let mut keep = Vec::new();
-                    for id in std::mem::take(&mut self.unacked) {
-                        if let Err(
-                            crate::proto::StateError::NotConnected
-                            | crate::proto::StateError::Failed(_),
-                        ) = self.core.acknowledge(now(), id, ReasonCode::Success)
-                        {
-                            keep.push(id);
-                        }
-                    }
-                    self.unacked = keep;
+                    crate::client::retry_unacked(&mut self.core, now(), &mut self.unacked);
                     for cmd in std::mem::take(&mut self.deferred) {
                         self.command(cmd);
                     }
@@ -784,21 +769,8 @@ impl Task {
     }
 
     fn deliver(&mut self, msg: Message) {
-        if msg.qos == QoS::AtLeastOnce && msg.dup && msg.packet_id.is_some() {
-            // The broker resent (after a reconnect) a message that still waits here from an
-            // earlier connection: it is one message, and now registered on this connection, so
-            // the waiting copy's acknowledgement goes out on this connection once it is
-            // delivered. Keeping both would put the acknowledgement behind every older waiting
-            // message, and after a cut onto a dead connection, again and again. The broker
-            // cannot reuse a packet id we have not acknowledged, and a waiting message is not
-            // acknowledged yet, so the same id here is the same message.
-            let waiting = self
-                .backlog
-                .iter()
-                .any(|(m, _)| m.qos == QoS::AtLeastOnce && m.packet_id == msg.packet_id);
-            if waiting {
-                return;
-            }
+        if crate::client::resent_while_waiting(self.backlog.iter().map(|(m, _)| m), &msg) {
+            return;
         }
         let mut targets = self
             .subs
@@ -848,24 +820,12 @@ impl Task {
                 }
             }
             if let Some((msg, _)) = self.backlog.pop_front() {
-                if let Some(id) = msg.packet_id {
-                    match self.core.acknowledge(now(), id, ReasonCode::Success) {
-                        Ok(()) => {}
-                        // QoS 2 state survives a reconnect in the core: PUBREC goes out once
-                        // connected again (the broker's resend is recognised as a duplicate
-                        // and not delivered twice).
-                        Err(
-                            crate::proto::StateError::NotConnected
-                            | crate::proto::StateError::Failed(_),
-                        ) if msg.qos == QoS::ExactlyOnce => self.unacked.push(id),
-                        // QoS 1: the broker resends an unacknowledged message on the next
-                        // connection; that copy is delivered and acknowledged then. Keeping the
-                        // id for later could acknowledge a different message that reuses it.
-                        Err(e) => {
-                            tracing::debug!(target: TRACE, packet_id = id.get(), error = %e, "acknowledgement not sent")
-                        }
-                    }
-                }
+                crate::client::acknowledge_delivered(
+                    &mut self.core,
+                    now(),
+                    &msg,
+                    &mut self.unacked,
+                );
             }
         }
     }
