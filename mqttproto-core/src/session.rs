@@ -26,6 +26,7 @@ use crate::conn::{
 use crate::error::{Error, ProtocolError, StateError};
 use crate::topic::TopicFilter;
 use crate::types::{PacketId, PacketType, QoS, ReasonCode, SubscriptionId, SubscriptionOptions};
+use crate::MqttString;
 
 /// Limits of a server-side connection that apply before CONNACK.
 #[derive(Debug, Clone)]
@@ -182,6 +183,13 @@ impl SessionState {
     }
 }
 
+/// The parts of a CONNECT a connection keeps after CONNACK.
+#[derive(Debug)]
+struct Identity {
+    username: Option<MqttString>,
+    authentication_method: Option<MqttString>,
+}
+
 /// The server's state machine for one client connection. See the [module documentation](self).
 #[derive(Debug)]
 pub struct Session {
@@ -192,7 +200,11 @@ pub struct Session {
     in_aliases: InboundAliases,
     out_aliases: OutboundAliases,
     events: VecDeque<SessionEvent>,
+    /// The CONNECT, until it is acknowledged.
     connect: Option<Box<Connect>>,
+    /// What outlives the CONNECT: user name and Authentication Method (boxed: most clients
+    /// have neither).
+    identity: Option<Box<Identity>>,
     keep_alive: u16,
     connect_deadline: Option<Instant>,
     /// A re-authentication is under way: the client sent AUTH 0x19, the server has not yet
@@ -219,6 +231,7 @@ impl Session {
             out_aliases: OutboundAliases::new(options.outbound_topic_aliases),
             events: VecDeque::new(),
             connect: None,
+            identity: None,
             keep_alive: 0,
             connect_deadline: Some(now + options.connect_timeout),
             reauthenticating: false,
@@ -238,9 +251,22 @@ impl Session {
         self.phase
     }
 
-    /// The CONNECT received, if any.
+    /// The CONNECT received, until it is acknowledged
+    /// ([`acknowledge_connect`](Self::acknowledge_connect)). It is not kept after that: what
+    /// a connection needs of it later is [`username`](Self::username) and
+    /// [`authentication_method`](Self::authentication_method).
     pub fn connect_packet(&self) -> Option<&Connect> {
         self.connect.as_deref()
+    }
+
+    /// The User Name of the CONNECT, if it had one.
+    pub fn username(&self) -> Option<&MqttString> {
+        self.identity.as_ref()?.username.as_ref()
+    }
+
+    /// The Authentication Method of the CONNECT (enhanced authentication), if it had one.
+    pub fn authentication_method(&self) -> Option<&MqttString> {
+        self.identity.as_ref()?.authentication_method.as_ref()
     }
 
     /// The session state.
@@ -334,8 +360,12 @@ impl Session {
         if !session_present {
             self.state = SessionState::new();
         }
-        let connect = self.connect.as_deref();
-        let client_props = connect.map(|c| c.properties.clone()).unwrap_or_default();
+        // The CONNECT is not needed past this point (see `connect_packet`).
+        let client_props = self
+            .connect
+            .take()
+            .map(|c| c.properties)
+            .unwrap_or_default();
         self.state.inbound.receive_maximum = p.receive_maximum.map_or(u16::MAX, NonZeroU16::get);
         self.state.inbound.reconnect();
         self.wire.max_in = p
@@ -389,9 +419,8 @@ impl Session {
         data: Option<Bytes>,
     ) -> Result<(), StateError> {
         let method = self
-            .connect
-            .as_ref()
-            .and_then(|c| c.properties.authentication_method.clone())
+            .authentication_method()
+            .cloned()
             .ok_or(StateError::NoAuthInProgress)?;
         match self.phase {
             SessionPhase::Authenticating => {}
@@ -616,7 +645,12 @@ impl Session {
 
     /// The next event, if any.
     pub fn poll_event(&mut self) -> Option<SessionEvent> {
-        self.events.pop_front()
+        let event = self.events.pop_front();
+        if self.events.is_empty() && self.events.capacity() > 0 {
+            // An idle connection keeps no event buffer (four events' room is 576 bytes).
+            self.events = VecDeque::new();
+        }
+        event
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
@@ -881,16 +915,19 @@ impl Session {
                     .properties
                     .maximum_packet_size
                     .map_or(u32::MAX, NonZeroU32::get);
+                if c.username.is_some() || c.properties.authentication_method.is_some() {
+                    self.identity = Some(Box::new(Identity {
+                        username: c.username.clone(),
+                        authentication_method: c.properties.authentication_method.clone(),
+                    }));
+                }
                 self.connect = Some(c.clone());
                 self.phase = SessionPhase::Authenticating;
                 self.events.push_back(SessionEvent::Connect(c));
                 Ok(())
             }
             (SessionPhase::Authenticating | SessionPhase::Connected, Packet::Auth(a)) => {
-                let method = self
-                    .connect
-                    .as_ref()
-                    .and_then(|c| c.properties.authentication_method.as_ref());
+                let method = self.authentication_method();
                 if method.is_none() || a.properties.authentication_method.as_ref() != method {
                     return Err(ProtocolError::BadAuthentication.into());
                 }

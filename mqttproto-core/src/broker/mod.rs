@@ -169,10 +169,11 @@ enum TimerKey {
 struct Slot {
     client_id: MqttString,
     conn: Option<ConnectionHandle>,
-    offline: Option<SessionState>,
+    /// Boxed, like the will: most slots have neither, and a slot lives as long as its session.
+    offline: Option<Box<SessionState>>,
     expiry_interval: u32,
     expires_at: Option<Instant>,
-    will: Option<Will>,
+    will: Option<Box<Will>>,
     will_at: Option<Instant>,
 }
 
@@ -371,7 +372,7 @@ impl Broker {
         if slot.will_at.is_some_and(|t| t <= now) {
             slot.will_at = None;
             if let Some(will) = slot.will.take() {
-                self.publish_will(now, will);
+                self.publish_will(now, *will);
             }
         }
         let Some(slot) = self.slots.get(sid as usize).and_then(|s| s.as_ref()) else {
@@ -531,7 +532,7 @@ impl Broker {
                 if let Some(will) = old_will {
                     if will.properties.will_delay_interval.unwrap_or(0) == 0 || connect.clean_start
                     {
-                        self.publish_will(now, will);
+                        self.publish_will(now, *will);
                     }
                 }
                 if let Some(c) = self.conn_mut(old) {
@@ -539,7 +540,7 @@ impl Broker {
                     let state = c.session.take_state();
                     c.sid = None;
                     if let Some(slot) = self.slots[sid as usize].as_mut() {
-                        slot.offline = Some(state);
+                        slot.offline = Some(Box::new(state));
                         slot.conn = None;
                     }
                 }
@@ -555,7 +556,7 @@ impl Broker {
                 slot.conn = Some(handle);
                 slot.expires_at = None;
                 slot.expiry_interval = expiry;
-                slot.will = connect.will.clone();
+                slot.will = connect.will.clone().map(Box::new);
             }
         }
         let sid = match (self.by_client_id.get(&client_id), &resumed_state) {
@@ -567,7 +568,7 @@ impl Broker {
                     offline: None,
                     expiry_interval: expiry,
                     expires_at: None,
-                    will: connect.will.clone(),
+                    will: connect.will.clone().map(Box::new),
                     will_at: None,
                 };
                 let sid = match self.free_slots.pop() {
@@ -588,7 +589,7 @@ impl Broker {
         let conn = self.conn_mut(handle).ok_or(StateError::NotConnected)?;
         conn.sid = Some(sid);
         if let Some(state) = resumed_state {
-            conn.session.restore_state(state);
+            conn.session.restore_state(*state);
         }
         conn.session
             .acknowledge_connect(now, ReasonCode::Success, session_present, props)?;
@@ -837,12 +838,12 @@ impl Broker {
                 let state = conn.session.take_state();
                 if let Some(slot) = self.slots[sid as usize].as_mut() {
                     if slot.conn.is_none() && slot.offline.is_none() {
-                        slot.offline = Some(state);
+                        slot.offline = Some(Box::new(state));
                     }
                 }
             }
             if let Some(will) = will_now {
-                self.publish_will(now, will);
+                self.publish_will(now, *will);
             }
             if end {
                 self.end_session(now, sid);
@@ -898,7 +899,7 @@ impl Broker {
             }
         }
         if let (Some(will), true) = (slot.will, slot.will_at.is_some()) {
-            self.publish_will(now, will);
+            self.publish_will(now, *will);
         }
     }
 

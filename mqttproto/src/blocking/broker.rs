@@ -1313,8 +1313,7 @@ impl Owner {
         let username = self
             .core
             .session(handle)
-            .and_then(|s| s.connect_packet())
-            .and_then(|c| c.username.as_ref())
+            .and_then(|s| s.username())
             .map(|u| u.as_str());
         let mut who = ClientInfo::new(client_id, username, &conn.peer);
         who.client_cert = conn.client_cert.as_deref();

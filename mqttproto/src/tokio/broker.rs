@@ -1095,8 +1095,7 @@ impl Owner {
         let username = self
             .core
             .session(handle)
-            .and_then(|s| s.connect_packet())
-            .and_then(|c| c.username.as_ref())
+            .and_then(|s| s.username())
             .map(|u| u.as_str());
         let who = ClientInfo {
             client_id,
