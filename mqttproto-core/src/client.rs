@@ -346,7 +346,7 @@ impl Client {
 
     /// The fatal error that stopped the current connection, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.wire.error.as_ref()
+        self.wire.error.as_deref()
     }
 
     // ---- commands -----------------------------------------------------------------------
@@ -728,7 +728,7 @@ impl Client {
 
     fn ready(&self) -> Result<(), StateError> {
         if let Some(e) = &self.wire.error {
-            return Err(StateError::Failed(e.clone()));
+            return Err(StateError::Failed((**e).clone()));
         }
         if self.state != ClientState::Connected {
             return Err(StateError::NotConnected);

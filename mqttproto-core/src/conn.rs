@@ -71,8 +71,9 @@ pub(crate) struct Wire {
     pub version: ProtocolVersion,
     input: BytesMut,
     output: BytesMut,
-    /// Set once; every later input returns it.
-    pub error: Option<Error>,
+    /// Set once; every later input returns it. Boxed: rare, and 40 bytes inline in every
+    /// connection otherwise.
+    pub error: Option<Box<Error>>,
     /// The most we accept (our Maximum Packet Size).
     pub max_in: u32,
     /// The most the peer accepts (its Maximum Packet Size).
@@ -114,7 +115,7 @@ impl Wire {
 
     pub fn check(&self) -> Result<(), Error> {
         match &self.error {
-            Some(e) => Err(e.clone()),
+            Some(e) => Err((**e).clone()),
             None => Ok(()),
         }
     }
@@ -170,10 +171,13 @@ impl Wire {
                 }
             }
             tracing::debug!(target: TRACE_TARGET, role = self.role.name(), %error, "connection failed");
-            self.error = Some(error);
+            self.error = Some(Box::new(error));
             self.closed = true;
         }
-        self.error.clone().unwrap_or(Error::ConnectionClosed)
+        self.error
+            .as_deref()
+            .cloned()
+            .unwrap_or(Error::ConnectionClosed)
     }
 
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
@@ -383,9 +387,9 @@ pub(crate) struct Inbound {
     /// PUBLISHes accepted past the Receive Maximum (when not strict), since construction.
     pub overruns: u64,
     /// QoS 1 delivered, PUBACK not yet sent (manual acknowledgement).
-    pub qos1: HashSet<u16>,
+    pub qos1: HashSet<u16, IdBuildHasher>,
     /// QoS 2 messages between arrival and PUBCOMP. Kept across reconnects with the session.
-    pub qos2: HashMap<u16, InQos2>,
+    pub qos2: HashMap<u16, InQos2, IdBuildHasher>,
 }
 
 impl Inbound {
@@ -503,14 +507,14 @@ impl Inbound {
 #[derive(Debug, Default)]
 pub(crate) struct InboundAliases {
     pub maximum: u16,
-    map: HashMap<u16, TopicName>,
+    map: HashMap<u16, TopicName, IdBuildHasher>,
 }
 
 impl InboundAliases {
     pub fn new(maximum: u16) -> Self {
         InboundAliases {
             maximum,
-            map: HashMap::new(),
+            map: HashMap::default(),
         }
     }
 

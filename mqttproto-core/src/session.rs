@@ -183,6 +183,13 @@ impl SessionState {
     }
 }
 
+/// A SUBSCRIBE or UNSUBSCRIBE waiting for the application's answer.
+#[derive(Debug)]
+enum Pending {
+    Subscribe(Subscribe),
+    Unsubscribe(Unsubscribe),
+}
+
 /// The parts of a CONNECT a connection keeps after CONNACK.
 #[derive(Debug)]
 struct Identity {
@@ -205,6 +212,9 @@ pub struct Session {
     /// What outlives the CONNECT: user name and Authentication Method (boxed: most clients
     /// have neither).
     identity: Option<Box<Identity>>,
+    /// The CONNECT's Session Expiry Interval: a DISCONNECT may not raise it from 0
+    /// [MQTT-3.14.2-2].
+    connect_session_expiry: u32,
     keep_alive: u16,
     connect_deadline: Option<Instant>,
     /// A re-authentication is under way: the client sent AUTH 0x19, the server has not yet
@@ -212,8 +222,9 @@ pub struct Session {
     reauthenticating: bool,
     maximum_qos: QoS,
     retain_available: bool,
-    pending_subscribe: HashMap<u16, Subscribe>,
-    pending_unsubscribe: HashMap<u16, Unsubscribe>,
+    /// SUBSCRIBEs and UNSUBSCRIBEs waiting for the application's answer: rarely more than
+    /// one, and no allocation kept once answered.
+    pending: Vec<Pending>,
     created: Instant,
 }
 
@@ -232,13 +243,13 @@ impl Session {
             events: VecDeque::new(),
             connect: None,
             identity: None,
+            connect_session_expiry: 0,
             keep_alive: 0,
             connect_deadline: Some(now + options.connect_timeout),
             reauthenticating: false,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
-            pending_subscribe: HashMap::new(),
-            pending_unsubscribe: HashMap::new(),
+            pending: Vec::new(),
             created: now,
             options,
         }
@@ -291,7 +302,7 @@ impl Session {
 
     /// The fatal error that stopped the connection, if any.
     pub fn error(&self) -> Option<&Error> {
-        self.wire.error.as_ref()
+        self.wire.error.as_deref()
     }
 
     /// When the connection was created.
@@ -468,11 +479,11 @@ impl Session {
         properties: AckProperties,
     ) -> Result<(), StateError> {
         self.ready()?;
-        let Some(sub) = self.pending_subscribe.remove(&packet_id.get()) else {
+        let Some(Pending::Subscribe(sub)) = self.take_pending(packet_id, true) else {
             return Err(StateError::UnknownPacketId(packet_id));
         };
         if reason_codes.len() != sub.subscriptions.len() {
-            self.pending_subscribe.insert(packet_id.get(), sub);
+            self.pending.push(Pending::Subscribe(sub));
             return Err(StateError::Encode(crate::error::EncodeError::NoFilters(
                 PacketType::SubAck,
             )));
@@ -501,6 +512,20 @@ impl Session {
         )
     }
 
+    /// Takes the pending SUBSCRIBE (`subscribe`) or UNSUBSCRIBE with `packet_id`; the list lets
+    /// its allocation go when it empties.
+    fn take_pending(&mut self, packet_id: PacketId, subscribe: bool) -> Option<Pending> {
+        let i = self.pending.iter().position(|p| match p {
+            Pending::Subscribe(s) => subscribe && s.packet_id == packet_id,
+            Pending::Unsubscribe(u) => !subscribe && u.packet_id == packet_id,
+        })?;
+        let taken = self.pending.remove(i);
+        if self.pending.is_empty() {
+            self.pending = Vec::new();
+        }
+        Some(taken)
+    }
+
     /// Answers UNSUBSCRIBE with one reason code per filter; filters answered 0x00 are removed
     /// from the session.
     pub fn acknowledge_unsubscribe(
@@ -511,11 +536,11 @@ impl Session {
         properties: AckProperties,
     ) -> Result<(), StateError> {
         self.ready()?;
-        let Some(unsub) = self.pending_unsubscribe.remove(&packet_id.get()) else {
+        let Some(Pending::Unsubscribe(unsub)) = self.take_pending(packet_id, false) else {
             return Err(StateError::UnknownPacketId(packet_id));
         };
         if reason_codes.len() != unsub.filters.len() {
-            self.pending_unsubscribe.insert(packet_id.get(), unsub);
+            self.pending.push(Pending::Unsubscribe(unsub));
             return Err(StateError::Encode(crate::error::EncodeError::NoFilters(
                 PacketType::UnsubAck,
             )));
@@ -671,7 +696,7 @@ impl Session {
 
     fn ready(&self) -> Result<(), StateError> {
         if let Some(e) = &self.wire.error {
-            return Err(StateError::Failed(e.clone()));
+            return Err(StateError::Failed((**e).clone()));
         }
         if self.phase != SessionPhase::Connected {
             return Err(StateError::NotConnected);
@@ -888,8 +913,7 @@ impl Session {
             return;
         }
         self.phase = SessionPhase::Closed;
-        self.pending_subscribe.clear();
-        self.pending_unsubscribe.clear();
+        self.pending = Vec::new();
         self.events
             .push_back(SessionEvent::Disconnected { error, disconnect });
     }
@@ -921,6 +945,7 @@ impl Session {
                         authentication_method: c.properties.authentication_method.clone(),
                     }));
                 }
+                self.connect_session_expiry = c.properties.session_expiry_interval.unwrap_or(0);
                 self.connect = Some(c.clone());
                 self.phase = SessionPhase::Authenticating;
                 self.events.push_back(SessionEvent::Connect(c));
@@ -950,12 +975,8 @@ impl Session {
                 Ok(())
             }
             (SessionPhase::Authenticating | SessionPhase::Connected, Packet::Disconnect(d)) => {
-                let connect_sei = self
-                    .connect
-                    .as_ref()
-                    .and_then(|c| c.properties.session_expiry_interval)
-                    .unwrap_or(0);
-                if connect_sei == 0 && d.properties.session_expiry_interval.is_some_and(|s| s != 0)
+                if self.connect_session_expiry == 0
+                    && d.properties.session_expiry_interval.is_some_and(|s| s != 0)
                 {
                     return Err(ProtocolError::InvalidSessionExpiryOnDisconnect.into());
                 }
@@ -998,13 +1019,12 @@ impl Session {
                 Ok(())
             }
             (SessionPhase::Connected, Packet::Subscribe(s)) => {
-                self.pending_subscribe.insert(s.packet_id.get(), s.clone());
+                self.pending.push(Pending::Subscribe(s.clone()));
                 self.events.push_back(SessionEvent::Subscribe(s));
                 Ok(())
             }
             (SessionPhase::Connected, Packet::Unsubscribe(u)) => {
-                self.pending_unsubscribe
-                    .insert(u.packet_id.get(), u.clone());
+                self.pending.push(Pending::Unsubscribe(u.clone()));
                 self.events.push_back(SessionEvent::Unsubscribe(u));
                 Ok(())
             }

@@ -715,6 +715,25 @@ fn session_expiry_changed_at_disconnect() {
     assert!(!w.broker.has_session("s"));
 }
 
+/// A DISCONNECT may change a non-zero Session Expiry Interval of the CONNECT to another
+/// non-zero one (only raising it from 0 is a protocol error) [MQTT-3.14.2-2]; the broker must
+/// remember the CONNECT's value after CONNACK to tell the two apart.
+#[test]
+fn session_expiry_shortened_at_disconnect_mqtt_3_14_2_2() {
+    let mut w = World::new(Split::Whole, BrokerOptions::default());
+    w.add("s", persistent("s", 100));
+    w.connect("s");
+    w.subscribe("s", "t", qos(QoS::AtLeastOnce), None);
+    let now = w.now;
+    w.client("s")
+        .disconnect(now, ReasonCode::Success, Some(1))
+        .unwrap();
+    w.pump();
+    assert!(w.broker.has_session("s"), "kept for its new interval");
+    w.advance(Duration::from_secs(1));
+    assert!(!w.broker.has_session("s"), "gone after 1 s, not 100");
+}
+
 fn with_will(id: &str, delay: u32, expiry: u32) -> ClientOptions {
     ClientOptions {
         will: Some(Will {

@@ -75,7 +75,7 @@
 //! # }
 //! ```
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 use std::fmt;
 use std::future::Future;
 use std::io::{self, IoSlice};
@@ -85,15 +85,16 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, ConnectionHandle};
 use mqttproto_core::{Error, ReasonCode};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::{AbortHandle, JoinHandle};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
@@ -426,7 +427,7 @@ impl Broker {
         let mut owner = Owner {
             core: CoreBroker::new(options),
             auth: AuthTable::new(config.enhanced_authenticator.clone()),
-            conns: HashMap::new(),
+            conns: ConnTable::default(),
             inbound_tx,
             local_addrs,
             shutting_down: false,
@@ -663,8 +664,7 @@ struct Conn {
     /// The writer's queue; closed when the connection is dropped: the writer then has
     /// `flush_timeout` to finish.
     outbox: Arc<Outbox>,
-    reader: AbortHandle,
-    /// Taken when the connection closes.
+    /// The connection's I/O task ([`ConnIo`]); taken when the connection closes.
     writer: Option<JoinHandle<()>>,
     peer: PeerAddr,
     listener: Option<usize>,
@@ -679,9 +679,61 @@ struct Conn {
 
 impl Drop for Conn {
     fn drop(&mut self) {
-        // The reader has nothing more to do; the writer finishes on its own (see `write_loop`).
-        self.reader.abort();
+        // The I/O task reads no more, writes what is queued and ends (see `ConnIo`).
         self.outbox.close();
+    }
+}
+
+/// The owner's connections, indexed like the core's (which reuses the indices of closed
+/// connections): denser than a hash map, which matters with many idle connections.
+#[derive(Default)]
+struct ConnTable {
+    slots: Vec<Option<(ConnectionHandle, Conn)>>,
+    len: usize,
+}
+
+impl ConnTable {
+    fn len(&self) -> usize {
+        self.len
+    }
+
+    fn get(&self, handle: &ConnectionHandle) -> Option<&Conn> {
+        match self.slots.get(handle.index())? {
+            Some((h, c)) if h == handle => Some(c),
+            _ => None,
+        }
+    }
+
+    fn get_mut(&mut self, handle: &ConnectionHandle) -> Option<&mut Conn> {
+        match self.slots.get_mut(handle.index())? {
+            Some((h, c)) if h == handle => Some(c),
+            _ => None,
+        }
+    }
+
+    fn insert(&mut self, handle: ConnectionHandle, conn: Conn) {
+        let i = handle.index();
+        if i >= self.slots.len() {
+            self.slots.resize_with(i + 1, || None);
+        }
+        if self.slots[i].replace((handle, conn)).is_none() {
+            self.len += 1;
+        }
+    }
+
+    fn remove(&mut self, handle: &ConnectionHandle) -> Option<Conn> {
+        let slot = self.slots.get_mut(handle.index())?;
+        if slot.as_ref().is_some_and(|(h, _)| h == handle) {
+            self.len -= 1;
+            slot.take().map(|(_, c)| c)
+        } else {
+            None
+        }
+    }
+
+    fn drain(&mut self) -> impl Iterator<Item = Conn> + '_ {
+        self.len = 0;
+        self.slots.drain(..).flatten().map(|(_, c)| c)
     }
 }
 
@@ -689,7 +741,7 @@ struct Owner {
     core: CoreBroker,
     /// Enhanced authentication exchanges under way or done, per connection.
     auth: AuthTable,
-    conns: HashMap<ConnectionHandle, Conn>,
+    conns: ConnTable,
     inbound_tx: mpsc::Sender<Inbound>,
     local_addrs: Vec<ListenAddr>,
     config: BrokerConfig,
@@ -850,32 +902,20 @@ impl Owner {
         let linger = self.config.flush_timeout;
         let q = outbox.clone();
         let mut client_cert = None;
-        let (reader, writer) = match conn {
+        let writer = match conn {
             NewConn::Wrapped {
                 stream,
                 client_cert: cert,
                 ..
             } => {
                 client_cert = cert;
-                let (r, w) = tokio::io::split(stream);
-                let reader = read_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, q, linger)
+                tokio::spawn(ConnIo::new(handle, Buffered(stream), q, inbound, linger))
             }
-            NewConn::Tcp(sock, _, _) => {
-                let (r, w) = sock.into_split();
-                let reader = read_ready_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, q, linger)
-            }
+            NewConn::Tcp(sock, _, _) => tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger)),
             #[cfg(unix)]
-            NewConn::Unix(sock, _) => {
-                let (r, w) = sock.into_split();
-                let reader = read_ready_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, q, linger)
-            }
+            NewConn::Unix(sock, _) => tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger)),
             NewConn::Other(stream, _) => {
-                let (r, w) = tokio::io::split(stream);
-                let reader = read_loop(handle, r, inbound);
-                spawn_io(handle, reader, w, q, linger)
+                tokio::spawn(ConnIo::new(handle, Buffered(stream), q, inbound, linger))
             }
         };
         tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
@@ -883,7 +923,6 @@ impl Owner {
             handle,
             Conn {
                 outbox,
-                reader,
                 writer: Some(writer),
                 peer,
                 listener,
@@ -1121,7 +1160,7 @@ impl Owner {
             .disconnect_all(now(), ReasonCode::ServerShuttingDown);
         self.flush();
         // Connections the core did not close (those still waiting for CONNECT): close them.
-        for (_, mut conn) in self.conns.drain() {
+        for mut conn in self.conns.drain() {
             self.closing_writers.extend(conn.writer.take());
         }
         let deadline = Instant::now() + self.config.flush_timeout;
@@ -1165,22 +1204,6 @@ impl Drop for VerdictGuard {
 
 // ---- connection tasks -------------------------------------------------------------------
 
-/// Spawns a connection's reader (`reader`, one of the read loops below) and its writer.
-fn spawn_io<W>(
-    handle: ConnectionHandle,
-    reader: impl Future<Output = ()> + Send + 'static,
-    write: W,
-    outbox: Arc<Outbox>,
-    linger: Duration,
-) -> (AbortHandle, JoinHandle<()>)
-where
-    W: AsyncWrite + Unpin + Send + 'static,
-{
-    let reader = tokio::spawn(reader).abort_handle();
-    let writer = tokio::spawn(write_loop(handle, write, outbox, linger));
-    (reader, writer)
-}
-
 /// The next read size after a read of `got` bytes into `offered` bytes of space.
 fn next_chunk(chunk: usize, offered: usize, got: usize) -> usize {
     if got >= offered {
@@ -1200,100 +1223,91 @@ fn make_room(buf: &mut BytesMut, chunk: usize) -> usize {
     buf.capacity() - buf.len()
 }
 
-/// A read half that can wait until it is readable without holding a buffer, and then read
-/// without waiting: TCP and Unix sockets.
-trait ReadyRead: Send + 'static {
-    /// Waits until a read may make progress.
-    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_;
-    /// Reads what is there, or fails with `WouldBlock`.
-    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize>;
+/// A connection's byte stream as its I/O task uses it: reads into a buffer it sizes, writes.
+trait ConnStream: AsyncWrite + Unpin + Send + 'static {
+    /// Reads what is there into `buf` (made room for `chunk` bytes first), or registers the
+    /// task for readiness. Returns the bytes read (0 at end of stream) and the room offered.
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> Poll<io::Result<(usize, usize)>>;
 }
 
-impl ReadyRead for tokio::net::tcp::OwnedReadHalf {
-    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.readable()
-    }
-    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        self.try_read_buf(buf)
-    }
+/// TCP and Unix sockets wait for readability before a buffer is made: when the socket runs
+/// dry the buffer is let go, so an idle connection holds no read buffer.
+macro_rules! ready_read_stream {
+    ($t:ty) => {
+        impl ConnStream for $t {
+            fn poll_read_into(
+                &mut self,
+                cx: &mut Context<'_>,
+                buf: &mut BytesMut,
+                chunk: usize,
+            ) -> Poll<io::Result<(usize, usize)>> {
+                loop {
+                    std::task::ready!(self.poll_read_ready(cx))?;
+                    let offered = make_room(buf, chunk);
+                    match self.try_read_buf(buf) {
+                        Ok(n) => return Poll::Ready(Ok((n, offered))),
+                        // Going idle: keep no buffer while waiting (polling readiness again
+                        // registers the task).
+                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => *buf = BytesMut::new(),
+                        Err(e) => return Poll::Ready(Err(e)),
+                    }
+                }
+            }
+        }
+    };
 }
 
+ready_read_stream!(TcpStream);
 #[cfg(unix)]
-impl ReadyRead for tokio::net::unix::OwnedReadHalf {
-    fn ready(&self) -> impl Future<Output = io::Result<()>> + Send + '_ {
-        self.readable()
+ready_read_stream!(tokio::net::UnixStream);
+
+/// Any other stream (TLS, WebSocket, streams handed to [`BrokerHandle::accept_stream`]).
+struct Buffered(Box<dyn DynStream>);
+
+impl AsyncWrite for Buffered {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write(cx, buf)
     }
-    fn try_read_into(&self, buf: &mut BytesMut) -> io::Result<usize> {
-        self.try_read_buf(buf)
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut *self.0).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut *self.0).poll_shutdown(cx)
     }
 }
 
-/// The reader of a TCP or Unix socket. It holds no buffer while the socket is idle: it waits
-/// for readability first, reads into a buffer sized for the traffic, forwards what it read
-/// (the owner copies it into the core), and lets the buffer go when the socket runs dry. An
-/// idle connection therefore costs no read buffer.
-async fn read_ready_loop<R: ReadyRead>(
-    handle: ConnectionHandle,
-    read: R,
-    inbound: mpsc::Sender<Inbound>,
-) {
-    let mut buf = BytesMut::new();
-    let mut chunk = READ_CHUNK_MIN;
-    loop {
-        if let Err(error) = read.ready().await {
-            tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
-            break;
-        }
-        let offered = make_room(&mut buf, chunk);
-        match read.try_read_into(&mut buf) {
-            Ok(0) => break,
-            Ok(n) => {
-                chunk = next_chunk(chunk, offered, n);
-                let data = buf.split().freeze();
-                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
-                    return;
-                }
-            }
-            Err(error) if error.kind() == io::ErrorKind::WouldBlock => {
-                // Going idle: keep no buffer while waiting.
-                buf = BytesMut::new();
-            }
-            Err(error) => {
-                tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
-                break;
-            }
-        }
+impl ConnStream for Buffered {
+    fn poll_read_into(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut BytesMut,
+        chunk: usize,
+    ) -> Poll<io::Result<(usize, usize)>> {
+        let offered = make_room(buf, chunk);
+        // `read_buf` holds no state between polls: polling a fresh one each time loses nothing.
+        let read = self.0.read_buf(buf);
+        tokio::pin!(read);
+        read.poll(cx).map_ok(|n| (n, offered))
     }
-    let _ = inbound.send(Inbound::Closed(handle)).await;
-}
-
-/// The reader of any other stream (TLS, WebSocket, streams handed to
-/// [`BrokerHandle::accept_stream`]).
-async fn read_loop<R: AsyncRead + Unpin>(
-    handle: ConnectionHandle,
-    mut read: R,
-    inbound: mpsc::Sender<Inbound>,
-) {
-    let mut buf = BytesMut::new();
-    let mut chunk = READ_CHUNK_MIN;
-    loop {
-        let offered = make_room(&mut buf, chunk);
-        match read.read_buf(&mut buf).await {
-            Ok(0) => break,
-            Ok(n) => {
-                chunk = next_chunk(chunk, offered, n);
-                let data = buf.split().freeze();
-                if inbound.send(Inbound::Bytes(handle, data)).await.is_err() {
-                    return;
-                }
-            }
-            Err(error) => {
-                tracing::debug!(target: TARGET, conn = handle.index(), %error, "read failed");
-                break;
-            }
-        }
-    }
-    let _ = inbound.send(Inbound::Closed(handle)).await;
 }
 
 /// Why [`Outbox::push`] refused bytes.
@@ -1307,18 +1321,14 @@ enum Refused {
     WriterGone,
 }
 
-/// A connection's outbound queue, between the owner and the connection's writer.
+/// A connection's outbound queue, between the owner and the connection's I/O task.
 ///
-/// Lighter than a bounded channel: it allocates nothing until bytes are queued, and the writer
+/// Lighter than a bounded channel: it allocates nothing until bytes are queued, and the task
 /// takes the whole queue at once (one lock per batch), so an idle connection's queue holds no
 /// buffer.
 #[derive(Default)]
 struct Outbox {
     state: std::sync::Mutex<OutboxState>,
-    /// Wakes the writer: bytes were queued, or the outbox was closed.
-    wake: tokio::sync::Notify,
-    /// Wakes the writer's flush deadline: the outbox was closed.
-    closing: tokio::sync::Notify,
     /// Wakes an owner waiting for the writer to catch up: bytes were written, or the writer
     /// ended.
     progress: tokio::sync::Notify,
@@ -1329,17 +1339,19 @@ struct OutboxState {
     queue: VecDeque<Bytes>,
     /// Bytes queued or being written.
     pending: usize,
-    /// The connection is closed: the writer writes what is queued, then shuts the socket.
+    /// The connection is closed: the task writes what is queued, then shuts the socket.
     closed: bool,
-    /// The writer has ended: nothing more can be written.
+    /// The I/O task has ended: nothing more can be written.
     writer_gone: bool,
+    /// The I/O task, waiting for bytes to write (or for the close).
+    waker: Option<Waker>,
 }
 
-/// What the writer takes from its [`Outbox`].
+/// What the I/O task takes from its [`Outbox`].
 enum Take {
     /// Bytes to write, in order.
     Batch(VecDeque<Bytes>),
-    /// Nothing yet.
+    /// Nothing yet: the task is woken when there is.
     Empty,
     /// Closed, and everything was taken.
     Closed,
@@ -1364,13 +1376,13 @@ impl Outbox {
         if state.queue.len() >= max_writes || (pending > 0 && pending + bytes.len() > max_bytes) {
             return Err(Refused::Full { pending });
         }
-        let was_empty = state.queue.is_empty();
         state.pending += bytes.len();
         let pending = state.pending;
         state.queue.push_back(bytes);
+        let waker = state.waker.take();
         drop(state);
-        if was_empty {
-            self.wake.notify_one();
+        if let Some(w) = waker {
+            w.wake();
         }
         Ok(pending)
     }
@@ -1380,26 +1392,40 @@ impl Outbox {
         self.state().pending
     }
 
-    /// Whether the writer has ended.
+    /// Whether the I/O task has ended.
     fn writer_gone(&self) -> bool {
         self.state().writer_gone
     }
 
-    /// Closes the outbox: what is queued still goes out.
+    /// Closes the outbox: what is queued still goes out; nothing more is read.
     fn close(&self) {
-        self.state().closed = true;
-        self.wake.notify_one();
-        self.closing.notify_waiters();
+        let mut state = self.state();
+        state.closed = true;
+        let waker = state.waker.take();
+        drop(state);
+        if let Some(w) = waker {
+            w.wake();
+        }
     }
 
-    /// Takes everything queued.
-    fn take(&self) -> Take {
+    /// Whether the outbox was closed.
+    fn is_closed(&self) -> bool {
+        self.state().closed
+    }
+
+    /// Takes everything queued; when there is nothing, registers `waker` for the next push or
+    /// the close.
+    fn take(&self, waker: &Waker) -> Take {
         let mut state = self.state();
         if !state.queue.is_empty() {
             Take::Batch(std::mem::take(&mut state.queue))
         } else if state.closed {
             Take::Closed
         } else {
+            match &mut state.waker {
+                Some(w) => w.clone_from(waker),
+                slot @ None => *slot = Some(waker.clone()),
+            }
             Take::Empty
         }
     }
@@ -1411,90 +1437,246 @@ impl Outbox {
         drop(state);
         self.progress.notify_waiters();
     }
-
-    /// Completes once the outbox is closed.
-    async fn closed(&self) {
-        let notified = self.closing.notified();
-        tokio::pin!(notified);
-        // Registered before the check, so a close in between is not missed.
-        notified.as_mut().enable();
-        if self.state().closed {
-            return;
-        }
-        notified.await;
-    }
 }
 
 impl Drop for OutboxWriter {
     fn drop(&mut self) {
-        self.0.state().writer_gone = true;
+        let mut state = self.0.state();
+        state.writer_gone = true;
+        state.waker = None;
+        drop(state);
         self.0.progress.notify_waiters();
     }
 }
 
-/// The writer's hold on its outbox: marks the writer gone when the writer ends in any way.
+/// The I/O task's hold on its outbox: marks the writer gone when the task ends in any way.
 struct OutboxWriter(Arc<Outbox>);
 
-async fn write_loop<W: AsyncWrite + Unpin>(
+/// Where the write side of a connection's I/O task is.
+enum Writing {
+    /// Waiting for bytes in the outbox.
+    Idle,
+    /// Writing a batch of `len` bytes.
+    Batch(VecDeque<Bytes>, usize),
+    /// The batch of `len` bytes is written; flushing (WebSocket frames and TLS records go out
+    /// on flush; a no-op for TCP).
+    Flush(usize),
+    /// The outbox is closed and drained: shutting the socket down.
+    Shutdown,
+}
+
+/// Where the read side of a connection's I/O task is.
+enum Reading {
+    /// Reading the socket.
+    Read,
+    /// Handing bytes read (or the end of the stream) to the owner, whose channel is full: the
+    /// reservation is boxed, as it is rare.
+    Forward(Inbound, Option<Pin<Box<ReserveFuture>>>),
+    /// The stream ended and the owner knows, or the connection is closed.
+    Done,
+}
+
+type ReserveFuture =
+    dyn Future<Output = Result<mpsc::OwnedPermit<Inbound>, mpsc::error::SendError<()>>> + Send;
+
+/// One connection's I/O, in one task: it reads the socket and hands what it reads to the
+/// owner, and it writes what the owner queues in the connection's [`Outbox`]. When the outbox
+/// closes, reading stops and what is queued has `linger` to go out before the socket closes.
+///
+/// A hand-written future rather than an `async fn`: its state is only what an idle
+/// connection needs (no read buffer, no pending futures), which keeps the broker's memory per
+/// idle connection low.
+struct ConnIo<S> {
     handle: ConnectionHandle,
-    mut write: W,
-    outbox: Arc<Outbox>,
+    stream: S,
+    outbox: OutboxWriter,
+    inbound: mpsc::Sender<Inbound>,
+    buf: BytesMut,
+    chunk: usize,
+    reading: Reading,
+    writing: Writing,
     linger: Duration,
-) {
-    let outbox = OutboxWriter(outbox);
-    let writes = async {
-        loop {
-            let mut batch = match outbox.0.take() {
-                Take::Batch(batch) => batch,
-                Take::Empty => {
-                    outbox.0.wake.notified().await;
-                    continue;
+    /// Set when the outbox closes: the last bytes' deadline.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+/// Steps one poll of a connection's I/O task takes at most before yielding to others.
+const IO_STEPS_PER_POLL: usize = 64;
+
+impl<S: ConnStream> ConnIo<S> {
+    fn new(
+        handle: ConnectionHandle,
+        stream: S,
+        outbox: Arc<Outbox>,
+        inbound: mpsc::Sender<Inbound>,
+        linger: Duration,
+    ) -> Self {
+        ConnIo {
+            handle,
+            stream,
+            outbox: OutboxWriter(outbox),
+            inbound,
+            buf: BytesMut::new(),
+            chunk: READ_CHUNK_MIN,
+            reading: Reading::Read,
+            writing: Writing::Idle,
+            linger,
+            deadline: None,
+        }
+    }
+
+    /// Advances the write side. `Ready(true)`: progress; `Ready(false)`: the task is done
+    /// (socket shut down, or failed); `Pending`: waiting.
+    fn poll_write_side(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        match &mut self.writing {
+            Writing::Idle => match self.outbox.0.take(cx.waker()) {
+                Take::Batch(batch) => {
+                    let len = batch.iter().map(Bytes::len).sum();
+                    self.writing = Writing::Batch(batch, len);
+                    Poll::Ready(true)
                 }
-                Take::Closed => break,
-            };
-            let len: usize = batch.iter().map(Bytes::len).sum();
-            write_all_vectored(&mut write, &mut batch).await?;
-            // A no-op for TCP; WebSocket frames and TLS records go out on flush.
-            write.flush().await?;
-            outbox.0.written(len);
+                Take::Empty => Poll::Pending,
+                Take::Closed => {
+                    self.writing = Writing::Shutdown;
+                    Poll::Ready(true)
+                }
+            },
+            Writing::Batch(batch, len) => match poll_write_batch(&mut self.stream, cx, batch) {
+                Poll::Ready(Ok(())) => {
+                    self.writing = Writing::Flush(*len);
+                    Poll::Ready(true)
+                }
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "write failed");
+                    Poll::Ready(false)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Writing::Flush(len) => match Pin::new(&mut self.stream).poll_flush(cx) {
+                Poll::Ready(Ok(())) => {
+                    self.outbox.0.written(*len);
+                    self.writing = Writing::Idle;
+                    Poll::Ready(true)
+                }
+                Poll::Ready(Err(error)) => {
+                    tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "write failed");
+                    Poll::Ready(false)
+                }
+                Poll::Pending => Poll::Pending,
+            },
+            Writing::Shutdown => match Pin::new(&mut self.stream).poll_shutdown(cx) {
+                Poll::Ready(_) => Poll::Ready(false),
+                Poll::Pending => Poll::Pending,
+            },
         }
-        write.shutdown().await
-    };
-    // Once the connection is closed, the last bytes have `linger` to go out.
-    let expiry = async {
-        outbox.0.closed().await;
-        tokio::time::sleep(linger).await;
-    };
-    tokio::select! {
-        result = writes => {
-            if let Err(error) = result {
-                tracing::debug!(target: TARGET, conn = handle.index(), %error, "write failed");
+    }
+
+    /// Advances the read side; `true` on progress.
+    fn poll_read_side(&mut self, cx: &mut Context<'_>) -> bool {
+        match &mut self.reading {
+            Reading::Read => {
+                let message = match self.stream.poll_read_into(cx, &mut self.buf, self.chunk) {
+                    Poll::Pending => return false,
+                    Poll::Ready(Ok((0, _))) => Inbound::Closed(self.handle),
+                    Poll::Ready(Ok((n, offered))) => {
+                        self.chunk = next_chunk(self.chunk, offered, n);
+                        Inbound::Bytes(self.handle, self.buf.split().freeze())
+                    }
+                    Poll::Ready(Err(error)) => {
+                        tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "read failed");
+                        Inbound::Closed(self.handle)
+                    }
+                };
+                self.reading = Reading::Forward(message, None);
+                true
             }
-        }
-        () = expiry => {
-            tracing::debug!(target: TARGET, conn = handle.index(), "flush timed out");
+            Reading::Forward(message, reserve) => {
+                let last = matches!(message, Inbound::Closed(_));
+                if reserve.is_none() {
+                    let msg = std::mem::replace(message, Inbound::Closed(self.handle));
+                    match self.inbound.try_send(msg) {
+                        Ok(()) => {}
+                        Err(mpsc::error::TrySendError::Full(msg)) => {
+                            *message = msg;
+                            *reserve = Some(Box::pin(self.inbound.clone().reserve_owned()));
+                            return self.poll_read_side(cx);
+                        }
+                        // The owner is gone: the broker is stopping.
+                        Err(mpsc::error::TrySendError::Closed(_)) => {
+                            self.reading = Reading::Done;
+                            return true;
+                        }
+                    }
+                } else if let Some(r) = reserve {
+                    match r.as_mut().poll(cx) {
+                        Poll::Pending => return false,
+                        Poll::Ready(Ok(permit)) => {
+                            let msg = std::mem::replace(message, Inbound::Closed(self.handle));
+                            permit.send(msg);
+                        }
+                        Poll::Ready(Err(_)) => {
+                            self.reading = Reading::Done;
+                            return true;
+                        }
+                    }
+                }
+                self.reading = if last { Reading::Done } else { Reading::Read };
+                true
+            }
+            Reading::Done => false,
         }
     }
 }
 
-async fn write_all_vectored<W: AsyncWrite + Unpin>(
-    write: &mut W,
-    bufs: &mut VecDeque<Bytes>,
-) -> io::Result<()> {
-    while !bufs.is_empty() {
-        // The slices live on the stack of one poll, not in the writer task's state.
-        let n = std::future::poll_fn(|cx| {
-            let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
-            let mut count = 0;
-            for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
-                *slot = IoSlice::new(b);
-                count += 1;
+impl<S: ConnStream> Future for ConnIo<S> {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let this = self.get_mut();
+        for _ in 0..IO_STEPS_PER_POLL {
+            let mut progress = match this.poll_write_side(cx) {
+                Poll::Ready(false) => return Poll::Ready(()),
+                Poll::Ready(true) => true,
+                Poll::Pending => false,
+            };
+            if this.deadline.is_none() && this.outbox.0.is_closed() {
+                // Closed: read no more; the last bytes have `linger` to go out.
+                this.reading = Reading::Done;
+                this.deadline = Some(Box::pin(tokio::time::sleep(this.linger)));
             }
-            Pin::new(&mut *write).poll_write_vectored(cx, &slices[..count])
-        })
-        .await?;
+            if let Some(deadline) = &mut this.deadline {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    tracing::debug!(target: TARGET, conn = this.handle.index(), "flush timed out");
+                    return Poll::Ready(());
+                }
+            }
+            progress |= this.poll_read_side(cx);
+            if !progress {
+                return Poll::Pending;
+            }
+        }
+        // Busy: let other tasks run, and come back.
+        cx.waker().wake_by_ref();
+        Poll::Pending
+    }
+}
+
+/// Writes `bufs` (vectored), advancing past what was written; `Ready(Ok)` once all is written.
+fn poll_write_batch<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    cx: &mut Context<'_>,
+    bufs: &mut VecDeque<Bytes>,
+) -> Poll<io::Result<()>> {
+    while !bufs.is_empty() {
+        let mut slices = [IoSlice::new(&[]); WRITE_BATCH];
+        let mut count = 0;
+        for (slot, b) in slices.iter_mut().zip(bufs.iter()) {
+            *slot = IoSlice::new(b);
+            count += 1;
+        }
+        let n = std::task::ready!(Pin::new(&mut *write).poll_write_vectored(cx, &slices[..count]))?;
         if n == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
         }
         let mut left = n;
         while left > 0 {
@@ -1513,13 +1695,22 @@ async fn write_all_vectored<W: AsyncWrite + Unpin>(
             bufs.pop_front();
         }
     }
-    Ok(())
+    Poll::Ready(Ok(()))
+}
+
+#[cfg(test)]
+async fn write_all_vectored<W: AsyncWrite + Unpin>(
+    write: &mut W,
+    bufs: &mut VecDeque<Bytes>,
+) -> io::Result<()> {
+    std::future::poll_fn(|cx| poll_write_batch(write, cx, bufs)).await
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use mqttproto_core::codec::Connect;
+    use tokio::io::AsyncWriteExt;
 
     #[test]
     fn listen_addrs_parse_and_display() {
