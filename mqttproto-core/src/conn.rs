@@ -64,6 +64,10 @@ impl Role {
     }
 }
 
+/// Transmits of at most this many bytes take the output buffer whole (see
+/// [`Wire::poll_transmit`]).
+const SMALL_TRANSMIT: usize = 64;
+
 /// Byte-level state of one connection.
 #[derive(Debug)]
 pub(crate) struct Wire {
@@ -183,8 +187,23 @@ impl Wire {
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
         if self.output.is_empty() {
             None
+        } else if self.output.len() <= SMALL_TRANSMIT {
+            // Acknowledgements, CONNACK, PINGRESP: hand the buffer over whole. Split, its tail
+            // would keep the allocation (and a shared header) alive on an idle connection, to
+            // save a small allocation on the next write.
+            Some(std::mem::take(&mut self.output).freeze())
         } else {
+            // Split: once the bytes handed out are written and dropped, the next packets
+            // reuse the whole buffer.
             Some(self.output.split().freeze())
+        }
+    }
+
+    /// Lets go of the input buffer if it holds nothing: a connection that goes quiet (after
+    /// its CONNECT) should not keep its last read alive.
+    pub fn release_empty_input(&mut self) {
+        if self.input.is_empty() {
+            self.input = BytesMut::new();
         }
     }
 

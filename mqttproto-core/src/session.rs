@@ -416,6 +416,7 @@ impl Session {
         if let Err(e) = self.process_input(now) {
             tracing::debug!(target: "mqttproto", error = %e, "pipelined input failed");
         }
+        self.wire.release_empty_input();
         Ok(())
     }
 

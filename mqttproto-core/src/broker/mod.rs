@@ -510,7 +510,10 @@ impl Broker {
             props.assigned_client_identifier = Some(id.clone());
             id
         } else {
-            connect.client_id.clone()
+            // A copy of its own: a slice would keep the whole CONNECT frame alive for as long
+            // as the session lives.
+            MqttString::try_from(connect.client_id.as_str())
+                .map_err(|_| StateError::NotConnected)?
         };
         let requested = connect.properties.session_expiry_interval.unwrap_or(0);
         let expiry = requested.min(self.options.maximum_session_expiry_interval);

@@ -667,9 +667,9 @@ struct Conn {
     /// The connection's I/O task ([`ConnIo`]); taken when the connection closes.
     writer: Option<JoinHandle<()>>,
     peer: PeerAddr,
-    listener: Option<usize>,
+    listener: Option<u32>,
     /// The DER of the client's TLS certificate.
-    client_cert: Option<Bytes>,
+    client_cert: Option<Box<Bytes>>,
     /// The outbound queue overflowed: the socket is closed without flushing.
     overflowed: bool,
     /// How long the owner may still pause for this connection's writer (see
@@ -878,10 +878,12 @@ impl Owner {
 
     fn on_accept(&mut self, conn: NewConn) {
         let (peer, listener) = match &conn {
-            NewConn::Tcp(_, peer, i) => (PeerAddr::Tcp(*peer), Some(*i)),
-            NewConn::Wrapped { peer, listener, .. } => (PeerAddr::Tcp(*peer), Some(*listener)),
+            NewConn::Tcp(_, peer, i) => (PeerAddr::Tcp(*peer), Some(*i as u32)),
+            NewConn::Wrapped { peer, listener, .. } => {
+                (PeerAddr::Tcp(*peer), Some(*listener as u32))
+            }
             #[cfg(unix)]
-            NewConn::Unix(_, i) => (PeerAddr::Unix, Some(*i)),
+            NewConn::Unix(_, i) => (PeerAddr::Unix, Some(*i as u32)),
             NewConn::Other(_, peer) => (peer.clone(), None),
         };
         if self.shutting_down {
@@ -908,7 +910,7 @@ impl Owner {
                 client_cert: cert,
                 ..
             } => {
-                client_cert = cert;
+                client_cert = cert.map(Box::new);
                 tokio::spawn(ConnIo::new(handle, Buffered(stream), q, inbound, linger))
             }
             NewConn::Tcp(sock, _, _) => tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger)),
@@ -999,8 +1001,10 @@ impl Owner {
                 let request = ConnectRequest {
                     connect,
                     peer: conn.peer.clone(),
-                    listener: conn.listener.and_then(|i| self.local_addrs.get(i).cloned()),
-                    client_cert: conn.client_cert.clone(),
+                    listener: conn
+                        .listener
+                        .and_then(|i| self.local_addrs.get(i as usize).cloned()),
+                    client_cert: conn.client_cert.as_deref().cloned(),
                 };
                 let request = match self.auth.on_connect(&mut self.core, now(), handle, request) {
                     OnConnect::Regular(request) => request,
@@ -1140,7 +1144,7 @@ impl Owner {
             client_id,
             username,
             peer: &conn.peer,
-            client_cert: conn.client_cert.as_deref(),
+            client_cert: conn.client_cert.as_deref().map(|c| &c[..]),
         };
         check(authorizer, &who)
     }
