@@ -28,12 +28,15 @@
 //!   an enhanced authentication ([`EnhancedAuthenticator`], see
 //!   [`crate::server::enhanced`]), one at a time per connection.
 //!
-//! How the two threads of a TLS or WebSocket connection share one protocol state without
-//! blocking each other: the socket is cloned (one handle reads, one writes, one lets the owner
-//! shut it down); the rustls connection sits behind a mutex held only while bytes move in or
-//! out of it, never across socket I/O; every byte bound for the socket passes through one
-//! per-connection writing lock, so that what the reader must answer on its own (TLS alerts,
-//! WebSocket pongs and close replies) is never interleaved within the writer's output.
+//! How the two threads of a connection share it without blocking each other: the socket is
+//! shared, not duplicated (an `Arc<Stream>`; `&TcpStream` and `&UnixStream` read, write and
+//! shut down): the reader reads it, the writer writes it, the owner shuts it down, and all of
+//! them use its one file descriptor. Its timeouts, being the socket's, bound the handshakes
+//! only: the reader sets them before the writer exists and clears them afterwards. The rustls
+//! connection sits behind a mutex held only while bytes move in or out of it, never across
+//! socket I/O; every byte bound for the socket passes through one per-connection writing lock,
+//! so that what the reader must answer on its own (TLS alerts, WebSocket pongs and close
+//! replies) is never interleaved within the writer's output.
 //!
 //! # Slow consumers
 //!
@@ -58,16 +61,26 @@
 //!
 //! # Limits
 //!
-//! Two threads per connection, each with a stack of [`CONNECTION_STACK_SIZE`] (256 KiB of
-//! address space, of which a connection touches a few pages), plus one per pending
-//! authentication (the platform's default stack, since it runs the application's code). The
-//! practical ceiling is the process's thread limit (`ulimit -u`, `/proc/sys/kernel/threads-max`)
-//! and file descriptors (`ulimit -n`; one per connection): a few thousand connections on a
-//! default Linux system, about 10,000 with raised limits. When a thread cannot be started the
-//! connection is refused and the broker serves on. Authentication threads number at most one
-//! per connection (a client sends one CONNECT, and the steps of an enhanced authentication run
-//! one after the other). For tens of thousands of connections use the
-//! async broker (`mqttproto::tokio::Broker`); both read the same configuration.
+//! Per connection: one file descriptor, and two threads, each with a stack of
+//! [`CONNECTION_STACK_SIZE`] (256 KiB of address space, of which a connection touches a few
+//! pages), plus one thread per pending authentication (the platform's default stack, since it
+//! runs the application's code). Authentication threads number at most one per connection (a
+//! client sends one CONNECT, and the steps of an enhanced authentication run one after the
+//! other).
+//!
+//! On Linux the first ceiling is usually the number of memory mappings a process may have
+//! (`/proc/sys/vm/max_map_count`, 65,530 by default): each thread the standard library starts
+//! takes four (its stack and the stack's guard page, its signal stack and that stack's guard
+//! page), so a connection takes eight, and about 8,100 connections fill the default (measured:
+//! 8,000 idle connections held, at 64,076 mappings; the 8,181st failed). Past that limit a new
+//! thread cannot set up its signal stack, and the standard library **aborts the process**
+//! rather than failing the thread's start, so keep [`BrokerConfig::max_connections`] below
+//! (`max_map_count` − 1,000) / 8 (the default, 10,000, is above it). The other ceilings are
+//! file descriptors (`ulimit -n`, one per connection) and threads (`ulimit -u`,
+//! `/proc/sys/kernel/threads-max`, `/proc/sys/kernel/pid_max`: two per connection). When a
+//! thread cannot be started (short of that abort) the connection is refused and the broker
+//! serves on. For ten thousand connections and more use the async broker
+//! (`mqttproto::tokio::Broker`); both read the same configuration.
 //!
 //! A reader that must answer on its own (a WebSocket pong, a TLS alert or key update) waits
 //! while its writer is blocked on a peer that does not read; it resumes when the writer does,
@@ -240,7 +253,7 @@ enum Inbound {
 struct Opened {
     tx: SyncSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
     peer: PeerAddr,
     listener: Option<usize>,
     client_cert: Option<Bytes>,
@@ -619,27 +632,26 @@ struct AcceptCtx {
 }
 
 /// The sockets of connections not yet registered with the owner (in their handshakes), so
-/// that stopping the broker can end them at once.
+/// that stopping the broker can end them at once. It holds references to the connection
+/// threads' sockets, not duplicated descriptors.
 #[derive(Default)]
 struct Handshaking {
     next: AtomicU64,
-    socks: Mutex<HashMap<u64, Stream>>,
+    socks: Mutex<HashMap<u64, Arc<Stream>>>,
 }
 
 impl Handshaking {
-    /// Registers `sock` until the guard drops (`None` if the socket cannot be cloned: it then
-    /// ends within the connect timeout instead).
-    fn register(self: &Arc<Self>, sock: &Stream) -> Option<HandshakeGuard> {
-        let clone = sock.try_clone().ok()?;
+    /// Registers `sock` until the guard drops.
+    fn register(self: &Arc<Self>, sock: &Arc<Stream>) -> HandshakeGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.socks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, clone);
-        Some(HandshakeGuard {
+            .insert(id, sock.clone());
+        HandshakeGuard {
             set: self.clone(),
             id,
-        })
+        }
     }
 
     fn stop_all(&self) {
@@ -700,6 +712,9 @@ impl AcceptCtx {
             ));
         }
         let live = Live(self.live.clone());
+        // One descriptor per connection: the reader, the writer, the owner and this registry
+        // share the socket.
+        let sock = Arc::new(sock);
         let handshake = self.handshaking.register(&sock);
         // Stopping sets the flag, then ends registered handshakes: one of the two catches this.
         if self.stop.load(Ordering::SeqCst) {
@@ -767,7 +782,7 @@ fn accept_unix(listener: std::os::unix::net::UnixListener, ctx: AcceptCtx) {
 
 struct ConnThread {
     live: Live,
-    handshake: Option<HandshakeGuard>,
+    handshake: HandshakeGuard,
     peer: PeerAddr,
     listener: Option<usize>,
     wrap: Wrap,
@@ -778,7 +793,7 @@ struct ConnThread {
 
 impl ConnThread {
     /// The reader: handshakes, registers with the owner, starts the writer, then reads.
-    fn run(self, sock: Stream) {
+    fn run(self, sock: Arc<Stream>) {
         let ConnThread {
             live: _live,
             handshake,
@@ -802,9 +817,7 @@ impl ConnThread {
             killer,
             client_cert,
         } = opened;
-        let Ok(owner_killer) = killer.try_clone() else {
-            return;
-        };
+        let owner_killer = killer.clone();
         let (tx, rx) = mpsc::sync_channel(queue);
         let queued = Arc::new(AtomicUsize::new(0));
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
@@ -865,7 +878,7 @@ fn write_loop(
     mut writer: conn::Writer,
     rx: Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
 ) {
     let mut batch = VecDeque::with_capacity(WRITE_BATCH);
     while let Ok(first) = rx.recv() {
@@ -895,7 +908,7 @@ struct Conn {
     tx: SyncSender<Bytes>,
     /// Bytes in the writer's queue, not yet written.
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
     peer: PeerAddr,
     listener: Option<usize>,
     client_cert: Option<Bytes>,
@@ -909,7 +922,7 @@ struct Conn {
 
 /// A closed connection whose writer may still be flushing.
 struct Closing {
-    killer: Stream,
+    killer: Arc<Stream>,
     deadline: Instant,
 }
 
