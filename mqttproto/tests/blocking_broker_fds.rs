@@ -113,12 +113,21 @@ fn round_trip(c: &Client, topic: &str) {
     assert_eq!(&msg.payload[..], b"one descriptor");
 }
 
+/// A directory removed when dropped (also when the test fails).
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 #[test]
 fn one_descriptor_per_connection_on_every_transport() {
     let pki = Pki::generate("fds");
-    let dir: PathBuf = std::env::temp_dir().join(format!("mqttproto-fds-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let unix_path = dir.join("broker.sock");
+    let dir = TempDir(std::env::temp_dir().join(format!("mqttproto-fds-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let unix_path = dir.0.join("broker.sock");
     let config = BrokerConfig::default()
         .listen(listener("mqtt://127.0.0.1:0"))
         .listen(listener("mqtts://127.0.0.1:0").with_tls(pki.server()))
@@ -188,5 +197,4 @@ fn one_descriptor_per_connection_on_every_transport() {
         std::thread::sleep(Duration::from_millis(20));
     }
     handle.shutdown();
-    let _ = std::fs::remove_dir_all(&dir);
 }
