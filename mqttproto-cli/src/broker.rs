@@ -1,6 +1,6 @@
 //! `mqttproto broker`: serves MQTT 5 with [`mqttproto::tokio::Broker`] (the default) or
 //! [`mqttproto::blocking::Broker`] (`--driver blocking`), from the same options and
-//! configuration file.
+//! configuration file. The library's warnings and errors go to standard error (see `log`).
 
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -128,6 +128,7 @@ impl BrokerArgs {
 
 /// Runs the broker until Ctrl-C or SIGTERM, then shuts it down gracefully.
 pub fn run(args: BrokerArgs) -> Result<(), String> {
+    crate::log::init();
     match args.driver {
         Driver::Tokio => run_tokio(args),
         Driver::Blocking => run_blocking(args),

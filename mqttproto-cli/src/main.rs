@@ -3,7 +3,8 @@
 //! Subcommands:
 //!
 //! * `broker`: an MQTT 5 broker (by default on 127.0.0.1:1883) that prints where it listens and
-//!   serves until Ctrl-C or SIGTERM, then disconnects its clients with 0x8B and exits;
+//!   serves until Ctrl-C or SIGTERM, then disconnects its clients with 0x8B and exits (its
+//!   warnings, such as refused connections, on standard error);
 //! * `pub` / `sub`: publish and subscribe, in the spirit of `mosquitto_pub` / `mosquitto_sub`
 //!   (the common short flags mean the same);
 //! * `passwd FILE USER`: adds, updates (`--password` or stdin) or deletes (`-D`) a user of a
@@ -18,6 +19,7 @@ mod bench;
 mod broker;
 mod client_cmds;
 mod config;
+mod log;
 mod passwd;
 
 use std::io::Read;

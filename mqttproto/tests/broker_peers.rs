@@ -1095,6 +1095,69 @@ fn authenticator_verdicts_reach_connack(driver: Driver) {
     });
 }
 
+/// The blocking broker runs each check of its `Authenticator` on a thread of its own, which may
+/// outlast its connection (a slow check, a client that leaves). Those threads number at most
+/// the connections allowed, so that they stay within the threads (and memory mappings) the
+/// connection limit allows for: beyond it a client is refused with 0x89 (Server busy), and the
+/// broker serves on.
+#[test]
+fn blocking_broker_bounds_authentication_threads() {
+    let (release, gate) = mpsc::channel::<()>();
+    let gate = Mutex::new(gate);
+    let (arrived_tx, arrived) = mpsc::channel::<()>();
+    let arrived_tx = Mutex::new(arrived_tx);
+    let config = Config::default()
+        .with_max_connections(1)
+        .with_authenticator(move |req: ConnectRequest| {
+            if req.client_id() == "slow" {
+                let _ = arrived_tx.lock().expect("a sender").send(());
+                let _ = gate.lock().expect("the gate").recv_timeout(WAIT);
+            }
+            ReasonCode::Success
+        });
+    let broker = TestBroker::start_tcp(Driver::Blocking, config);
+    let port = broker.port();
+    // The CONNACK's reason code, or `None` if the connection is closed without one (refused
+    // at accept: the one connection allowed is still open).
+    let connack = |id: &str| -> Option<ReasonCode> {
+        let mut sock = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        let _ = sock.write_all(&connect_packet(id));
+        let (packets, _) = read_until(&mut sock, WAIT, |p| !p.is_empty());
+        match packets.first() {
+            Some(Packet::ConnAck(c)) => Some(c.reason_code),
+            _ => None,
+        }
+    };
+    let until_answered = |id: &str| -> ReasonCode {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            if let Some(code) = connack(id) {
+                return code;
+            }
+            assert!(Instant::now() < deadline, "{id}: the slot never freed up");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    // A client whose check hangs, and who leaves: its connection ends, its check goes on.
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(&connect_packet("slow")).expect("CONNECT");
+    arrived
+        .recv_timeout(WAIT)
+        .expect("the slow CONNECT reached the authenticator");
+    drop(slow);
+    // The connection slot frees up, the authentication slot does not: the next client is
+    // refused with 0x89, over and over, with no thread started for it.
+    assert_eq!(until_answered("next"), ReasonCode::ServerBusy);
+    assert_eq!(until_answered("next"), ReasonCode::ServerBusy);
+    // Once the slow check ends, clients are served again.
+    release.send(()).expect("the slow check waits");
+    let deadline = Instant::now() + WAIT;
+    while until_answered("again") != ReasonCode::Success {
+        assert!(Instant::now() < deadline, "never served again");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// The connect timeout on tokio's paused clock, over an in-memory stream: no real waiting.
 #[tokio::test(start_paused = true)]
 async fn connect_timeout_on_the_paused_clock() {

@@ -14,8 +14,9 @@
 //!   connections, bytes read, closed sockets, authentication verdicts, finished writers, the
 //!   shutdown request. It waits with a timeout that ends at the core's next deadline. After
 //!   each input it drains the core's transmits and events. It never blocks on a client.
-//! * One **acceptor thread** per listener. It refuses (closes at once) a socket beyond
-//!   [`BrokerConfig::max_connections`] and starts a connection thread for the others.
+//! * One **acceptor thread** per listener. It refuses (closes at once) a socket beyond the
+//!   connection limit ([`BrokerConfig::max_connections`], or fewer, see *Limits*) and starts a
+//!   connection thread for the others.
 //! * Per connection, a **reader thread** (the connection thread): it runs the TLS and WebSocket
 //!   handshakes (bounded by the connect timeout), registers the connection with the owner, then
 //!   reads and forwards `(connection, bytes)`. When the owner's channel is full, the reader
@@ -28,12 +29,15 @@
 //!   an enhanced authentication ([`EnhancedAuthenticator`], see
 //!   [`crate::server::enhanced`]), one at a time per connection.
 //!
-//! How the two threads of a TLS or WebSocket connection share one protocol state without
-//! blocking each other: the socket is cloned (one handle reads, one writes, one lets the owner
-//! shut it down); the rustls connection sits behind a mutex held only while bytes move in or
-//! out of it, never across socket I/O; every byte bound for the socket passes through one
-//! per-connection writing lock, so that what the reader must answer on its own (TLS alerts,
-//! WebSocket pongs and close replies) is never interleaved within the writer's output.
+//! How the two threads of a connection share it without blocking each other: the socket is
+//! shared, not duplicated (an `Arc<Stream>`; `&TcpStream` and `&UnixStream` read, write and
+//! shut down): the reader reads it, the writer writes it, the owner shuts it down, and all of
+//! them use its one file descriptor. Its timeouts, being the socket's, bound the handshakes
+//! only: the reader sets them before the writer exists and clears them afterwards. The rustls
+//! connection sits behind a mutex held only while bytes move in or out of it, never across
+//! socket I/O; every byte bound for the socket passes through one per-connection writing lock,
+//! so that what the reader must answer on its own (TLS alerts, WebSocket pongs and close
+//! replies) is never interleaved within the writer's output.
 //!
 //! # Slow consumers
 //!
@@ -58,16 +62,40 @@
 //!
 //! # Limits
 //!
-//! Two threads per connection, each with a stack of [`CONNECTION_STACK_SIZE`] (256 KiB of
-//! address space, of which a connection touches a few pages), plus one per pending
-//! authentication (the platform's default stack, since it runs the application's code). The
-//! practical ceiling is the process's thread limit (`ulimit -u`, `/proc/sys/kernel/threads-max`)
-//! and file descriptors (`ulimit -n`; one per connection): a few thousand connections on a
-//! default Linux system, about 10,000 with raised limits. When a thread cannot be started the
-//! connection is refused and the broker serves on. Authentication threads number at most one
-//! per connection (a client sends one CONNECT, and the steps of an enhanced authentication run
-//! one after the other). For tens of thousands of connections use the
-//! async broker (`mqttproto::tokio::Broker`); both read the same configuration.
+//! Per connection: one file descriptor, and two threads, each with a stack of
+//! [`CONNECTION_STACK_SIZE`] (256 KiB of address space, of which a connection touches a few
+//! pages), plus one thread per pending authentication (the platform's default stack, since it
+//! runs the application's code). Authentication threads number at most one per connection at
+//! a time (a client sends one CONNECT, and the steps of an enhanced authentication run one
+//! after the other).
+//!
+//! On Linux the first ceiling is usually the number of memory mappings a process may have
+//! (`/proc/sys/vm/max_map_count`, 65,530 by default): each thread the standard library starts
+//! takes four (its stack and the stack's guard page, its signal stack and that stack's guard
+//! page), so a connection takes eight (twelve with an [`Authenticator`] or
+//! [`EnhancedAuthenticator`]: one authentication thread per connection at most). Past that
+//! limit a new thread cannot set up its signal stack, and the standard library **aborts the
+//! process** rather than failing the thread's start (measured before the broker guarded
+//! against it: the 8,181st idle connection took the process down). So
+//! [`Broker::bind`] reads the limit and the mappings in use (`/proc/self/maps`), keeps a tenth
+//! of the limit (at least 2,000) in reserve for everything else, and when what is left holds
+//! fewer connections than [`BrokerConfig::max_connections`], lowers the connection limit to
+//! that many and logs a warning (target `mqttproto::broker`) that says how far to raise
+//! `vm.max_map_count`. Connections beyond it are refused like those beyond
+//! `max_connections` (closed at once, one warning each that names the mapping limit), and the
+//! broker serves on. At the defaults that is about 7,360 connections (measured: 7,366 held at
+//! 59,004 mappings; of 10,000 attempted, 2,634 refused, and those held still served). The
+//! limit counts a connection from its accept, through its handshakes, until both its threads
+//! have ended; authentication threads, which may outlast their connection, are limited to as
+//! many (a CONNECT beyond that is refused with 0x89, Server busy). Where the files cannot be
+//! read (not Linux) there is no such limit. Mappings the application makes after
+//! [`Broker::bind`] come out of the reserve.
+//!
+//! The other ceilings are file descriptors (`ulimit -n`, one per connection) and threads
+//! (`ulimit -u`, `/proc/sys/kernel/threads-max`, `/proc/sys/kernel/pid_max`: two per
+//! connection). When a thread cannot be started the connection is refused and the broker serves
+//! on. For ten thousand connections and more use the async broker (`mqttproto::tokio::Broker`);
+//! both read the same configuration.
 //!
 //! A reader that must answer on its own (a WebSocket pong, a TLS alert or key update) waits
 //! while its writer is blocked on a peer that does not read; it resumes when the writer does,
@@ -101,6 +129,7 @@
 //! ```
 
 mod conn;
+mod limits;
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -240,7 +269,7 @@ enum Inbound {
 struct Opened {
     tx: SyncSender<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
     peer: PeerAddr,
     listener: Option<usize>,
     client_cert: Option<Bytes>,
@@ -258,10 +287,71 @@ pub struct Broker {
     inbound_rx: Receiver<Inbound>,
     /// Set once the broker stops accepting.
     stop: Arc<AtomicBool>,
-    /// Connection threads alive.
+    /// Connections alive (any of their threads).
     live: Arc<AtomicUsize>,
     /// Sockets in their handshakes.
     handshaking: Arc<Handshaking>,
+    /// The connection limit in force.
+    limit: Limit,
+}
+
+/// The connection limit in force: [`BrokerConfig::max_connections`], or fewer when the memory
+/// mappings left cannot take that many connection threads.
+#[derive(Debug, Clone, Copy)]
+struct Limit {
+    max: usize,
+    /// Whether the memory-mapping budget set `max` (below the configured maximum).
+    by_maps: bool,
+}
+
+impl Limit {
+    /// The limit for `config`, served by `listeners` acceptor threads and an owner thread.
+    fn of(config: &BrokerConfig, listeners: usize) -> Limit {
+        let configured = config.max_connections;
+        // A reader and a writer, and an authentication thread while one runs: at most one at
+        // a time per connection, and no more than the connections allowed in all (see
+        // `AuthThreads`).
+        let authenticating =
+            config.authenticator.is_some() || config.enhanced_authenticator.is_some();
+        let threads = 2 + usize::from(authenticating);
+        let Some(budget) = limits::measure(threads, listeners + 1) else {
+            return Limit {
+                max: configured,
+                by_maps: false,
+            };
+        };
+        if budget.connections >= configured {
+            return Limit {
+                max: configured,
+                by_maps: false,
+            };
+        }
+        let suggested =
+            limits::max_map_count_for(configured, budget.mappings, budget.per_connection);
+        tracing::warn!(
+            target: TARGET,
+            max_connections = configured,
+            limit = budget.connections,
+            max_map_count = budget.max_map_count,
+            mappings = budget.mappings,
+            per_connection = budget.per_connection,
+            reserve = budget.reserve,
+            "at most {} connections, not {configured} (max_connections): each takes {threads} \
+             threads, {} memory mappings, against a limit of {} (vm.max_map_count) with {} in \
+             use and {} kept in reserve; connections beyond it are refused. For \
+             {configured}, raise the limit (sysctl -w vm.max_map_count={suggested}) or use the \
+             async broker",
+            budget.connections,
+            budget.per_connection,
+            budget.max_map_count,
+            budget.mappings,
+            budget.reserve,
+        );
+        Limit {
+            max: budget.connections,
+            by_maps: true,
+        }
+    }
 }
 
 impl fmt::Debug for Broker {
@@ -326,7 +416,9 @@ impl Broker {
             listeners.push(BoundListener::Tcp(l, wrap));
         }
         let (inbound_tx, inbound_rx) = mpsc::sync_channel(INBOUND_CAPACITY);
+        let limit = Limit::of(&config, listeners.len());
         Ok(Broker {
+            limit,
             config,
             listeners,
             local_addrs,
@@ -367,6 +459,7 @@ impl Broker {
             stop,
             live,
             handshaking,
+            limit,
         } = self;
         let mut acceptors = Vec::new();
         #[cfg(unix)]
@@ -378,7 +471,7 @@ impl Broker {
                 stop: stop.clone(),
                 live: live.clone(),
                 handshaking: handshaking.clone(),
-                max: config.max_connections,
+                limit,
                 timeout: config.options.session.connect_timeout,
                 queue: config.outbound_queue_capacity.max(1),
                 inbound: inbound_tx.clone(),
@@ -420,6 +513,10 @@ impl Broker {
             local_addrs,
             config,
             backlog: None,
+            auth_threads: AuthThreads {
+                live: Arc::new(AtomicUsize::new(0)),
+                max: limit.max,
+            },
         };
         owner.run(&inbound_rx);
 
@@ -456,7 +553,7 @@ impl Broker {
             stop: self.stop.clone(),
             live: self.live.clone(),
             handshaking: self.handshaking.clone(),
-            max: self.config.max_connections,
+            limit: self.limit,
             timeout: self.config.options.session.connect_timeout,
             queue: self.config.outbound_queue_capacity.max(1),
             inbound: self.inbound_tx.clone(),
@@ -609,37 +706,36 @@ struct AcceptCtx {
     /// The listener (`None` for [`BrokerHandle::accept_stream`]).
     index: Option<usize>,
     stop: Arc<AtomicBool>,
-    /// Connection threads alive (from accept to the end of the reader).
+    /// Connections alive (from accept to the end of both the reader and the writer).
     live: Arc<AtomicUsize>,
     handshaking: Arc<Handshaking>,
-    max: usize,
+    limit: Limit,
     timeout: Duration,
     queue: usize,
     inbound: SyncSender<Inbound>,
 }
 
 /// The sockets of connections not yet registered with the owner (in their handshakes), so
-/// that stopping the broker can end them at once.
+/// that stopping the broker can end them at once. It holds references to the connection
+/// threads' sockets, not duplicated descriptors.
 #[derive(Default)]
 struct Handshaking {
     next: AtomicU64,
-    socks: Mutex<HashMap<u64, Stream>>,
+    socks: Mutex<HashMap<u64, Arc<Stream>>>,
 }
 
 impl Handshaking {
-    /// Registers `sock` until the guard drops (`None` if the socket cannot be cloned: it then
-    /// ends within the connect timeout instead).
-    fn register(self: &Arc<Self>, sock: &Stream) -> Option<HandshakeGuard> {
-        let clone = sock.try_clone().ok()?;
+    /// Registers `sock` until the guard drops.
+    fn register(self: &Arc<Self>, sock: &Arc<Stream>) -> HandshakeGuard {
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         self.socks
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(id, clone);
-        Some(HandshakeGuard {
+            .insert(id, sock.clone());
+        HandshakeGuard {
             set: self.clone(),
             id,
-        })
+        }
     }
 
     fn stop_all(&self) {
@@ -670,7 +766,7 @@ impl Drop for HandshakeGuard {
     }
 }
 
-/// Counts a connection thread as alive until dropped.
+/// Counts a connection as alive until dropped (shared by its reader and writer).
 struct Live(Arc<AtomicUsize>);
 
 impl Drop for Live {
@@ -688,18 +784,25 @@ impl AcceptCtx {
                 "the broker has stopped",
             ));
         }
-        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max {
+        // Counted from here until both of its threads end, handshakes included.
+        let max = self.limit.max;
+        if self.live.fetch_add(1, Ordering::AcqRel) >= max {
             self.live.fetch_sub(1, Ordering::AcqRel);
-            tracing::warn!(
-                target: TARGET, %peer, max = self.max,
-                "connection refused: too many connections"
-            );
+            let why = if self.limit.by_maps {
+                "too many connections for the memory-mapping limit (vm.max_map_count)"
+            } else {
+                "too many connections (max_connections)"
+            };
+            tracing::warn!(target: TARGET, %peer, max, "connection refused: {why}");
             return Err(io::Error::new(
                 io::ErrorKind::ConnectionRefused,
-                format!("too many connections (at most {})", self.max),
+                format!("{why}: at most {max}"),
             ));
         }
         let live = Live(self.live.clone());
+        // One descriptor per connection: the reader, the writer, the owner and this registry
+        // share the socket.
+        let sock = Arc::new(sock);
         let handshake = self.handshaking.register(&sock);
         // Stopping sets the flag, then ends registered handshakes: one of the two catches this.
         if self.stop.load(Ordering::SeqCst) {
@@ -767,7 +870,7 @@ fn accept_unix(listener: std::os::unix::net::UnixListener, ctx: AcceptCtx) {
 
 struct ConnThread {
     live: Live,
-    handshake: Option<HandshakeGuard>,
+    handshake: HandshakeGuard,
     peer: PeerAddr,
     listener: Option<usize>,
     wrap: Wrap,
@@ -778,9 +881,9 @@ struct ConnThread {
 
 impl ConnThread {
     /// The reader: handshakes, registers with the owner, starts the writer, then reads.
-    fn run(self, sock: Stream) {
+    fn run(self, sock: Arc<Stream>) {
         let ConnThread {
-            live: _live,
+            live,
             handshake,
             peer,
             listener,
@@ -802,9 +905,7 @@ impl ConnThread {
             killer,
             client_cert,
         } = opened;
-        let Ok(owner_killer) = killer.try_clone() else {
-            return;
-        };
+        let owner_killer = killer.clone();
         let (tx, rx) = mpsc::sync_channel(queue);
         let queued = Arc::new(AtomicUsize::new(0));
         let (reply_tx, reply_rx) = mpsc::sync_channel(1);
@@ -829,10 +930,15 @@ impl ConnThread {
             return; // refused
         };
         let done = inbound.clone();
+        // The connection counts until both threads have ended: the writer may outlast the
+        // reader (flushing a closing connection).
+        let live = Arc::new(live);
+        let writer_live = live.clone();
         let spawned = std::thread::Builder::new()
             .name("mqttproto-write".into())
             .stack_size(CONNECTION_STACK_SIZE)
             .spawn(move || {
+                let _live = writer_live;
                 write_loop(handle, writer, rx, queued, killer);
                 let _ = done.send(Inbound::WriterDone(handle));
             });
@@ -865,7 +971,7 @@ fn write_loop(
     mut writer: conn::Writer,
     rx: Receiver<Bytes>,
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
 ) {
     let mut batch = VecDeque::with_capacity(WRITE_BATCH);
     while let Ok(first) = rx.recv() {
@@ -895,7 +1001,7 @@ struct Conn {
     tx: SyncSender<Bytes>,
     /// Bytes in the writer's queue, not yet written.
     queued: Arc<AtomicUsize>,
-    killer: Stream,
+    killer: Arc<Stream>,
     peer: PeerAddr,
     listener: Option<usize>,
     client_cert: Option<Bytes>,
@@ -909,7 +1015,7 @@ struct Conn {
 
 /// A closed connection whose writer may still be flushing.
 struct Closing {
-    killer: Stream,
+    killer: Arc<Stream>,
     deadline: Instant,
 }
 
@@ -924,6 +1030,26 @@ struct Owner {
     config: BrokerConfig,
     /// A connection whose writer fell behind (over half of `max_outbound_bytes` pending).
     backlog: Option<ConnectionHandle>,
+    auth_threads: AuthThreads,
+}
+
+/// Authentication threads alive, at most as many as connections are allowed (so that the
+/// memory-mapping budget, which counts one per connection, holds): a connection has one at a
+/// time, but a slow check may outlast its connection.
+struct AuthThreads {
+    live: Arc<AtomicUsize>,
+    max: usize,
+}
+
+impl AuthThreads {
+    /// A slot for one more, given back when dropped; `None` when all are taken.
+    fn acquire(&self) -> Option<Live> {
+        if self.live.fetch_add(1, Ordering::AcqRel) >= self.max {
+            self.live.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Live(self.live.clone()))
+    }
 }
 
 /// Whether the owner loop goes on.
@@ -1167,6 +1293,14 @@ impl Owner {
                     self.acknowledge_connect(handle, ReasonCode::Success);
                     return;
                 };
+                let Some(slot) = self.auth_threads.acquire() else {
+                    tracing::warn!(
+                        target: TARGET, conn = handle.index(), max = self.auth_threads.max,
+                        "too many authentications under way: refusing the client"
+                    );
+                    self.acknowledge_connect(handle, ReasonCode::ServerBusy);
+                    return;
+                };
                 let mut guard = VerdictGuard {
                     tx: Some(self.inbound_tx.clone()),
                     handle,
@@ -1174,6 +1308,7 @@ impl Owner {
                 let spawned = std::thread::Builder::new()
                     .name("mqttproto-auth".into())
                     .spawn(move || {
+                        let _slot = slot;
                         let verdict = auth.authenticate(request);
                         if let Some(tx) = guard.tx.take() {
                             let _ = tx.send(Inbound::Verdict(handle, verdict));
@@ -1283,11 +1418,19 @@ impl Owner {
     fn run_auth_job(&mut self, job: AuthJob) {
         let handle = job.handle();
         let tx = self.inbound_tx.clone();
-        let spawned = std::thread::Builder::new()
-            .name("mqttproto-auth".into())
-            .spawn(move || {
-                let _ = tx.send(Inbound::AuthStep(job.run()));
-            });
+        let spawned = match self.auth_threads.acquire() {
+            Some(slot) => std::thread::Builder::new()
+                .name("mqttproto-auth".into())
+                .spawn(move || {
+                    let _slot = slot;
+                    let _ = tx.send(Inbound::AuthStep(job.run()));
+                })
+                .map(drop),
+            None => Err(io::Error::other(format!(
+                "too many authentications under way (at most {})",
+                self.auth_threads.max
+            ))),
+        };
         if let Err(error) = spawned {
             tracing::warn!(target: TARGET, %error, "cannot start an authentication thread");
             let failed = AuthJobResult::failed(handle);

@@ -4,8 +4,12 @@
 //! Blocking TLS and WebSocket streams cannot be split into independent halves: both directions
 //! share one protocol state. So the pieces are:
 //!
-//! * the socket, cloned ([`Stream::try_clone`]): one handle reads, one writes, one stays with the
-//!   owner to shut the connection down ([`Stream::shutdown`] unblocks both threads);
+//! * the socket, shared (`Arc<Stream>`, read and written through `&Stream`), not duplicated: the
+//!   reader reads it, the writer writes it, the owner keeps a reference to shut the connection
+//!   down ([`Stream::shutdown`] unblocks both threads). A connection therefore costs the process
+//!   one file descriptor. Its read and write timeouts are the socket's own (as they would be for
+//!   duplicated descriptors too): only the reader sets them, during the handshakes, before the
+//!   writer exists, and clears them when the handshakes are done;
 //! * for TLS, the rustls [`ServerConnection`] behind a mutex, locked only to move bytes in or
 //!   out of it (never across socket I/O);
 //! * a [`Sink`] behind a mutex: every byte written to the socket goes through it, in order. The
@@ -68,14 +72,6 @@ impl From<UnixStream> for Stream {
 }
 
 impl Stream {
-    pub(crate) fn try_clone(&self) -> io::Result<Stream> {
-        Ok(match self {
-            Stream::Tcp(s) => Stream::Tcp(s.try_clone()?),
-            #[cfg(unix)]
-            Stream::Unix(s) => Stream::Unix(s.try_clone()?),
-        })
-    }
-
     /// Shuts both directions down: blocked reads return end of stream, blocked writes fail.
     pub(crate) fn shutdown(&self) {
         let _ = match self {
@@ -115,8 +111,10 @@ impl Stream {
         }
     }
 
-    /// Reads, failing with `TimedOut` once `deadline` (if any) has passed.
-    fn read_by(&mut self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
+    /// Reads, failing with `TimedOut` once `deadline` (if any) has passed. The read timeout it
+    /// sets is the socket's: only the reader reads, and it clears the timeout after the
+    /// handshakes ([`open`]).
+    fn read_by(&self, buf: &mut [u8], deadline: Option<Instant>) -> io::Result<usize> {
         if let Some(d) = deadline {
             let left = d.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -127,35 +125,57 @@ impl Stream {
             }
             self.set_read_timeout(Some(left))?;
         }
-        self.read(buf)
+        (&mut &*self).read(buf)
+    }
+}
+
+// Through a shared reference, as `&TcpStream` and `&UnixStream` allow: the reader and the
+// writer use one socket (one file descriptor) at the same time.
+impl Read for &Stream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).read(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&mut &*s).read(buf),
+        }
+    }
+}
+
+impl Write for &Stream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).write(buf),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&mut &*s).write(buf),
+        }
+    }
+
+    fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+        match *self {
+            Stream::Tcp(s) => (&mut &*s).write_vectored(bufs),
+            #[cfg(unix)]
+            Stream::Unix(s) => (&mut &*s).write_vectored(bufs),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
     }
 }
 
 impl Read for Stream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.read(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.read(buf),
-        }
+        (&*self).read(buf)
     }
 }
 
 impl Write for Stream {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write(buf),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.write(buf),
-        }
+        (&*self).write(buf)
     }
 
     fn write_vectored(&mut self, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
-        match self {
-            Stream::Tcp(s) => s.write_vectored(bufs),
-            #[cfg(unix)]
-            Stream::Unix(s) => s.write_vectored(bufs),
-        }
+        (&*self).write_vectored(bufs)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -206,7 +226,7 @@ pub(super) fn write_all_vectored(w: &mut impl Write, bufs: &mut VecDeque<Bytes>)
 
 /// Where every byte bound for the socket goes (see the module documentation).
 pub(super) struct Sink {
-    sock: Stream,
+    sock: Arc<Stream>,
     tls: Option<Arc<Mutex<ServerConnection>>>,
     /// TLS records taken out of the connection, on their way to the socket.
     records: Vec<u8>,
@@ -216,7 +236,7 @@ impl Sink {
     /// Writes `bufs` (emptying it): as they are, or through TLS.
     fn write_bufs(&mut self, bufs: &mut VecDeque<Bytes>) -> io::Result<()> {
         match &self.tls {
-            None => write_all_vectored(&mut self.sock, bufs),
+            None => write_all_vectored(&mut &*self.sock, bufs),
             Some(tls) => {
                 {
                     let mut conn = lock(tls);
@@ -245,7 +265,7 @@ impl Sink {
             if self.records.is_empty() {
                 return Ok(());
             }
-            self.sock.write_all(&self.records)?;
+            (&*self.sock).write_all(&self.records)?;
             if self.records.capacity() > 64 * 1024 {
                 self.records = Vec::new();
             }
@@ -306,7 +326,7 @@ impl Writer {
 
 /// The byte stream under WebSocket: the socket, or TLS over it.
 pub(super) struct Source {
-    sock: Stream,
+    sock: Arc<Stream>,
     tls: Option<TlsRead>,
     /// While handshaking: when to give up.
     deadline: Option<Instant>,
@@ -464,30 +484,35 @@ pub(super) enum Wrap {
 pub(super) struct Opened {
     pub(super) reader: Reader,
     pub(super) writer: Writer,
-    /// The owner's handle on the socket, to shut it down.
-    pub(super) killer: Stream,
+    /// The socket, for the owner and the writer to shut it down (the same descriptor as the
+    /// reader's and the writer's, not a duplicate).
+    pub(super) killer: Arc<Stream>,
     /// The DER of the client's TLS certificate (the leaf), if it sent one.
     pub(super) client_cert: Option<Bytes>,
 }
 
 /// Runs the handshakes of `wrap` over `sock`, within `timeout`.
-pub(super) fn open(sock: Stream, wrap: &Wrap, timeout: Duration) -> io::Result<Opened> {
+///
+/// The socket's timeouts bound the handshakes' reads (to the deadline) and writes; they are
+/// the socket's own, shared by every holder of `sock`, which is why they are set only here,
+/// before the writer thread exists, and cleared before returning.
+pub(super) fn open(sock: Arc<Stream>, wrap: &Wrap, timeout: Duration) -> io::Result<Opened> {
     let deadline = Instant::now() + timeout;
-    let killer = sock.try_clone()?;
+    let killer = sock.clone();
     let (tls_config, ws_path) = match wrap {
         Wrap::Plain => (None, None),
         Wrap::Tls(c) => (Some(c), None),
         Wrap::Ws(p) => (None, Some(p)),
         Wrap::Wss(c, p) => (Some(c), Some(p)),
     };
-    let mut read_sock = sock;
+    let read_sock = sock;
     let mut client_cert = None;
     let tls = match tls_config {
         None => None,
         Some(config) => {
             read_sock.set_timeouts(Some(timeout))?;
             let mut conn = ServerConnection::new(config.clone()).map_err(io::Error::other)?;
-            tls_handshake(&mut conn, &mut read_sock, deadline)?;
+            tls_handshake(&mut conn, &read_sock, deadline)?;
             client_cert = conn
                 .peer_certificates()
                 .and_then(|c| c.first())
@@ -498,7 +523,7 @@ pub(super) fn open(sock: Stream, wrap: &Wrap, timeout: Duration) -> io::Result<O
         }
     };
     let sink = Arc::new(Mutex::new(Sink {
-        sock: read_sock.try_clone()?,
+        sock: read_sock.clone(),
         tls: tls.clone(),
         records: Vec::new(),
     }));
@@ -551,15 +576,11 @@ pub(super) fn open(sock: Stream, wrap: &Wrap, timeout: Duration) -> io::Result<O
 }
 
 /// The server side of the TLS handshake, bounded by `deadline`.
-fn tls_handshake(
-    conn: &mut ServerConnection,
-    sock: &mut Stream,
-    deadline: Instant,
-) -> io::Result<()> {
+fn tls_handshake(conn: &mut ServerConnection, sock: &Stream, deadline: Instant) -> io::Result<()> {
     let mut buf = vec![0u8; READ_CHUNK];
     loop {
         while conn.wants_write() {
-            conn.write_tls(sock)?;
+            conn.write_tls(&mut &*sock)?;
         }
         if !conn.is_handshaking() {
             return Ok(());
@@ -577,7 +598,7 @@ fn tls_handshake(
             if let Err(e) = conn.process_new_packets() {
                 // Send the alert, then give up.
                 while conn.wants_write() {
-                    if conn.write_tls(sock).is_err() {
+                    if conn.write_tls(&mut &*sock).is_err() {
                         break;
                     }
                 }
