@@ -835,18 +835,8 @@ impl Owner {
         let low = self.config.max_outbound_bytes / 4;
         let start = Instant::now();
         let deadline = start + wait;
-        loop {
-            let progress = outbox.progress.notified();
-            tokio::pin!(progress);
-            // Registered before the check, so progress in between is not missed.
-            progress.as_mut().enable();
-            if outbox.pending() <= low || outbox.writer_gone() {
-                break;
-            }
-            if tokio::time::timeout_at(deadline, progress).await.is_err() {
-                break;
-            }
-        }
+        let caught_up = std::future::poll_fn(|cx| outbox.poll_caught_up(cx, low));
+        let _ = tokio::time::timeout_at(deadline, caught_up).await;
         let waited = start.elapsed();
         if let Some(credit) = self
             .conns
@@ -1333,9 +1323,6 @@ enum Refused {
 #[derive(Default)]
 struct Outbox {
     state: std::sync::Mutex<OutboxState>,
-    /// Wakes an owner waiting for the writer to catch up: bytes were written, or the writer
-    /// ended.
-    progress: tokio::sync::Notify,
 }
 
 #[derive(Default)]
@@ -1349,6 +1336,9 @@ struct OutboxState {
     writer_gone: bool,
     /// The I/O task, waiting for bytes to write (or for the close).
     waker: Option<Waker>,
+    /// The owner, waiting for the writer to catch up (woken when bytes were written or the
+    /// writer ended).
+    owner: Option<Waker>,
 }
 
 /// What the I/O task takes from its [`Outbox`].
@@ -1391,16 +1381,6 @@ impl Outbox {
         Ok(pending)
     }
 
-    /// Bytes queued or being written.
-    fn pending(&self) -> usize {
-        self.state().pending
-    }
-
-    /// Whether the I/O task has ended.
-    fn writer_gone(&self) -> bool {
-        self.state().writer_gone
-    }
-
     /// Closes the outbox: what is queued still goes out; nothing more is read.
     fn close(&self) {
         let mut state = self.state();
@@ -1438,8 +1418,22 @@ impl Outbox {
     fn written(&self, len: usize) {
         let mut state = self.state();
         state.pending = state.pending.saturating_sub(len);
+        let owner = state.owner.take();
         drop(state);
-        self.progress.notify_waiters();
+        if let Some(w) = owner {
+            w.wake();
+        }
+    }
+
+    /// Ready once at most `low` bytes are pending or the writer has ended; otherwise the
+    /// owner is woken on the next progress.
+    fn poll_caught_up(&self, cx: &mut Context<'_>, low: usize) -> Poll<()> {
+        let mut state = self.state();
+        if state.pending <= low || state.writer_gone {
+            return Poll::Ready(());
+        }
+        state.owner = Some(cx.waker().clone());
+        Poll::Pending
     }
 }
 
@@ -1448,8 +1442,11 @@ impl Drop for OutboxWriter {
         let mut state = self.0.state();
         state.writer_gone = true;
         state.waker = None;
+        let owner = state.owner.take();
         drop(state);
-        self.0.progress.notify_waiters();
+        if let Some(w) = owner {
+            w.wake();
+        }
     }
 }
 
