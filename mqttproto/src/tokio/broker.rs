@@ -83,7 +83,7 @@ use std::net::SocketAddr;
 #[cfg(unix)]
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -1323,6 +1323,11 @@ enum Refused {
 #[derive(Default)]
 struct Outbox {
     state: std::sync::Mutex<OutboxState>,
+    /// Whether the I/O task has something to take (bytes, or the close): lets it skip the lock
+    /// when it has not, as on every read.
+    ready: AtomicBool,
+    /// A copy of `OutboxState::closed`, read without the lock.
+    closed: AtomicBool,
 }
 
 #[derive(Default)]
@@ -1373,10 +1378,10 @@ impl Outbox {
         state.pending += bytes.len();
         let pending = state.pending;
         state.queue.push_back(bytes);
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
+        self.ready.store(true, Ordering::Release);
+        // The task's waker stays registered (see `take`).
+        if let Some(w) = &state.waker {
+            w.wake_by_ref();
         }
         Ok(pending)
     }
@@ -1385,31 +1390,39 @@ impl Outbox {
     fn close(&self) {
         let mut state = self.state();
         state.closed = true;
-        let waker = state.waker.take();
-        drop(state);
-        if let Some(w) = waker {
-            w.wake();
+        self.closed.store(true, Ordering::Release);
+        self.ready.store(true, Ordering::Release);
+        if let Some(w) = &state.waker {
+            w.wake_by_ref();
         }
     }
 
     /// Whether the outbox was closed.
     fn is_closed(&self) -> bool {
-        self.state().closed
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether [`take`](Self::take) may find something, without taking the lock.
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
     }
 
     /// Takes everything queued; when there is nothing, registers `waker` for the next push or
     /// the close.
+    /// The waker stays registered until the task ends: pushes wake it without taking it.
     fn take(&self, waker: &Waker) -> Take {
         let mut state = self.state();
+        match &mut state.waker {
+            Some(w) => w.clone_from(waker),
+            slot @ None => *slot = Some(waker.clone()),
+        }
+        // Only the closed flag can be left once the queue is taken.
+        self.ready.store(state.closed, Ordering::Release);
         if !state.queue.is_empty() {
             Take::Batch(std::mem::take(&mut state.queue))
         } else if state.closed {
             Take::Closed
         } else {
-            match &mut state.waker {
-                Some(w) => w.clone_from(waker),
-                slot @ None => *slot = Some(waker.clone()),
-            }
             Take::Empty
         }
     }
@@ -1499,6 +1512,8 @@ struct ConnIo<S> {
     linger: Duration,
     /// Set when the outbox closes: the last bytes' deadline.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// The waker the outbox holds, once it holds one.
+    waker: Option<Waker>,
 }
 
 /// Steps one poll of a connection's I/O task takes at most before yielding to others.
@@ -1523,14 +1538,35 @@ impl<S: ConnStream> ConnIo<S> {
             writing: Writing::Idle,
             linger,
             deadline: None,
+            waker: None,
         }
+    }
+
+    /// Whether the outbox holds this task's waker (a task's waker does not change in practice,
+    /// but nothing promises it).
+    fn registered(&self, cx: &Context<'_>) -> bool {
+        self.waker.as_ref().is_some_and(|w| w.will_wake(cx.waker()))
+    }
+
+    /// Takes from the outbox, registering the task's waker.
+    fn take(&mut self, cx: &Context<'_>) -> Take {
+        let take = self.outbox.0.take(cx.waker());
+        if !self.registered(cx) {
+            self.waker = Some(cx.waker().clone());
+        }
+        take
     }
 
     /// Advances the write side. `Ready(true)`: progress; `Ready(false)`: the task is done
     /// (socket shut down, or failed); `Pending`: waiting.
     fn poll_write_side(&mut self, cx: &mut Context<'_>) -> Poll<bool> {
+        let idle = matches!(self.writing, Writing::Idle);
+        if idle && !self.outbox.0.is_ready() && self.registered(cx) {
+            // Nothing queued, and the outbox will wake this task: no lock needed.
+            return Poll::Pending;
+        }
         match &mut self.writing {
-            Writing::Idle => match self.outbox.0.take(cx.waker()) {
+            Writing::Idle => match self.take(cx) {
                 Take::Batch(batch) => {
                     let len = batch.iter().map(Bytes::len).sum();
                     self.writing = Writing::Batch(batch, len);
