@@ -113,8 +113,104 @@ pub struct SessionState {
     subscriptions: HashMap<TopicFilter, (SubscriptionOptions, Option<SubscriptionId>)>,
     outbound: Outbound,
     inbound: Inbound,
-    queue: VecDeque<Queued>,
+    queue: MessageQueue,
     dropped: u64,
+}
+
+/// A session's queued messages, with counts that spare a scan of the whole queue on every
+/// packet: how many expire (for [`Session::poll_timeout`]) and how many are QoS 0 (the ones a
+/// full queue drops first).
+#[derive(Debug, Default)]
+struct MessageQueue {
+    items: VecDeque<Queued>,
+    expiring: usize,
+    qos0: usize,
+}
+
+impl MessageQueue {
+    fn count(&mut self, q: &Queued, added: bool) {
+        let (e, z) = (
+            usize::from(q.expires_at.is_some()),
+            usize::from(q.publish.qos == QoS::AtMostOnce),
+        );
+        if added {
+            self.expiring += e;
+            self.qos0 += z;
+        } else {
+            self.expiring -= e;
+            self.qos0 -= z;
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+
+    fn front(&self) -> Option<&Queued> {
+        self.items.front()
+    }
+
+    fn push_back(&mut self, q: Queued) {
+        self.count(&q, true);
+        self.items.push_back(q);
+    }
+
+    fn push_front(&mut self, q: Queued) {
+        self.count(&q, true);
+        self.items.push_front(q);
+    }
+
+    fn pop_front(&mut self) -> Option<Queued> {
+        let q = self.items.pop_front()?;
+        self.count(&q, false);
+        Some(q)
+    }
+
+    /// Drops the oldest QoS 0 message; false if there is none.
+    fn drop_oldest_qos0(&mut self) -> bool {
+        if self.qos0 == 0 {
+            return false;
+        }
+        let Some(i) = self
+            .items
+            .iter()
+            .position(|q| q.publish.qos == QoS::AtMostOnce)
+        else {
+            return false;
+        };
+        if let Some(q) = self.items.remove(i) {
+            self.count(&q, false);
+        }
+        true
+    }
+
+    /// Drops the messages expired at `now`; returns how many.
+    fn expire(&mut self, now: Instant) -> usize {
+        if self.expiring == 0 {
+            return 0;
+        }
+        let before = self.items.len();
+        self.items.retain(|q| q.expires_at.is_none_or(|t| t > now));
+        self.expiring = self.items.iter().filter(|q| q.expires_at.is_some()).count();
+        self.qos0 = self
+            .items
+            .iter()
+            .filter(|q| q.publish.qos == QoS::AtMostOnce)
+            .count();
+        before - self.items.len()
+    }
+
+    /// The earliest expiry of a queued message.
+    fn earliest_expiry(&self) -> Option<Instant> {
+        if self.expiring == 0 {
+            return None;
+        }
+        self.items.iter().filter_map(|q| q.expires_at).min()
+    }
 }
 
 impl SessionState {
@@ -123,7 +219,7 @@ impl SessionState {
             subscriptions: HashMap::new(),
             outbound: Outbound::new(),
             inbound: Inbound::new(u16::MAX),
-            queue: VecDeque::new(),
+            queue: MessageQueue::default(),
             dropped: 0,
         }
     }
@@ -156,23 +252,14 @@ impl SessionState {
         max: usize,
     ) -> Result<(), StateError> {
         if self.queue.len() >= max {
-            match self
-                .queue
-                .iter()
-                .position(|q| q.publish.qos == QoS::AtMostOnce)
-            {
-                Some(i) => {
-                    self.queue.remove(i);
-                    self.dropped += 1;
-                }
-                None if publish.qos == QoS::AtMostOnce => {
-                    self.dropped += 1;
-                    return Ok(());
-                }
-                None => {
-                    self.dropped += 1;
-                    return Err(StateError::QueueFull);
-                }
+            if self.queue.drop_oldest_qos0() {
+                self.dropped += 1;
+            } else if publish.qos == QoS::AtMostOnce {
+                self.dropped += 1;
+                return Ok(());
+            } else {
+                self.dropped += 1;
+                return Err(StateError::QueueFull);
             }
         }
         self.queue.push_back(Queued {
@@ -681,7 +768,7 @@ impl Session {
 
     /// When [`handle_timeout`](Self::handle_timeout) should be called next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let expiry = self.state.queue.iter().filter_map(|q| q.expires_at).min();
+        let expiry = self.state.queue.earliest_expiry();
         let conn = match self.phase {
             SessionPhase::AwaitingConnect | SessionPhase::Authenticating => self.connect_deadline,
             SessionPhase::Connected => self.keep_alive_deadline(),
@@ -714,11 +801,8 @@ impl Session {
     }
 
     fn expire_queue(&mut self, now: Instant) {
-        let before = self.state.queue.len();
-        self.state
-            .queue
-            .retain(|q| q.expires_at.is_none_or(|t| t > now));
-        self.state.dropped += (before - self.state.queue.len()) as u64;
+        let expired = self.state.queue.expire(now);
+        self.state.dropped += expired as u64;
     }
 
     /// Sends queued messages while the client's Receive Maximum leaves room.
@@ -1077,5 +1161,63 @@ impl Session {
             }
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::topic::TopicName;
+
+    fn message(qos: QoS) -> Publish {
+        let mut p = Publish::new(TopicName::try_from("t").unwrap(), Bytes::from_static(b"x"));
+        p.qos = qos;
+        p
+    }
+
+    /// The queue's counts follow every change, so that the expiry deadline and the QoS 0
+    /// message a full queue drops are found without scanning it (or found absent at once).
+    #[test]
+    #[allow(clippy::disallowed_methods)] // one Instant::now() as the fake clock's origin
+    fn queue_counts_follow_enqueue_drop_expiry_and_drain() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_secs(10);
+        let mut s = SessionState::new();
+        s.enqueue(message(QoS::AtLeastOnce), None, 3).unwrap();
+        s.enqueue(message(QoS::AtMostOnce), Some(later), 3).unwrap();
+        s.enqueue(message(QoS::AtLeastOnce), None, 3).unwrap();
+        assert_eq!((s.queue.expiring, s.queue.qos0), (1, 1));
+        assert_eq!(s.queue.earliest_expiry(), Some(later));
+        // Full: the QoS 0 message makes room for a QoS 1 one.
+        s.enqueue(message(QoS::AtLeastOnce), None, 3).unwrap();
+        assert_eq!((s.queue.expiring, s.queue.qos0, s.dropped), (0, 0, 1));
+        assert_eq!(s.queue.earliest_expiry(), None);
+        // Full of QoS 1: a QoS 0 message is dropped, a QoS 1 message refused.
+        s.enqueue(message(QoS::AtMostOnce), None, 3).unwrap();
+        assert_eq!(
+            s.enqueue(message(QoS::AtLeastOnce), None, 3),
+            Err(StateError::QueueFull)
+        );
+        assert_eq!((s.queued(), s.dropped), (3, 3));
+        // Expiry drops only what has expired, and recounts.
+        let mut s = SessionState::new();
+        s.enqueue(message(QoS::AtMostOnce), Some(t0), 10).unwrap();
+        s.enqueue(message(QoS::AtMostOnce), Some(later), 10)
+            .unwrap();
+        s.enqueue(message(QoS::AtLeastOnce), None, 10).unwrap();
+        assert_eq!(s.queue.expire(t0), 1);
+        assert_eq!((s.queue.expiring, s.queue.qos0, s.queued()), (1, 1, 2));
+        assert!(s.queue.pop_front().is_some());
+        assert_eq!((s.queue.expiring, s.queue.qos0), (0, 0));
+        s.queue
+            .push_front(message_queued(QoS::AtMostOnce, Some(later)));
+        assert_eq!((s.queue.expiring, s.queue.qos0), (1, 1));
+    }
+
+    fn message_queued(qos: QoS, expires_at: Option<Instant>) -> Queued {
+        Queued {
+            publish: message(qos),
+            expires_at,
+        }
     }
 }
