@@ -553,12 +553,10 @@ fn shutdown_ends_pending_handshakes(driver: Driver) {
     }
 }
 
-/// [MQTT-6.0.0-1] A text frame is not MQTT: the blocking broker closes the connection. (The
-/// async broker's WebSocket stream, in `transport/ws.rs`, skips text frames instead.)
-#[test]
-fn blocking_broker_closes_a_websocket_on_a_text_frame() {
+/// [MQTT-6.0.0-1] A text frame is not MQTT: the broker closes the connection.
+fn closes_a_websocket_on_a_text_frame(driver: Driver) {
     let broker = TestBroker::start(
-        Driver::Blocking,
+        driver,
         Config::default().listen(listener("ws://127.0.0.1:0/mqtt")),
     )
     .expect("bind");
@@ -571,7 +569,17 @@ fn blocking_broker_closes_a_websocket_on_a_text_frame() {
     let deadline = Instant::now() + WAIT;
     loop {
         match ws.read() {
-            Ok(Message::Close(_)) | Err(_) => break,
+            Ok(Message::Close(_)) => break,
+            // The read timeout: the broker kept the connection open.
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                panic!("still open {WAIT:?} after a text frame")
+            }
+            Err(_) => break,
             Ok(_) => assert!(Instant::now() < deadline, "still open"),
         }
     }
@@ -589,6 +597,7 @@ mod sync_scenarios {
         websocket_frames_and_pings,
         junk_on_secure_and_websocket_listeners,
         shutdown_ends_pending_handshakes,
+        closes_a_websocket_on_a_text_frame,
     );
 }
 

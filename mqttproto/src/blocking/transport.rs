@@ -295,8 +295,13 @@ fn ws_read<S: Read + Write>(ws: &mut WebSocket<S>, out: &mut BytesMut) -> io::Re
         match ws.read() {
             Ok(WsMessage::Binary(data)) => out.extend_from_slice(&data),
             Ok(WsMessage::Close(_)) => return Ok(true),
-            // MQTT uses binary frames only; pings are answered by tungstenite (on the next
-            // flush, below).
+            Ok(WsMessage::Text(_)) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    "a WebSocket text frame: MQTT travels in binary frames [MQTT-6.0.0-1]",
+                ))
+            }
+            // Pings are answered by tungstenite (on the next flush, below).
             Ok(_) => {}
             Err(tungstenite::Error::Io(e)) if would_block(&e) => {
                 let _ = ws.flush();

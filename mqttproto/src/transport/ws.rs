@@ -49,7 +49,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for WsStream<S> {
             match ready!(Pin::new(&mut self.inner).poll_next(cx)) {
                 None | Some(Ok(Message::Close(_))) => return Poll::Ready(Ok(())),
                 Some(Ok(Message::Binary(data))) => self.read = data,
-                // MQTT uses binary frames only; pings are answered by the WebSocket layer.
+                Some(Ok(Message::Text(_))) => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        "a WebSocket text frame: MQTT travels in binary frames [MQTT-6.0.0-1]",
+                    )))
+                }
+                // Pings are answered by the WebSocket layer.
                 Some(Ok(_)) => continue,
                 Some(Err(e)) => return Poll::Ready(Err(io_err(e))),
             }
