@@ -1452,6 +1452,13 @@ impl Outbox {
 
 impl Drop for OutboxWriter {
     fn drop(&mut self) {
+        self.gone();
+    }
+}
+
+impl OutboxWriter {
+    /// Marks the writer gone (pushes are refused from now on) and wakes a waiting owner.
+    fn gone(&self) {
         let mut state = self.0.state();
         state.writer_gone = true;
         state.waker = None;
@@ -1477,6 +1484,9 @@ enum Writing {
     Flush(usize),
     /// The outbox is closed and drained: shutting the socket down.
     Shutdown,
+    /// A write failed: nothing more is written; the task ends once the owner, told through the
+    /// read side, closes the outbox.
+    Failed,
 }
 
 /// Where the read side of a connection's I/O task is.
@@ -1583,10 +1593,7 @@ impl<S: ConnStream> ConnIo<S> {
                     self.writing = Writing::Flush(*len);
                     Poll::Ready(true)
                 }
-                Poll::Ready(Err(error)) => {
-                    tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "write failed");
-                    Poll::Ready(false)
-                }
+                Poll::Ready(Err(error)) => self.write_failed(error),
                 Poll::Pending => Poll::Pending,
             },
             Writing::Flush(len) => match Pin::new(&mut self.stream).poll_flush(cx) {
@@ -1595,17 +1602,31 @@ impl<S: ConnStream> ConnIo<S> {
                     self.writing = Writing::Idle;
                     Poll::Ready(true)
                 }
-                Poll::Ready(Err(error)) => {
-                    tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "write failed");
-                    Poll::Ready(false)
-                }
+                Poll::Ready(Err(error)) => self.write_failed(error),
                 Poll::Pending => Poll::Pending,
             },
             Writing::Shutdown => match Pin::new(&mut self.stream).poll_shutdown(cx) {
                 Poll::Ready(_) => Poll::Ready(false),
                 Poll::Pending => Poll::Pending,
             },
+            // What is queued now cannot be written: dropped.
+            Writing::Failed => match self.take(cx) {
+                Take::Closed => Poll::Ready(false),
+                Take::Batch(_) | Take::Empty => Poll::Pending,
+            },
         }
+    }
+
+    /// A write failed: the owner must learn that the connection is gone even if the socket
+    /// still reads (or never will), so the read side reports the close now.
+    fn write_failed(&mut self, error: io::Error) -> Poll<bool> {
+        tracing::debug!(target: TARGET, conn = self.handle.index(), %error, "write failed");
+        self.writing = Writing::Failed;
+        self.outbox.gone();
+        if matches!(self.reading, Reading::Read) {
+            self.reading = Reading::Forward(Inbound::Closed(self.handle), None);
+        }
+        Poll::Ready(true)
     }
 
     /// Advances the read side; `true` on progress.
