@@ -1,9 +1,13 @@
-//! Client throughput and CPU cost: `mqttproto::tokio::Client` against rumqttc's v5
-//! `AsyncClient`/`EventLoop`, in one run.
+//! Client throughput and CPU cost: `mqttproto::tokio::Client` and `mqttproto::blocking::Client`
+//! against rumqttc's v5 `AsyncClient`/`EventLoop`, in one run.
 //!
 //! ```text
 //! cargo bench -p mqttproto --bench client
 //! ```
+//!
+//! Three libraries, by the names the tables and `MQTTPROTO_BENCH_LIBS` use: `mqttproto` (the
+//! tokio client), `blocking` (mqttproto's blocking client: its own I/O thread and reader
+//! thread, called from the bench's main thread, no async runtime) and `rumqttc`.
 //!
 //! Every message carries a 64-byte payload. Two peers, one after the other:
 //!
@@ -16,13 +20,19 @@
 //!   a subscriber with pre-encoded PUBLISH packets right after SUBACK). Client-bound numbers.
 //!
 //! For each peer, repetition (3; medians are reported) and library in turn (the libraries
-//! never overlap; their order alternates between repetitions), each on a new connection:
+//! never overlap; their order rotates between repetitions, so with three libraries each one
+//! runs first, second and last once in three repetitions), each on a new connection:
 //!
 //! * **QoS 0 publish**, 200,000 messages. The clock starts before the first message is handed
 //!   to the library and stops when the library reports the last one written to the socket:
 //!   - mqttproto: `try_publish` for the first N-1, `publish_message` for the last, whose
 //!     future resolves once the task has written it (`write_all` + `flush` returned); the task
 //!     handles commands in order, so every earlier message is written too.
+//!   - blocking: `try_publish` for the first N-1 (hands the message to the I/O thread's
+//!     unbounded channel and returns), `publish_message_timeout` for the last, which returns
+//!     once the I/O thread has written it (its reply is sent after `write_all` + `flush` of the
+//!     batch that carries it returned); the I/O thread takes commands from one channel in
+//!     order, so every earlier message is written too.
 //!   - rumqttc: the event loop has yielded `Outgoing::Publish` N times; it yields that event
 //!     only after `Network::flush` for that request has returned.
 //!
@@ -32,31 +42,51 @@
 //! * **QoS 1 publish**, 100,000 messages, until every PUBACK is in. mqttproto: `try_publish`
 //!   for N-1, then `publish_message` awaited (commands are handled in order and PUBACKs come
 //!   in order [MQTT-4.6.0-2]); rumqttc: the event loop has yielded N `Incoming::PubAck`.
+//!   blocking: the same, except that every 50,000th message is also published with the
+//!   waiting `publish_message_timeout` (so with N = 100,000: 49,999 `try_publish`, one wait
+//!   for a PUBACK, 49,999 `try_publish`, one wait for the last PUBACK). Without those waits
+//!   the run fails or, worse, loses messages unseen: the blocking I/O thread takes commands and
+//!   the reader thread's input from one FIFO channel, so the PUBACKs that arrive while N-1
+//!   commands are queued are handled only after them; every queued QoS 1 message takes a
+//!   packet identifier, and once all 65,535 are in use the core refuses the next publish
+//!   (`NoPacketIdAvailable`), which `try_publish`, having no reply, cannot report. Each wait
+//!   empties the pipeline once (one round trip), a small cost against 50,000 messages.
 //! * **QoS 0/1 publish, a `publish()` future per message** (mqttproto only: rumqttc reports
-//!   no per-message outcome): `Client::publish(&str, ..)` N times, then every future awaited.
+//!   no per-message outcome, and the blocking client cannot hold N outstanding calls without
+//!   N threads): `Client::publish(&str, ..)` N times, then every future awaited.
+//! * **QoS 0/1 publish, a blocking `publish()` per message** (blocking only), 10,000 messages:
+//!   `Client::publish(&str, ..)` N times in a row, each returning before the next is made (QoS
+//!   0: once the I/O thread has written it; QoS 1: once its PUBACK is in). One message in
+//!   flight at a time, so these measure latency, not throughput: QoS 0 is a round trip between
+//!   the caller and the I/O thread plus a `write`, QoS 1 a round trip to the peer as well. Not
+//!   comparable with the other rows.
 //! * **Receive**, 100,000 QoS 0 messages, until the application has the N-th
-//!   (`Subscription::recv` / `Event::Incoming(Packet::Publish)`). With Mosquitto a separate
-//!   process (the same for both libraries: this binary in a "publisher" role, writing
-//!   pre-encoded PUBLISH packets over raw TCP) publishes, and the clock starts when it is told
-//!   to go (it is already connected); with the raw peer the clock starts before SUBSCRIBE.
-//!   mqttproto's subscription buffer is sized N here, so that it cannot drop messages; the
-//!   mqttproto-only **receive, default subscription capacity** case keeps the default and
-//!   reports how many QoS 0 messages the client dropped.
+//!   (`Subscription::recv` / blocking `Subscription::recv_timeout` /
+//!   `Event::Incoming(Packet::Publish)`). With Mosquitto a separate process (the same for
+//!   every library: this binary in a "publisher" role, writing pre-encoded PUBLISH packets over
+//!   raw TCP) publishes, and the clock starts when it is told to go (it is already connected);
+//!   with the raw peer the clock starts before SUBSCRIBE. mqttproto's and blocking's
+//!   subscription buffers are sized N here, so that they cannot drop messages; the
+//!   mqttproto/blocking-only **receive, default subscription capacity** case keeps the default
+//!   and reports how many QoS 0 messages the client dropped (the blocking client stops reading
+//!   instead while nothing awaits an acknowledgement, so it should drop none).
 //! * **CPU per message**: CPU time of this process (summed over its threads, from
 //!   `/proc/self/task/*/schedstat`, in ns) over the timed window, divided by N. The peer and
-//!   the publisher are other processes and are not counted.
+//!   the publisher are other processes and are not counted; the blocking client's I/O and
+//!   reader threads are threads of this process and are.
 //!
-//! Both libraries run on one current-thread tokio runtime, TCP_NODELAY on both ends. The
+//! The async libraries run on one current-thread tokio runtime, TCP_NODELAY on both ends. The
 //! producer hands every message to the library back to back (mqttproto's command channel is
-//! unbounded; rumqttc's request channel is sized N so `publish_bytes` never waits). With two
-//! or more cores, the bench pins itself to core 1 and the peer and the publisher to core 0
+//! unbounded, and so is the blocking client's; rumqttc's request channel is sized N so
+//! `publish_bytes` never waits). With two or more cores, the bench pins itself (every thread,
+//! so the blocking client's threads too) to core 1 and the peer and the publisher to core 0
 //! (`taskset`); `MQTTPROTO_BENCH_PIN=0` turns that off. Every phase has a timeout, and a
 //! watchdog ends the whole run after 175 s.
 //!
 //! Knobs (for profiling): `MQTTPROTO_BENCH_REPS` (3), `MQTTPROTO_BENCH_SCALE` (1.0, multiplies
-//! every N), `MQTTPROTO_BENCH_LIBS` (`mqttproto,rumqttc`), `MQTTPROTO_BENCH_PEERS`
+//! every N), `MQTTPROTO_BENCH_LIBS` (`mqttproto,blocking,rumqttc`), `MQTTPROTO_BENCH_PEERS`
 //! (`mosquitto,raw`), `MQTTPROTO_BENCH_PHASES`
-//! (`qos0,qos0-each,qos1,qos1-each,recv,recv-default`).
+//! (`qos0,qos0-each,qos0-wait,qos1,qos1-each,qos1-wait,recv,recv-default`).
 
 use std::cell::Cell;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -64,9 +94,11 @@ use std::net::{TcpListener as StdListener, TcpStream as StdStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use mqttproto::blocking::Client as BlockingClient;
 use mqttproto::proto::codec::Publish;
 use mqttproto::proto::{QoS, TopicName};
 use mqttproto::tokio::client::{ConnectionEvent, Reconnect};
@@ -80,6 +112,12 @@ const PAYLOAD_LEN: usize = 64;
 const QOS0_N: usize = 200_000;
 const QOS1_N: usize = 100_000;
 const RECV_N: usize = 100_000;
+/// Blocking `publish()` per message, one at a time: latency-bound, so fewer messages.
+const WAIT_N: usize = 10_000;
+/// The blocking client's QoS 1 publish phase waits for a PUBACK after at most this many
+/// `try_publish` calls, keeping the unacknowledged messages under the 65,535 packet
+/// identifiers (see the module docs).
+const BLOCKING_QOS1_BURST: usize = 50_000;
 const PUB_TOPIC: &str = "bench/pub";
 const RECV_TOPIC: &str = "bench/recv";
 /// Bound on one timed phase.
@@ -713,7 +751,10 @@ impl Drop for RawPeer {
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Lib {
+    /// `mqttproto::tokio::Client`.
     Mqttproto,
+    /// `mqttproto::blocking::Client`.
+    Blocking,
     Rumqttc,
 }
 
@@ -721,10 +762,18 @@ impl Lib {
     fn name(self) -> &'static str {
         match self {
             Lib::Mqttproto => "mqttproto",
+            Lib::Blocking => "blocking",
             Lib::Rumqttc => "rumqttc",
         }
     }
 }
+
+/// The throughput and CPU ratios the tables show, a/b, for the pairs whose libraries both run.
+const RATIO_PAIRS: [(Lib, Lib); 3] = [
+    (Lib::Mqttproto, Lib::Rumqttc),
+    (Lib::Blocking, Lib::Rumqttc),
+    (Lib::Blocking, Lib::Mqttproto),
+];
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Phase {
@@ -736,6 +785,12 @@ enum Phase {
     /// QoS 1 publish through `Client::publish(&str, ..)`, awaiting every future (mqttproto
     /// only).
     Qos1Each,
+    /// QoS 0 publish through the blocking `Client::publish(&str, ..)`, one call at a time
+    /// (blocking only; latency-bound).
+    Qos0Wait,
+    /// QoS 1 publish through the blocking `Client::publish(&str, ..)`, each call waiting for
+    /// its PUBACK (blocking only; latency-bound: a round trip per message).
+    Qos1Wait,
     Qos1,
     Recv,
     /// Receive with the default subscription capacity (mqttproto only), counting messages
@@ -749,6 +804,8 @@ impl Phase {
             Phase::Qos0 => "qos0",
             Phase::Qos0Each => "qos0-each",
             Phase::Qos1Each => "qos1-each",
+            Phase::Qos0Wait => "qos0-wait",
+            Phase::Qos1Wait => "qos1-wait",
             Phase::Qos1 => "qos1",
             Phase::Recv => "recv",
             Phase::RecvDefault => "recv-default",
@@ -760,6 +817,13 @@ impl Phase {
             Phase::Qos0 => "Publish QoS 0",
             Phase::Qos0Each => "Publish QoS 0, `publish()` future per message",
             Phase::Qos1Each => "Publish QoS 1, `publish()` future per message",
+            Phase::Qos0Wait => {
+                "Publish QoS 0, blocking `publish()` per message, one at a time (latency-bound)"
+            }
+            Phase::Qos1Wait => {
+                "Publish QoS 1, blocking `publish()` per message, each waiting for its PUBACK \
+                 (latency-bound: a round trip per message)"
+            }
             Phase::Qos1 => "Publish QoS 1 (until all PUBACKs)",
             Phase::Recv => "Receive QoS 0",
             Phase::RecvDefault => "Receive QoS 0, default subscription capacity (delivered)",
@@ -771,13 +835,19 @@ impl Phase {
             Phase::Qos0 | Phase::Qos0Each => QOS0_N,
             Phase::Qos1 | Phase::Qos1Each => QOS1_N,
             Phase::Recv | Phase::RecvDefault => RECV_N,
+            Phase::Qos0Wait | Phase::Qos1Wait => WAIT_N,
         };
         ((n as f64 * scale) as usize).max(1)
     }
 
     fn applies(self, lib: Lib) -> bool {
-        lib == Lib::Mqttproto
-            || !matches!(self, Phase::Qos0Each | Phase::Qos1Each | Phase::RecvDefault)
+        match self {
+            Phase::Qos0 | Phase::Qos1 | Phase::Recv => true,
+            // N outstanding blocking calls would need N threads.
+            Phase::Qos0Each | Phase::Qos1Each => lib == Lib::Mqttproto,
+            Phase::Qos0Wait | Phase::Qos1Wait => lib == Lib::Blocking,
+            Phase::RecvDefault => lib != Lib::Rumqttc,
+        }
     }
 }
 
@@ -1098,6 +1168,190 @@ async fn rq_receive(ctx: &Ctx, n: usize) -> Res<Sample> {
     Ok(sample)
 }
 
+// mqttproto's blocking client -----------------------------------------------------------------
+
+fn bl_connect(url: &str, id: &str, capacity: Option<usize>) -> Res<BlockingClient> {
+    // The request timeout bounds `subscribe` and the per-message `publish` calls.
+    let mut builder = BlockingClient::builder(url)
+        .map_err(err)?
+        .client_id(id)
+        .reconnect(Reconnect::Off)
+        .request_timeout(Some(SETUP_TIMEOUT));
+    if let Some(c) = capacity {
+        builder = builder.subscription_capacity(c);
+    }
+    let client = builder.build().map_err(err)?;
+    let events = client.events();
+    let deadline = Instant::now() + SETUP_TIMEOUT;
+    loop {
+        match events.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(ConnectionEvent::Connected { .. }) => return Ok(client),
+            Ok(ConnectionEvent::Disconnected { reason, .. }) => return Err(reason),
+            Ok(_) => {}
+            Err(RecvTimeoutError::Timeout) => {
+                return Err(format!(
+                    "blocking connect: timed out after {SETUP_TIMEOUT:?}"
+                ))
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err("blocking connect: client closed".into())
+            }
+        }
+    }
+}
+
+/// `disconnect` waits for the I/O thread to stop; bounded here by a helper thread.
+fn bl_close(client: BlockingClient) -> Res<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(client.disconnect().map_err(err));
+    });
+    match rx.recv_timeout(SETUP_TIMEOUT) {
+        Ok(r) => r,
+        Err(_) => Err(format!(
+            "blocking disconnect: timed out after {SETUP_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// `try_publish` for N-1, then `publish_message_timeout` for the last: it returns once the I/O
+/// thread has written it (QoS 0) or has its PUBACK (QoS 1), and the I/O thread handles
+/// commands in order (PUBACKs come in order [MQTT-4.6.0-2]), so everything before is done too.
+/// QoS 1 also waits so on every [`BLOCKING_QOS1_BURST`]th message.
+fn bl_publish(ctx: &Ctx, n: usize, qos: QoS) -> Res<Sample> {
+    let client = bl_connect(&ctx.url, "bench-blocking-pub", None)?;
+    let topic = TopicName::try_from(PUB_TOPIC).map_err(err)?;
+    let mut msg = Publish::new(topic, ctx.payload.clone());
+    msg.qos = qos;
+    let burst = match qos {
+        QoS::AtMostOnce => n,
+        _ => BLOCKING_QOS1_BURST,
+    };
+    let meter = Meter::start(ctx.peer_pid);
+    let deadline = meter.t0 + PHASE_TIMEOUT;
+    for i in 1..=n {
+        if i < n && i % burst != 0 {
+            client.try_publish(msg.clone()).map_err(err)?;
+            continue;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        let code = client
+            .publish_message_timeout(msg.clone(), Some(left))
+            .map_err(|e| format!("blocking publish ({i} of {n}): {e}"))?;
+        if code.is_error() {
+            return Err(format!("PUBACK {code}"));
+        }
+    }
+    let mut sample = meter.stop(n);
+    if qos == QoS::AtMostOnce {
+        let mut marker = msg;
+        marker.qos = QoS::AtLeastOnce;
+        client
+            .publish_message_timeout(marker, Some(SETUP_TIMEOUT))
+            .map_err(|e| format!("blocking marker: {e}"))?;
+        sample.confirmed = Some(meter.t0.elapsed());
+    }
+    bl_close(client)?;
+    Ok(sample)
+}
+
+/// The blocking `publish(&str, ..)` N times, one after the other: each returns once the
+/// message is written (QoS 0) or acknowledged (QoS 1) before the next is made.
+fn bl_publish_wait(ctx: &Ctx, n: usize, qos: QoS) -> Res<Sample> {
+    let client = bl_connect(&ctx.url, "bench-blocking-pub", None)?;
+    let meter = Meter::start(ctx.peer_pid);
+    let deadline = meter.t0 + PHASE_TIMEOUT;
+    for i in 0..n {
+        if i % 256 == 0 && Instant::now() > deadline {
+            return Err(format!(
+                "blocking publish: timed out after {PHASE_TIMEOUT:?} ({i} of {n} done)"
+            ));
+        }
+        let code = client
+            .publish(PUB_TOPIC, ctx.payload.clone(), qos)
+            .map_err(|e| format!("blocking publish: {e}"))?;
+        if code.is_error() {
+            return Err(format!("PUBACK {code}"));
+        }
+    }
+    let sample = meter.stop(n);
+    bl_close(client)?;
+    Ok(sample)
+}
+
+/// As [`mq_receive`], with the blocking client: `Subscription::recv_timeout` (10 ms, so that
+/// a stall or, with `tolerate_loss`, dropped messages end the phase as the tokio variant's
+/// stall detector does) until the N-th message.
+fn bl_receive(ctx: &Ctx, n: usize, capacity: Option<usize>, tolerate_loss: bool) -> Res<Sample> {
+    let client = bl_connect(&ctx.url, "bench-blocking-sub", capacity)?;
+    let warnings0 = WARNINGS.load(Ordering::Relaxed);
+    let dropped = || (WARNINGS.load(Ordering::Relaxed) - warnings0) as usize;
+    // The raw peer floods the subscriber as soon as it has sent SUBACK.
+    let early = ctx.raw.then(|| Meter::start(ctx.peer_pid));
+    let sub = client
+        .subscribe(RECV_TOPIC, QoS::AtMostOnce)
+        .map_err(|e| format!("blocking subscribe: {e}"))?;
+    let mut publisher = match ctx.raw {
+        true => None,
+        false => Some(RawPublisher::start(ctx.core0, ctx.port, n)?),
+    };
+    let meter = early.unwrap_or_else(|| Meter::start(ctx.peer_pid));
+    if let Some(p) = publisher.as_mut() {
+        p.go()?;
+    }
+    let deadline = meter.t0 + PHASE_TIMEOUT;
+    let (mut got, mut bytes) = (0usize, 0usize);
+    let (mut last, mut since) = (0usize, Instant::now());
+    let result: Res<()> = loop {
+        if got >= n {
+            break Ok(());
+        }
+        match sub.recv_timeout(Duration::from_millis(10)) {
+            Ok(m) => {
+                bytes += m.payload.len();
+                got += 1;
+                if got % 4096 == 0 && Instant::now() > deadline {
+                    break Err(format!(
+                        "blocking receive: timed out after {PHASE_TIMEOUT:?}"
+                    ));
+                }
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let now = Instant::now();
+                if got + dropped() >= n {
+                    break Ok(());
+                }
+                if got != last {
+                    (last, since) = (got, now);
+                } else if now - since > STALL {
+                    break Ok(());
+                }
+                if now > deadline {
+                    break Err(format!(
+                        "blocking receive: timed out after {PHASE_TIMEOUT:?}"
+                    ));
+                }
+            }
+            Err(RecvTimeoutError::Disconnected) => break Err("subscription closed".into()),
+        }
+    };
+    let lost = dropped();
+    let mut sample = meter.stop(n);
+    if let Some(p) = publisher {
+        p.finish();
+    }
+    result?;
+    if tolerate_loss {
+        sample.n = got.max(1);
+        sample.lost = lost;
+    } else {
+        check_received(got, bytes, n, warnings0)?;
+    }
+    drop(sub);
+    bl_close(client)?;
+    Ok(sample)
+}
+
 /// Resolves when `done()` holds or `got` has not moved for [`STALL`].
 async fn stall_detector(got: &Cell<usize>, done: impl Fn() -> bool) {
     let (mut last, mut since) = (got.get(), Instant::now());
@@ -1131,7 +1385,30 @@ fn check_received(got: usize, bytes: usize, n: usize, warnings0: u64) -> Res<()>
     Ok(())
 }
 
-async fn run_phase(ctx: &Ctx, lib: Lib, phase: Phase, n: usize) -> Res<Sample> {
+/// Runs one phase: the async libraries on `rt`, the blocking client on this thread.
+fn run_phase(
+    rt: &tokio::runtime::Runtime,
+    ctx: &Ctx,
+    lib: Lib,
+    phase: Phase,
+    n: usize,
+) -> Res<Sample> {
+    if lib == Lib::Blocking {
+        return match phase {
+            Phase::Qos0 => bl_publish(ctx, n, QoS::AtMostOnce),
+            Phase::Qos1 => bl_publish(ctx, n, QoS::AtLeastOnce),
+            Phase::Qos0Wait => bl_publish_wait(ctx, n, QoS::AtMostOnce),
+            Phase::Qos1Wait => bl_publish_wait(ctx, n, QoS::AtLeastOnce),
+            // Sized N, as for the tokio client.
+            Phase::Recv => bl_receive(ctx, n, Some(n), false),
+            Phase::RecvDefault => bl_receive(ctx, n, None, true),
+            Phase::Qos0Each | Phase::Qos1Each => Err("not applicable".into()),
+        };
+    }
+    rt.block_on(run_async_phase(ctx, lib, phase, n))
+}
+
+async fn run_async_phase(ctx: &Ctx, lib: Lib, phase: Phase, n: usize) -> Res<Sample> {
     match (lib, phase) {
         (Lib::Mqttproto, Phase::Qos0) => mq_publish(ctx, n, QoS::AtMostOnce, false).await,
         (Lib::Mqttproto, Phase::Qos0Each) => mq_publish(ctx, n, QoS::AtMostOnce, true).await,
@@ -1143,9 +1420,9 @@ async fn run_phase(ctx: &Ctx, lib: Lib, phase: Phase, n: usize) -> Res<Sample> {
         (Lib::Rumqttc, Phase::Qos0) => rq_publish(ctx, n, RQoS::AtMostOnce).await,
         (Lib::Rumqttc, Phase::Qos1) => rq_publish(ctx, n, RQoS::AtLeastOnce).await,
         (Lib::Rumqttc, Phase::Recv) => rq_receive(ctx, n).await,
-        (Lib::Rumqttc, Phase::Qos0Each | Phase::Qos1Each | Phase::RecvDefault) => {
-            Err("not applicable".into())
-        }
+        (Lib::Rumqttc, Phase::Qos0Each | Phase::Qos1Each | Phase::RecvDefault)
+        | (Lib::Mqttproto | Lib::Rumqttc, Phase::Qos0Wait | Phase::Qos1Wait)
+        | (Lib::Blocking, _) => Err("not applicable".into()),
     }
 }
 
@@ -1236,27 +1513,50 @@ fn print_tables(
         (Some(a), Some(b)) if b > 0.0 => format!("{:.2}×", a / b),
         _ => "—".into(),
     };
-    println!(
-        "| case | N | mqttproto msg/s | rumqttc msg/s | throughput ratio mqttproto/rumqttc \
-         | mqttproto µs CPU/msg | rumqttc µs CPU/msg | CPU ratio mqttproto/rumqttc |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
-    for &phase in phases {
+    // Only the phases some selected library runs, and the ratios whose libraries both ran.
+    let phases: Vec<Phase> = phases
+        .iter()
+        .copied()
+        .filter(|p| libs.iter().any(|l| p.applies(*l)))
+        .collect();
+    let pairs: Vec<(Lib, Lib)> = RATIO_PAIRS
+        .iter()
+        .copied()
+        .filter(|(a, b)| libs.contains(a) && libs.contains(b))
+        .collect();
+    let mut header = String::from("| case | N |");
+    for lib in libs {
+        header += &format!(" {} msg/s |", lib.name());
+    }
+    for (a, b) in &pairs {
+        header += &format!(" throughput ratio {}/{} |", a.name(), b.name());
+    }
+    for lib in libs {
+        header += &format!(" {} µs CPU/msg |", lib.name());
+    }
+    for (a, b) in &pairs {
+        header += &format!(" CPU ratio {}/{} |", a.name(), b.name());
+    }
+    println!("{header}");
+    let numeric = 2 * (libs.len() + pairs.len());
+    println!("|---|---:|{}", "---:|".repeat(numeric));
+    for &phase in &phases {
         let rate = |lib| pick(lib, phase, &|s: &Sample| Some(s.rate()));
         let cpu = |lib| pick(lib, phase, &|s: &Sample| Some(s.cpu_us_per_msg(hz)));
-        let (mr, rr) = (rate(Lib::Mqttproto), rate(Lib::Rumqttc));
-        let (mc, rc) = (cpu(Lib::Mqttproto), cpu(Lib::Rumqttc));
-        println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {} |",
-            phase.label(),
-            group(phase.n(scale) as u64),
-            fmt_opt(mr, 0),
-            fmt_opt(rr, 0),
-            ratio(mr, rr),
-            fmt_opt(mc, 3),
-            fmt_opt(rc, 3),
-            ratio(mc, rc),
-        );
+        let mut row = format!("| {} | {} |", phase.label(), group(phase.n(scale) as u64));
+        for &lib in libs {
+            row += &format!(" {} |", fmt_opt(rate(lib), 0));
+        }
+        for &(a, b) in &pairs {
+            row += &format!(" {} |", ratio(rate(a), rate(b)));
+        }
+        for &lib in libs {
+            row += &format!(" {} |", fmt_opt(cpu(lib), 3));
+        }
+        for &(a, b) in &pairs {
+            row += &format!(" {} |", ratio(cpu(a), cpu(b)));
+        }
+        println!("{row}");
     }
     println!();
     println!("Details (medians; user/sys ticks are sampled at {hz}/s and only roughly split):");
@@ -1266,7 +1566,7 @@ fn print_tables(
          | dropped by the client |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|");
-    for &phase in phases {
+    for &phase in &phases {
         for &lib in libs {
             if !phase.applies(lib) {
                 continue;
@@ -1307,7 +1607,7 @@ fn main() {
         .unwrap_or(1.0);
     let libs = env_list(
         "MQTTPROTO_BENCH_LIBS",
-        &[Lib::Mqttproto, Lib::Rumqttc],
+        &[Lib::Mqttproto, Lib::Blocking, Lib::Rumqttc],
         Lib::name,
     );
     let phases = env_list(
@@ -1315,8 +1615,10 @@ fn main() {
         &[
             Phase::Qos0,
             Phase::Qos0Each,
+            Phase::Qos0Wait,
             Phase::Qos1,
             Phase::Qos1Each,
+            Phase::Qos1Wait,
             Phase::Recv,
             Phase::RecvDefault,
         ],
@@ -1361,11 +1663,12 @@ fn main() {
     let load_start = loadavg();
     let jiffies_start = cpu_jiffies();
     let cpu_start = process_cpu();
-    println!("# mqttproto vs rumqttc client benchmark");
+    println!("# mqttproto (tokio and blocking clients) vs rumqttc client benchmark");
     println!();
     println!(
         "payload {PAYLOAD_LEN} B, up to {reps} repetitions (median reported), scale {scale}; \
-         one current-thread tokio runtime; {pin_note}"
+         the async clients on one current-thread tokio runtime, the blocking client on its own \
+         I/O and reader threads; {pin_note}"
     );
     println!("load average at start: {load_start}");
     println!();
@@ -1425,10 +1728,12 @@ fn main() {
                 break;
             }
             let rep_start = Instant::now();
-            // Alternate the order so neither library always runs first.
+            // Rotate the order so no library always runs first (with two libraries this
+            // alternates them).
             let mut order = libs.clone();
-            if rep % 2 == 1 {
-                order.reverse();
+            if !order.is_empty() {
+                let k = rep % order.len();
+                order.rotate_left(k);
             }
             for &lib in &order {
                 for &phase in &phases {
@@ -1445,7 +1750,7 @@ fn main() {
                         lib.name(),
                         phase.key()
                     );
-                    match rt.block_on(run_phase(&ctx, lib, phase, n)) {
+                    match run_phase(&rt, &ctx, lib, phase, n) {
                         Ok(s) => {
                             eprintln!(
                                 "{tag:<40} {:>10.0} msg/s {:>7.3} µs CPU/msg (user {} sys {} ticks, peer {:.0}% busy{})",
@@ -1493,8 +1798,11 @@ fn main() {
         print_tables(&results, peer, &libs, &phases, scale, hz);
     }
     println!(
-        "Throughput ratio > 1 and CPU ratio < 1 favour mqttproto. Peer busy = the peer \
-              process's CPU time / wall time of the window."
+        "A ratio a/b: throughput ratio > 1 and CPU ratio < 1 favour a. mqttproto = \
+         `mqttproto::tokio::Client`, blocking = `mqttproto::blocking::Client`, rumqttc = \
+         rumqttc's v5 `AsyncClient`. The blocking `publish()`-per-message rows are \
+         latency-bound (one message in flight) and not comparable with the others. Peer busy = \
+         the peer process's CPU time / wall time of the window."
     );
     println!();
     println!("## Machine load");
