@@ -461,6 +461,15 @@ impl Client {
         Ok(Some(id))
     }
 
+    /// Whether a packet identifier is free for a QoS 1/2 [`publish`](Self::publish) (or a
+    /// SUBSCRIBE/UNSUBSCRIBE): all 65,535 can be in use by messages in flight or waiting for
+    /// the server's Receive Maximum, and `publish` then fails with
+    /// [`StateError::NoPacketIdAvailable`]. A driver holds such messages back until
+    /// acknowledgements free identifiers.
+    pub fn has_free_packet_id(&self) -> bool {
+        self.outbound.has_free_id()
+    }
+
     /// Subscribes. Filters are reference-counted: a filter already subscribed with the same
     /// options only gains a reference, and no SUBSCRIBE is sent for it. Returns the packet id of
     /// the SUBSCRIBE sent, or `None` if every filter was already subscribed.

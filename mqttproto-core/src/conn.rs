@@ -259,6 +259,11 @@ impl Outbound {
         }
     }
 
+    /// Whether [`allocate`](Self::allocate) would find an identifier.
+    pub fn has_free_id(&self) -> bool {
+        self.in_use.len() < u16::MAX as usize
+    }
+
     /// A packet identifier not in use [MQTT-2.2.1-3, MQTT-2.2.1-4].
     pub fn allocate(&mut self) -> Result<PacketId, StateError> {
         if self.in_use.len() >= u16::MAX as usize {

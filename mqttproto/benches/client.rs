@@ -49,7 +49,9 @@
 //!   the reader thread's input from one FIFO channel, so the PUBACKs that arrive while N-1
 //!   commands are queued are handled only after them; every queued QoS 1 message takes a
 //!   packet identifier, and once all 65,535 are in use the core refuses the next publish
-//!   (`NoPacketIdAvailable`), which `try_publish`, having no reply, cannot report. Each wait
+//!   (`NoPacketIdAvailable`), which `try_publish`, having no reply, could not report (fixed
+//!   since: the client now holds such messages back; the waits stay so that the figures
+//!   compare with those measured before the fix). Each wait
 //!   empties the pipeline once (one round trip), a small cost against 50,000 messages.
 //! * **QoS 0/1 publish, a `publish()` future per message** (mqttproto only: rumqttc reports
 //!   no per-message outcome, and the blocking client cannot hold N outstanding calls without

@@ -120,6 +120,7 @@ impl ClientBuilder {
             pending_pub: HashMap::new(),
             written: Vec::new(),
             deferred: VecDeque::new(),
+            stalled: VecDeque::new(),
             pending_sub: HashMap::new(),
             subs: HashMap::new(),
             backlog: VecDeque::new(),
@@ -308,6 +309,13 @@ impl Client {
 
     /// Hands a message to the I/O thread without waiting for anything; the outcome is not
     /// reported. Fails only if the client is closed.
+    ///
+    /// Messages keep their order. A QoS 1/2 message never fails for want of a packet
+    /// identifier: when all 65,535 are in use it waits, with every message behind it, until
+    /// acknowledgements free one. A message the client refuses (larger than the server's
+    /// Maximum Packet Size, a QoS or retain the server does not support) or that finds the
+    /// offline queue full is logged (`warn`, target `mqttproto::client`); use
+    /// [`publish_message`](Self::publish_message) to get that outcome instead.
     pub fn try_publish(&self, publish: Publish) -> Result<(), ClientError> {
         self.send(Command::Publish(publish, None))
     }
@@ -610,6 +618,10 @@ struct Worker {
     written: Vec<Reply<ReasonCode>>,
     /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
     deferred: VecDeque<Command>,
+    /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
+    /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
+    /// server's Receive Maximum. Acknowledgements free them.
+    stalled: VecDeque<(Publish, Option<Reply<ReasonCode>>)>,
     pending_sub: HashMap<PacketId, PendingSubscribe>,
     subs: HashMap<u64, SubEntry>,
     /// Messages waiting for room in a full subscription buffer, in order, with the
@@ -741,8 +753,14 @@ impl Worker {
                     .filter(|c| matches!(c, Command::Publish(..)))
                     .count();
                 if queued >= self.offline_cap {
-                    if let Some(r) = reply {
-                        let _ = r.try_send(Err(ClientError::QueueFull));
+                    match reply {
+                        Some(r) => {
+                            let _ = r.try_send(Err(ClientError::QueueFull));
+                        }
+                        None => tracing::warn!(
+                            target: TRACE, qos = ?p.qos, cap = self.offline_cap,
+                            "try_publish while disconnected: offline queue full, message dropped"
+                        ),
                     }
                 } else {
                     self.deferred.push_back(Command::Publish(p, reply));
@@ -932,23 +950,15 @@ impl Worker {
             return;
         }
         match cmd {
-            Command::Publish(p, reply) => match self.core.publish(now(), p) {
-                Ok(Some(id)) => {
-                    if let Some(r) = reply {
-                        self.pending_pub.insert(id, r);
-                    }
+            Command::Publish(p, reply) => {
+                if !self.stalled.is_empty()
+                    || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
+                {
+                    self.stalled.push_back((p, reply));
+                    return;
                 }
-                Ok(None) => {
-                    if let Some(r) = reply {
-                        self.written.push(r);
-                    }
-                }
-                Err(e) => {
-                    if let Some(r) = reply {
-                        let _ = r.try_send(Err(e.into()));
-                    }
-                }
-            },
+                self.publish_now(p, reply);
+            }
             Command::Subscribe(cmd) => {
                 let names = cmd
                     .filters
@@ -1013,6 +1023,45 @@ impl Worker {
     }
 
     /// Handles core events; returns whether the connection was accepted.
+    /// Hands a publish to the core (connected, with a packet identifier free if it needs one).
+    fn publish_now(&mut self, p: Publish, reply: Option<Reply<ReasonCode>>) {
+        let qos = p.qos;
+        match self.core.publish(now(), p) {
+            Ok(Some(id)) => {
+                if let Some(r) = reply {
+                    self.pending_pub.insert(id, r);
+                }
+            }
+            Ok(None) => {
+                if let Some(r) = reply {
+                    self.written.push(r);
+                }
+            }
+            Err(e) => match reply {
+                Some(r) => {
+                    let _ = r.try_send(Err(e.into()));
+                }
+                None => {
+                    tracing::warn!(target: TRACE, error = %e, ?qos, "try_publish: message refused")
+                }
+            },
+        }
+    }
+
+    /// Publishes what waited for packet identifiers, in order, as far as identifiers are free.
+    fn retry_stalled(&mut self) {
+        while let Some((p, _)) = self.stalled.front() {
+            if self.core.state() != ClientState::Connected
+                || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
+            {
+                return;
+            }
+            if let Some((p, reply)) = self.stalled.pop_front() {
+                self.publish_now(p, reply);
+            }
+        }
+    }
+
     fn dispatch(&mut self) -> bool {
         let mut connected = false;
         while let Some(ev) = self.core.poll_event() {
@@ -1069,6 +1118,10 @@ impl Worker {
                 }
                 ClientEvent::Disconnected { error, disconnect } => {
                     tracing::info!(target: TRACE, %error, "disconnected");
+                    // Publishes waiting for identifiers go out first on the next connection.
+                    for (p, reply) in std::mem::take(&mut self.stalled).into_iter().rev() {
+                        self.deferred.push_front(Command::Publish(p, reply));
+                    }
                     // A SUBSCRIBE without SUBACK is void: send it again on the next connection.
                     let pending: Vec<_> = self.pending_sub.drain().map(|(_, v)| v).collect();
                     for cmd in pending.into_iter().rev() {
@@ -1083,6 +1136,8 @@ impl Worker {
                 }
             }
         }
+        // Acknowledgements may have freed packet identifiers.
+        self.retry_stalled();
         connected
     }
 
@@ -1149,6 +1204,11 @@ impl Worker {
     fn fail_all(&mut self) {
         for (_, r) in self.pending_pub.drain() {
             let _ = r.try_send(Err(ClientError::Closed));
+        }
+        for (_, r) in self.stalled.drain(..) {
+            if let Some(r) = r {
+                let _ = r.try_send(Err(ClientError::Closed));
+            }
         }
         for (_, cmd) in self.pending_sub.drain() {
             let _ = cmd.reply.try_send(Err(ClientError::Closed));

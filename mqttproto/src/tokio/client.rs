@@ -132,6 +132,7 @@ impl ClientBuilder {
             pending_pub: HashMap::new(),
             written: Vec::new(),
             deferred: VecDeque::new(),
+            stalled: VecDeque::new(),
             pending_sub: HashMap::new(),
             subs: HashMap::new(),
             backlog: VecDeque::new(),
@@ -253,6 +254,13 @@ impl Client {
 
     /// Hands a message to the client task without waiting for anything; the outcome is not
     /// reported. Fails only if the client is closed.
+    ///
+    /// Messages keep their order. A QoS 1/2 message never fails for want of a packet
+    /// identifier: when all 65,535 are in use it waits, with every message behind it, until
+    /// acknowledgements free one. A message the client refuses (larger than the server's
+    /// Maximum Packet Size, a QoS or retain the server does not support) or that finds the
+    /// offline queue full is logged (`warn`, target `mqttproto::client`); use
+    /// [`publish_message`](Self::publish_message) to get that outcome instead.
     pub fn try_publish(&self, publish: Publish) -> Result<(), ClientError> {
         self.inner
             .tx
@@ -415,6 +423,10 @@ struct Task {
     written: Vec<Reply<ReasonCode>>,
     /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
     deferred: VecDeque<Command>,
+    /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
+    /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
+    /// server's Receive Maximum. Acknowledgements free them.
+    stalled: VecDeque<(Publish, Option<Reply<ReasonCode>>)>,
     pending_sub: HashMap<PacketId, PendingSubscribe>,
     subs: HashMap<u64, SubEntry>,
     /// Messages waiting for room in a full subscription buffer, in order, with the
@@ -506,8 +518,14 @@ impl Task {
                     .filter(|c| matches!(c, Command::Publish(..)))
                     .count();
                 if queued >= self.offline_cap {
-                    if let Some(r) = reply {
-                        let _ = r.send(Err(ClientError::QueueFull));
+                    match reply {
+                        Some(r) => {
+                            let _ = r.send(Err(ClientError::QueueFull));
+                        }
+                        None => tracing::warn!(
+                            target: TRACE, qos = ?p.qos, cap = self.offline_cap,
+                            "try_publish while disconnected: offline queue full, message dropped"
+                        ),
                     }
                 } else {
                     self.deferred.push_back(Command::Publish(p, reply));
@@ -621,25 +639,13 @@ impl Task {
         }
         match cmd {
             Command::Publish(p, reply) => {
-                let qos = p.qos;
-                match self.core.publish(now(), p) {
-                    Ok(Some(id)) => {
-                        if let Some(r) = reply {
-                            self.pending_pub.insert(id, r);
-                        }
-                    }
-                    Ok(None) => {
-                        if let Some(r) = reply {
-                            debug_assert_eq!(qos, QoS::AtMostOnce);
-                            self.written.push(r);
-                        }
-                    }
-                    Err(e) => {
-                        if let Some(r) = reply {
-                            let _ = r.send(Err(e.into()));
-                        }
-                    }
+                if !self.stalled.is_empty()
+                    || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
+                {
+                    self.stalled.push_back((p, reply));
+                    return;
                 }
+                self.publish_now(p, reply);
             }
             Command::Subscribe(filters, props, id, tx, reply) => {
                 let names = filters.iter().map(|s| s.filter.clone()).collect::<Vec<_>>();
@@ -685,6 +691,46 @@ impl Task {
                 let _ = reply.send(self.core.reauthenticate(now(), data).map_err(Into::into));
             }
             Command::Disconnect(reply) => self.disconnect(reply),
+        }
+    }
+
+    /// Hands a publish to the core (connected, with a packet identifier free if it needs one).
+    fn publish_now(&mut self, p: Publish, reply: Option<Reply<ReasonCode>>) {
+        let qos = p.qos;
+        match self.core.publish(now(), p) {
+            Ok(Some(id)) => {
+                if let Some(r) = reply {
+                    self.pending_pub.insert(id, r);
+                }
+            }
+            Ok(None) => {
+                if let Some(r) = reply {
+                    debug_assert_eq!(qos, QoS::AtMostOnce);
+                    self.written.push(r);
+                }
+            }
+            Err(e) => match reply {
+                Some(r) => {
+                    let _ = r.send(Err(e.into()));
+                }
+                None => {
+                    tracing::warn!(target: TRACE, error = %e, ?qos, "try_publish: message refused")
+                }
+            },
+        }
+    }
+
+    /// Publishes what waited for packet identifiers, in order, as far as identifiers are free.
+    fn retry_stalled(&mut self) {
+        while let Some((p, _)) = self.stalled.front() {
+            if self.core.state() != ClientState::Connected
+                || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
+            {
+                return;
+            }
+            if let Some((p, reply)) = self.stalled.pop_front() {
+                self.publish_now(p, reply);
+            }
         }
     }
 
@@ -745,6 +791,10 @@ impl Task {
                 ClientEvent::Auth(auth) => self.on_auth(auth),
                 ClientEvent::Disconnected { error, disconnect } => {
                     tracing::info!(target: TRACE, %error, "disconnected");
+                    // Publishes waiting for identifiers go out first on the next connection.
+                    for (p, reply) in std::mem::take(&mut self.stalled).into_iter().rev() {
+                        self.deferred.push_front(Command::Publish(p, reply));
+                    }
                     // A SUBSCRIBE without SUBACK is void: send it again on the next connection.
                     let pending: Vec<_> = self.pending_sub.drain().map(|(_, v)| v).collect();
                     for (id, filters, props, reply) in pending.into_iter().rev() {
@@ -761,6 +811,8 @@ impl Task {
                 }
             }
         }
+        // Acknowledgements may have freed packet identifiers.
+        self.retry_stalled();
         connected
     }
 
@@ -833,6 +885,11 @@ impl Task {
     fn fail_all(&mut self) {
         for (_, r) in self.pending_pub.drain() {
             let _ = r.send(Err(ClientError::Closed));
+        }
+        for (_, r) in self.stalled.drain(..) {
+            if let Some(r) = r {
+                let _ = r.send(Err(ClientError::Closed));
+            }
         }
         for (_, (_, _, _, r)) in self.pending_sub.drain() {
             let _ = r.send(Err(ClientError::Closed));
