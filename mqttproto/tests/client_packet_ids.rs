@@ -147,6 +147,8 @@ fn tokio_client_waits_for_a_free_packet_identifier() {
             .expect("a URL")
             .client_id("ids-tokio")
             .reconnect(Reconnect::Off)
+            // Messages published before the CONNACK wait in the offline queue: room for all.
+            .offline_queue(MESSAGES as usize)
             .build();
         for i in 0..MESSAGES - 1 {
             client.try_publish(message(i)).expect("open");
@@ -167,6 +169,8 @@ fn blocking_client_waits_for_a_free_packet_identifier() {
         .expect("a URL")
         .client_id("ids-blocking")
         .reconnect(Reconnect::Off)
+        // Messages published before the CONNACK wait in the offline queue: room for all.
+        .offline_queue(MESSAGES as usize)
         .build()
         .expect("a client");
     for i in 0..MESSAGES - 1 {
