@@ -120,6 +120,7 @@ impl ClientBuilder {
             pending_pub: HashMap::new(),
             written: Vec::new(),
             deferred: VecDeque::new(),
+            deferred_publishes: 0,
             stalled: VecDeque::new(),
             pending_sub: HashMap::new(),
             subs: HashMap::new(),
@@ -618,6 +619,9 @@ struct Worker {
     written: Vec<Reply<ReasonCode>>,
     /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
     deferred: VecDeque<Command>,
+    /// Publishes in `deferred` (counted, not scanned: a burst of publishes while disconnected
+    /// would otherwise cost a scan of the queue each).
+    deferred_publishes: usize,
     /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
     /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
     /// server's Receive Maximum. Acknowledgements free them.
@@ -747,11 +751,7 @@ impl Worker {
     fn defer(&mut self, cmd: Command) {
         match cmd {
             Command::Publish(p, reply) => {
-                let queued = self
-                    .deferred
-                    .iter()
-                    .filter(|c| matches!(c, Command::Publish(..)))
-                    .count();
+                let queued = self.deferred_publishes;
                 if queued >= self.offline_cap {
                     match reply {
                         Some(r) => {
@@ -764,6 +764,7 @@ impl Worker {
                     }
                 } else {
                     self.deferred.push_back(Command::Publish(p, reply));
+                    self.deferred_publishes += 1;
                 }
             }
             Command::Unsubscribe(id) => {
@@ -1074,6 +1075,7 @@ impl Worker {
                         session_present: connack.session_present,
                     });
                     crate::client::retry_unacked(&mut self.core, now(), &mut self.unacked);
+                    self.deferred_publishes = 0;
                     for cmd in std::mem::take(&mut self.deferred) {
                         self.command(cmd);
                     }
@@ -1121,6 +1123,7 @@ impl Worker {
                     // Publishes waiting for identifiers go out first on the next connection.
                     for (p, reply) in std::mem::take(&mut self.stalled).into_iter().rev() {
                         self.deferred.push_front(Command::Publish(p, reply));
+                        self.deferred_publishes += 1;
                     }
                     // A SUBSCRIBE without SUBACK is void: send it again on the next connection.
                     let pending: Vec<_> = self.pending_sub.drain().map(|(_, v)| v).collect();
@@ -1213,6 +1216,7 @@ impl Worker {
         for (_, cmd) in self.pending_sub.drain() {
             let _ = cmd.reply.try_send(Err(ClientError::Closed));
         }
+        self.deferred_publishes = 0;
         for cmd in self.deferred.drain(..) {
             match cmd {
                 Command::Publish(_, Some(r)) => {
