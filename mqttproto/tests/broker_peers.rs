@@ -1285,6 +1285,50 @@ fn bad_input_does_not_disturb_well_behaved_clients(driver: Driver) {
     assert_eq!(late.message().payload, "still up");
 }
 
+/// A subscriber that stops reading for a moment while 12.5 MiB is published to it, far more
+/// than its 256 KiB outbound bound and the kernel's socket buffers, is waited for (the broker
+/// stops taking the publisher's input, for at most 100 ms at a time) instead of being cut off
+/// as a slow consumer: every message arrives. Without the pause the subscriber is disconnected
+/// and its session, and the messages, are lost.
+fn briefly_stalled_subscriber_is_waited_for_not_disconnected(driver: Driver) {
+    let mut config = Config::default();
+    config.max_outbound_bytes = 256 * 1024;
+    let broker = TestBroker::start_tcp(driver, config);
+    let port = broker.port();
+    let mut slow = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    slow.write_all(&connect_packet("briefly-stalled"))
+        .expect("write");
+    slow.write_all(&subscribe_packet("pause/#")).expect("write");
+    let (packets, _) = read_until(&mut slow, WAIT, |p| p.len() >= 2);
+    assert!(
+        matches!(packets.last(), Some(Packet::SubAck(_))),
+        "{packets:?}"
+    );
+    let count = 200;
+    let payload = vec![b'p'; 64 * 1024];
+    let publishing = std::thread::spawn(move || {
+        let mut publisher = CoreClient::with_id(port, "pause-publisher");
+        for _ in 0..count {
+            publisher.publish("pause/t", &payload, QoS::AtLeastOnce);
+        }
+        publisher
+    });
+    // Not reading for 50 ms: the publisher floods meanwhile.
+    std::thread::sleep(Duration::from_millis(50));
+    let (packets, closed) = read_until(&mut slow, WAIT, |p| {
+        p.iter().filter(|p| matches!(p, Packet::Publish(_))).count() >= count
+    });
+    let received = packets
+        .iter()
+        .filter(|p| matches!(p, Packet::Publish(m) if m.payload.len() == 64 * 1024))
+        .count();
+    assert_eq!(
+        received, count,
+        "messages received (connection closed: {closed})"
+    );
+    let _ = publishing.join().expect("the publisher");
+}
+
 fn stalled_subscriber_is_disconnected_without_holding_up_others(driver: Driver) {
     if !peers_available() {
         return;
@@ -1390,4 +1434,5 @@ per_driver!(sync:
     authenticator_verdicts_reach_connack,
     bad_input_does_not_disturb_well_behaved_clients,
     stalled_subscriber_is_disconnected_without_holding_up_others,
+    briefly_stalled_subscriber_is_waited_for_not_disconnected,
 );
