@@ -180,6 +180,120 @@ pub(crate) fn resent_while_waiting<'a>(
         && waiting.any(|m| m.qos == proto::QoS::AtLeastOnce && m.packet_id == msg.packet_id)
 }
 
+/// Where a publish's outcome goes: the tokio client's oneshot, the blocking client's channel.
+pub(crate) trait PublishReply {
+    fn reply(self, outcome: Result<ReasonCode, ClientError>);
+}
+
+#[cfg(feature = "tokio")]
+impl PublishReply for tokio::sync::oneshot::Sender<Result<ReasonCode, ClientError>> {
+    fn reply(self, outcome: Result<ReasonCode, ClientError>) {
+        let _ = self.send(outcome);
+    }
+}
+
+#[cfg(feature = "blocking")]
+impl PublishReply for std::sync::mpsc::SyncSender<Result<ReasonCode, ClientError>> {
+    fn reply(self, outcome: Result<ReasonCode, ClientError>) {
+        let _ = self.try_send(outcome);
+    }
+}
+
+/// The publishing side of a client's connection, shared by both clients: replies awaited by
+/// packet id (QoS 1/2) or by write (QoS 0), and the publishes waiting for a free packet id.
+pub(crate) struct Publishing<R> {
+    /// QoS 1/2 publishes awaiting PUBACK/PUBCOMP, by packet id.
+    pub(crate) pending: std::collections::HashMap<proto::PacketId, R>,
+    /// QoS 0 publishes to resolve once written.
+    pub(crate) written: Vec<R>,
+    /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
+    /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
+    /// server's Receive Maximum. Acknowledgements free them.
+    pub(crate) stalled: std::collections::VecDeque<(Publish, Option<R>)>,
+}
+
+impl<R: PublishReply> Publishing<R> {
+    pub(crate) fn new() -> Self {
+        Publishing {
+            pending: Default::default(),
+            written: Vec::new(),
+            stalled: Default::default(),
+        }
+    }
+
+    /// Publishes now, or holds the message back behind earlier ones when it needs a packet
+    /// identifier and none is free (or earlier ones are held back). The core must be connected.
+    pub(crate) fn publish(
+        &mut self,
+        core: &mut proto::Client,
+        now: std::time::Instant,
+        p: Publish,
+        reply: Option<R>,
+    ) {
+        if !self.stalled.is_empty()
+            || (p.qos != proto::QoS::AtMostOnce && !core.has_free_packet_id())
+        {
+            self.stalled.push_back((p, reply));
+            return;
+        }
+        self.publish_now(core, now, p, reply);
+    }
+
+    fn publish_now(
+        &mut self,
+        core: &mut proto::Client,
+        now: std::time::Instant,
+        p: Publish,
+        reply: Option<R>,
+    ) {
+        let qos = p.qos;
+        match core.publish(now, p) {
+            Ok(Some(id)) => {
+                if let Some(r) = reply {
+                    self.pending.insert(id, r);
+                }
+            }
+            Ok(None) => {
+                if let Some(r) = reply {
+                    self.written.push(r);
+                }
+            }
+            Err(e) => match reply {
+                Some(r) => r.reply(Err(e.into())),
+                None => tracing::warn!(
+                    target: "mqttproto::client", error = %e, ?qos, "try_publish: message refused"
+                ),
+            },
+        }
+    }
+
+    /// Publishes what waited for packet identifiers, in order, as far as identifiers are free.
+    pub(crate) fn retry_stalled(&mut self, core: &mut proto::Client, now: std::time::Instant) {
+        while let Some((p, _)) = self.stalled.front() {
+            if core.state() != proto::ClientState::Connected
+                || (p.qos != proto::QoS::AtMostOnce && !core.has_free_packet_id())
+            {
+                return;
+            }
+            if let Some((p, reply)) = self.stalled.pop_front() {
+                self.publish_now(core, now, p, reply);
+            }
+        }
+    }
+
+    /// Every reply fails with `error` (the client is closing); the held-back publishes go.
+    pub(crate) fn fail_all(&mut self, error: impl Fn() -> ClientError) {
+        for (_, r) in self.pending.drain() {
+            r.reply(Err(error()));
+        }
+        for (_, r) in self.stalled.drain(..) {
+            if let Some(r) = r {
+                r.reply(Err(error()));
+            }
+        }
+    }
+}
+
 /// Acknowledges a message the application now has (it reached every subscription it matches).
 /// A QoS 2 acknowledgement that cannot go out now (no connection) waits in `unacked` for the
 /// next one: the core keeps QoS 2 state across a reconnect and recognises the broker's resend

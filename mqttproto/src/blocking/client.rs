@@ -117,11 +117,9 @@ impl ClientBuilder {
             rx,
             tx: tx.clone(),
             events: events.clone(),
-            pending_pub: HashMap::new(),
-            written: Vec::new(),
+            publishing: crate::client::Publishing::new(),
             deferred: VecDeque::new(),
             deferred_publishes: 0,
-            stalled: VecDeque::new(),
             pending_sub: HashMap::new(),
             subs: HashMap::new(),
             backlog: VecDeque::new(),
@@ -613,19 +611,13 @@ struct Worker {
     /// For the reader threads.
     tx: Sender<Msg>,
     events: EventSenders,
-    /// QoS 1/2 publishes awaiting PUBACK/PUBCOMP, by packet id.
-    pending_pub: HashMap<PacketId, Reply<ReasonCode>>,
-    /// QoS 0 publishes to resolve once written.
-    written: Vec<Reply<ReasonCode>>,
     /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
     deferred: VecDeque<Command>,
     /// Publishes in `deferred` (counted, not scanned: a burst of publishes while disconnected
     /// would otherwise cost a scan of the queue each).
     deferred_publishes: usize,
-    /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
-    /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
-    /// server's Receive Maximum. Acknowledgements free them.
-    stalled: VecDeque<(Publish, Option<Reply<ReasonCode>>)>,
+    /// Replies awaited for publishes, and publishes waiting for a packet identifier.
+    publishing: crate::client::Publishing<Reply<ReasonCode>>,
     pending_sub: HashMap<PacketId, PendingSubscribe>,
     subs: HashMap<u64, SubEntry>,
     /// Messages waiting for room in a full subscription buffer, in order, with the
@@ -838,7 +830,7 @@ impl Worker {
             // not be held up: then reading goes on, and QoS 0 messages past the bounded backlog
             // are dropped.
             let reading = self.backlog.len() < self.backlog_limit
-                || !self.pending_pub.is_empty()
+                || !self.publishing.pending.is_empty()
                 || !self.pending_sub.is_empty();
             if control.paused() == reading {
                 control.set_paused(!reading);
@@ -933,7 +925,7 @@ impl Worker {
         if !out.is_empty() {
             stream.write_all(&out)?;
         }
-        for reply in self.written.drain(..) {
+        for reply in self.publishing.written.drain(..) {
             let _ = reply.try_send(Ok(ReasonCode::Success));
         }
         Ok(())
@@ -952,13 +944,7 @@ impl Worker {
         }
         match cmd {
             Command::Publish(p, reply) => {
-                if !self.stalled.is_empty()
-                    || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
-                {
-                    self.stalled.push_back((p, reply));
-                    return;
-                }
-                self.publish_now(p, reply);
+                self.publishing.publish(&mut self.core, now(), p, reply);
             }
             Command::Subscribe(cmd) => {
                 let names = cmd
@@ -1024,45 +1010,6 @@ impl Worker {
     }
 
     /// Handles core events; returns whether the connection was accepted.
-    /// Hands a publish to the core (connected, with a packet identifier free if it needs one).
-    fn publish_now(&mut self, p: Publish, reply: Option<Reply<ReasonCode>>) {
-        let qos = p.qos;
-        match self.core.publish(now(), p) {
-            Ok(Some(id)) => {
-                if let Some(r) = reply {
-                    self.pending_pub.insert(id, r);
-                }
-            }
-            Ok(None) => {
-                if let Some(r) = reply {
-                    self.written.push(r);
-                }
-            }
-            Err(e) => match reply {
-                Some(r) => {
-                    let _ = r.try_send(Err(e.into()));
-                }
-                None => {
-                    tracing::warn!(target: TRACE, error = %e, ?qos, "try_publish: message refused")
-                }
-            },
-        }
-    }
-
-    /// Publishes what waited for packet identifiers, in order, as far as identifiers are free.
-    fn retry_stalled(&mut self) {
-        while let Some((p, _)) = self.stalled.front() {
-            if self.core.state() != ClientState::Connected
-                || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
-            {
-                return;
-            }
-            if let Some((p, reply)) = self.stalled.pop_front() {
-                self.publish_now(p, reply);
-            }
-        }
-    }
-
     fn dispatch(&mut self) -> bool {
         let mut connected = false;
         while let Some(ev) = self.core.poll_event() {
@@ -1096,7 +1043,7 @@ impl Worker {
                     reason_code,
                     ..
                 } => {
-                    if let Some(r) = self.pending_pub.remove(&packet_id) {
+                    if let Some(r) = self.publishing.pending.remove(&packet_id) {
                         let _ = r.try_send(Ok(reason_code));
                     }
                 }
@@ -1121,7 +1068,10 @@ impl Worker {
                 ClientEvent::Disconnected { error, disconnect } => {
                     tracing::info!(target: TRACE, %error, "disconnected");
                     // Publishes waiting for identifiers go out first on the next connection.
-                    for (p, reply) in std::mem::take(&mut self.stalled).into_iter().rev() {
+                    for (p, reply) in std::mem::take(&mut self.publishing.stalled)
+                        .into_iter()
+                        .rev()
+                    {
                         self.deferred.push_front(Command::Publish(p, reply));
                         self.deferred_publishes += 1;
                     }
@@ -1140,7 +1090,7 @@ impl Worker {
             }
         }
         // Acknowledgements may have freed packet identifiers.
-        self.retry_stalled();
+        self.publishing.retry_stalled(&mut self.core, now());
         connected
     }
 
@@ -1155,7 +1105,7 @@ impl Worker {
             .map(|(id, _)| *id)
             .collect::<Vec<_>>();
         targets.sort_unstable();
-        let must_read = !self.pending_pub.is_empty() || !self.pending_sub.is_empty();
+        let must_read = !self.publishing.pending.is_empty() || !self.pending_sub.is_empty();
         if msg.qos == QoS::AtMostOnce && must_read && self.backlog.len() >= self.backlog_limit {
             // A consumer this far behind loses QoS 0 messages (at most once), never QoS 1/2,
             // which the broker's window bounds.
@@ -1205,14 +1155,7 @@ impl Worker {
     }
 
     fn fail_all(&mut self) {
-        for (_, r) in self.pending_pub.drain() {
-            let _ = r.try_send(Err(ClientError::Closed));
-        }
-        for (_, r) in self.stalled.drain(..) {
-            if let Some(r) = r {
-                let _ = r.try_send(Err(ClientError::Closed));
-            }
-        }
+        self.publishing.fail_all(|| ClientError::Closed);
         for (_, cmd) in self.pending_sub.drain() {
             let _ = cmd.reply.try_send(Err(ClientError::Closed));
         }
@@ -1231,7 +1174,7 @@ impl Worker {
                 _ => {}
             }
         }
-        for r in self.written.drain(..) {
+        for r in self.publishing.written.drain(..) {
             let _ = r.try_send(Err(ClientError::Closed));
         }
         self.subs.clear();

@@ -129,11 +129,9 @@ impl ClientBuilder {
             offline_cap: s.offline_queue,
             rx,
             events: events.clone(),
-            pending_pub: HashMap::new(),
-            written: Vec::new(),
+            publishing: crate::client::Publishing::new(),
             deferred: VecDeque::new(),
             deferred_publishes: 0,
-            stalled: VecDeque::new(),
             pending_sub: HashMap::new(),
             subs: HashMap::new(),
             backlog: VecDeque::new(),
@@ -418,19 +416,13 @@ struct Task {
     offline_cap: usize,
     rx: mpsc::UnboundedReceiver<Command>,
     events: broadcast::Sender<ConnectionEvent>,
-    /// QoS 1/2 publishes awaiting PUBACK/PUBCOMP, by packet id.
-    pending_pub: HashMap<PacketId, Reply<ReasonCode>>,
-    /// QoS 0 publishes to resolve once written.
-    written: Vec<Reply<ReasonCode>>,
     /// Commands that need a connection, waiting for one (publishes bounded by `offline_cap`).
     deferred: VecDeque<Command>,
     /// Publishes in `deferred` (counted, not scanned: a burst of publishes while disconnected
     /// would otherwise cost a scan of the queue each).
     deferred_publishes: usize,
-    /// QoS 1/2 publishes (and every publish behind them, to keep the order) waiting for a free
-    /// packet identifier: all 65,535 are taken by messages in flight or waiting for the
-    /// server's Receive Maximum. Acknowledgements free them.
-    stalled: VecDeque<(Publish, Option<Reply<ReasonCode>>)>,
+    /// Replies awaited for publishes, and publishes waiting for a packet identifier.
+    publishing: crate::client::Publishing<Reply<ReasonCode>>,
     pending_sub: HashMap<PacketId, PendingSubscribe>,
     subs: HashMap<u64, SubEntry>,
     /// Messages waiting for room in a full subscription buffer, in order, with the
@@ -575,7 +567,7 @@ impl Task {
             // broker) unless the application awaits an acknowledgement, which must not be held
             // up: then keep reading, and QoS 0 messages past the bounded backlog are dropped.
             let reading = self.backlog.len() < self.backlog_limit
-                || !self.pending_pub.is_empty()
+                || !self.publishing.pending.is_empty()
                 || !self.pending_sub.is_empty();
             tokio::select! {
                 r = rd.read_buf(&mut buf), if reading => {
@@ -624,7 +616,7 @@ impl Task {
         if wrote {
             wr.flush().await?;
         }
-        for reply in self.written.drain(..) {
+        for reply in self.publishing.written.drain(..) {
             let _ = reply.send(Ok(ReasonCode::Success));
         }
         Ok(())
@@ -640,13 +632,7 @@ impl Task {
         }
         match cmd {
             Command::Publish(p, reply) => {
-                if !self.stalled.is_empty()
-                    || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
-                {
-                    self.stalled.push_back((p, reply));
-                    return;
-                }
-                self.publish_now(p, reply);
+                self.publishing.publish(&mut self.core, now(), p, reply);
             }
             Command::Subscribe(filters, props, id, tx, reply) => {
                 let names = filters.iter().map(|s| s.filter.clone()).collect::<Vec<_>>();
@@ -695,46 +681,6 @@ impl Task {
         }
     }
 
-    /// Hands a publish to the core (connected, with a packet identifier free if it needs one).
-    fn publish_now(&mut self, p: Publish, reply: Option<Reply<ReasonCode>>) {
-        let qos = p.qos;
-        match self.core.publish(now(), p) {
-            Ok(Some(id)) => {
-                if let Some(r) = reply {
-                    self.pending_pub.insert(id, r);
-                }
-            }
-            Ok(None) => {
-                if let Some(r) = reply {
-                    debug_assert_eq!(qos, QoS::AtMostOnce);
-                    self.written.push(r);
-                }
-            }
-            Err(e) => match reply {
-                Some(r) => {
-                    let _ = r.send(Err(e.into()));
-                }
-                None => {
-                    tracing::warn!(target: TRACE, error = %e, ?qos, "try_publish: message refused")
-                }
-            },
-        }
-    }
-
-    /// Publishes what waited for packet identifiers, in order, as far as identifiers are free.
-    fn retry_stalled(&mut self) {
-        while let Some((p, _)) = self.stalled.front() {
-            if self.core.state() != ClientState::Connected
-                || (p.qos != QoS::AtMostOnce && !self.core.has_free_packet_id())
-            {
-                return;
-            }
-            if let Some((p, reply)) = self.stalled.pop_front() {
-                self.publish_now(p, reply);
-            }
-        }
-    }
-
     fn disconnect(&mut self, reply: Reply<()>) {
         if self.core.state() != ClientState::Disconnected {
             let _ = self.core.disconnect(now(), ReasonCode::Success, None);
@@ -776,7 +722,7 @@ impl Task {
                     reason_code,
                     ..
                 } => {
-                    if let Some(r) = self.pending_pub.remove(&packet_id) {
+                    if let Some(r) = self.publishing.pending.remove(&packet_id) {
                         let _ = r.send(Ok(reason_code));
                     }
                 }
@@ -794,7 +740,10 @@ impl Task {
                 ClientEvent::Disconnected { error, disconnect } => {
                     tracing::info!(target: TRACE, %error, "disconnected");
                     // Publishes waiting for identifiers go out first on the next connection.
-                    for (p, reply) in std::mem::take(&mut self.stalled).into_iter().rev() {
+                    for (p, reply) in std::mem::take(&mut self.publishing.stalled)
+                        .into_iter()
+                        .rev()
+                    {
                         self.deferred.push_front(Command::Publish(p, reply));
                         self.deferred_publishes += 1;
                     }
@@ -815,7 +764,7 @@ impl Task {
             }
         }
         // Acknowledgements may have freed packet identifiers.
-        self.retry_stalled();
+        self.publishing.retry_stalled(&mut self.core, now());
         connected
     }
 
@@ -837,7 +786,7 @@ impl Task {
         // Past the limit, reading stops (see `serve`); what one read brought in still fits. Only
         // while an acknowledgement is awaited does reading go on, and then QoS 0 messages past
         // the limit are dropped.
-        let must_read = !self.pending_pub.is_empty() || !self.pending_sub.is_empty();
+        let must_read = !self.publishing.pending.is_empty() || !self.pending_sub.is_empty();
         if msg.qos == QoS::AtMostOnce && must_read && self.backlog.len() >= self.backlog_limit {
             // A consumer this far behind loses QoS 0 messages (at most once), never QoS 1/2,
             // which the broker's window bounds.
@@ -886,14 +835,7 @@ impl Task {
     }
 
     fn fail_all(&mut self) {
-        for (_, r) in self.pending_pub.drain() {
-            let _ = r.send(Err(ClientError::Closed));
-        }
-        for (_, r) in self.stalled.drain(..) {
-            if let Some(r) = r {
-                let _ = r.send(Err(ClientError::Closed));
-            }
-        }
+        self.publishing.fail_all(|| ClientError::Closed);
         for (_, (_, _, _, r)) in self.pending_sub.drain() {
             let _ = r.send(Err(ClientError::Closed));
         }
