@@ -3,43 +3,14 @@
 //! every byte counted is the broker's. `mqttproto bench --scenario idle` measures the same
 //! from outside (resident memory, allocator overhead included).
 
-use std::alloc::{GlobalAlloc, Layout, System};
+#[path = "../../mqttproto-core/tests/support/counting_alloc.rs"]
+mod counting_alloc;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::atomic::{AtomicIsize, Ordering};
 use std::time::Duration;
 
 use mqttproto::tokio::broker::{Broker, BrokerConfig, ListenAddr};
-
-/// Counts the bytes allocated and not yet freed, by every thread (this binary runs one test).
-struct Counting;
-
-static LIVE: AtomicIsize = AtomicIsize::new(0);
-
-// SAFETY: every call is forwarded unchanged to the system allocator; only a counter is added.
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: the caller's contract for `alloc` is passed on as is.
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
-        // SAFETY: as above, for `dealloc`.
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        LIVE.fetch_add(
-            new_size as isize - layout.size() as isize,
-            Ordering::Relaxed,
-        );
-        // SAFETY: as above, for `realloc`.
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static ALLOCATOR: Counting = Counting;
 
 /// CONNECT, MQTT 5, clean start, keep alive 60, client id `idle-NNNNN` (5 digits).
 fn connect_bytes(i: usize) -> Vec<u8> {
@@ -89,10 +60,10 @@ fn an_idle_client_costs_the_tokio_broker_at_most_2_kib_of_heap() {
     let warm: Vec<_> = (0..10).map(open).collect();
     drop(warm);
     std::thread::sleep(Duration::from_millis(500));
-    let before = LIVE.load(Ordering::Relaxed);
+    let before = counting_alloc::live();
     let conns: Vec<_> = (10..10 + N).map(open).collect();
     std::thread::sleep(Duration::from_millis(500));
-    let per_conn = (LIVE.load(Ordering::Relaxed) - before) / N as isize;
+    let per_conn = (counting_alloc::live() - before) / N as isize;
     eprintln!("heap per idle client: {per_conn} bytes");
     drop(conns);
     rt.block_on(async {

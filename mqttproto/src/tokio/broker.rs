@@ -1326,7 +1326,8 @@ struct Outbox {
     /// Whether the I/O task has something to take (bytes, or the close): lets it skip the lock
     /// when it has not, as on every read.
     ready: AtomicBool,
-    /// A copy of `OutboxState::closed`, read without the lock.
+    /// The connection is closed: the task writes what is queued, then shuts the socket. Set
+    /// under the state's lock, so that `take` sees it in order with the queue.
     closed: AtomicBool,
 }
 
@@ -1335,8 +1336,6 @@ struct OutboxState {
     queue: VecDeque<Bytes>,
     /// Bytes queued or being written.
     pending: usize,
-    /// The connection is closed: the task writes what is queued, then shuts the socket.
-    closed: bool,
     /// The I/O task has ended: nothing more can be written.
     writer_gone: bool,
     /// The I/O task, waiting for bytes to write (or for the close).
@@ -1388,8 +1387,7 @@ impl Outbox {
 
     /// Closes the outbox: what is queued still goes out; nothing more is read.
     fn close(&self) {
-        let mut state = self.state();
-        state.closed = true;
+        let state = self.state();
         self.closed.store(true, Ordering::Release);
         self.ready.store(true, Ordering::Release);
         if let Some(w) = &state.waker {
@@ -1417,10 +1415,11 @@ impl Outbox {
             slot @ None => *slot = Some(waker.clone()),
         }
         // Only the closed flag can be left once the queue is taken.
-        self.ready.store(state.closed, Ordering::Release);
+        let closed = self.closed.load(Ordering::Acquire);
+        self.ready.store(closed, Ordering::Release);
         if !state.queue.is_empty() {
             Take::Batch(std::mem::take(&mut state.queue))
-        } else if state.closed {
+        } else if closed {
             Take::Closed
         } else {
             Take::Empty
