@@ -326,7 +326,7 @@ impl Client {
 
     /// QoS 1/2 publishes sent and not yet completed.
     pub fn inflight(&self) -> usize {
-        self.outbound.inflight.len()
+        self.outbound.inflight_len()
     }
 
     /// QoS 1/2 publishes waiting for room under the server's Receive Maximum.
@@ -1027,7 +1027,7 @@ impl Client {
         self.state = ClientState::Connected;
         self.connack = Some(connack.clone());
         let had_state = self.has_session
-            || !self.outbound.inflight.is_empty()
+            || self.outbound.inflight_len() > 0
             || !self.subscriptions.is_empty()
             || !self.inbound.qos2.is_empty();
         self.events
@@ -1069,7 +1069,6 @@ impl Client {
             match state {
                 OutState::AwaitPubAck(p) | OutState::AwaitPubRec(p) => resend.push(p),
                 OutState::AwaitPubComp => {
-                    self.outbound.inflight.remove(&id.get());
                     self.outbound.release(id);
                     self.events.push_back(ClientEvent::PublishComplete {
                         packet_id: id,
@@ -1081,7 +1080,7 @@ impl Client {
         }
         for p in resend.into_iter().rev() {
             if let Some(id) = p.packet_id {
-                self.outbound.inflight.remove(&id.get());
+                self.outbound.untrack(id);
             }
             self.outbound.waiting.push_front(p);
         }

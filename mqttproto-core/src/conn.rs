@@ -236,19 +236,55 @@ pub(crate) enum AckOutcome {
     Unknown,
 }
 
+/// One packet identifier of the [`Outbound`] window.
+#[derive(Debug, Clone)]
+enum IdSlot {
+    Free,
+    /// Allocated, not in flight: a queued publish, or a SUBSCRIBE/UNSUBSCRIBE.
+    Held,
+    /// In flight, with the order in which it was sent.
+    InFlight(u64, OutState),
+}
+
+/// The number of packet identifiers (1 to 65,535).
+const ID_SPACE: usize = u16::MAX as usize;
+
 /// Outbound QoS 1/2 flows: packet identifiers, the in-flight window bounded by the peer's
 /// Receive Maximum, and the messages waiting for room in it (in order).
+///
+/// Identifiers are handed out in sequence and acknowledged mostly in order, so they are kept in
+/// a ring covering the contiguous range from the oldest one in use to the newest: allocating,
+/// tracking and acknowledging are index operations, with no hashing. Every identifier outside
+/// the ring is free. The ring is kept at most about twice as long as the number of identifiers
+/// in use (plus 64): past that, holes left by acknowledgements out of order are reused instead
+/// of extending the range, so one message that is never acknowledged cannot make it grow to the
+/// whole identifier space.
 #[derive(Debug, Default)]
 pub(crate) struct Outbound {
-    next_id: u16,
+    /// Slot `i` is identifier `base + i`, counted in 1..=65,535 with wrap-around.
+    ring: VecDeque<IdSlot>,
+    /// The identifier of `ring[0]`.
+    base: u16,
+    /// The identifier allocated last (where the next range starts when the ring empties).
+    last: u16,
+    /// Where the search for a hole inside the ring resumes.
+    cursor: usize,
+    /// Slots not `Free`.
+    used: usize,
+    /// Slots `InFlight`.
+    inflight: usize,
     seq: u64,
-    /// Every id in use: in flight, queued, or held by a SUBSCRIBE/UNSUBSCRIBE.
-    in_use: HashSet<u16, IdBuildHasher>,
-    pub inflight: HashMap<u16, (u64, OutState), IdBuildHasher>,
     /// QoS 1/2 publishes with ids assigned, waiting for the window.
     pub waiting: VecDeque<Publish>,
     /// The peer's Receive Maximum.
     pub quota: u16,
+}
+
+/// The identifier `n` places after `id`, in 1..=65,535 with wrap-around.
+fn id_after(id: u16, n: usize) -> u16 {
+    // id is 1..=65,535 (or 0 for "before 1") and n at most 65,535: one subtraction at most.
+    let v = usize::from(id) + n;
+    (if v > ID_SPACE { v - ID_SPACE } else { v }) as u16
 }
 
 impl Outbound {
@@ -259,50 +295,140 @@ impl Outbound {
         }
     }
 
+    /// The ring index of `id`, if the ring covers it.
+    fn index(&self, id: u16) -> Option<usize> {
+        if id == 0 || self.ring.is_empty() {
+            return None;
+        }
+        let (id, base) = (usize::from(id), usize::from(self.base));
+        let i = if id >= base {
+            id - base
+        } else {
+            id + ID_SPACE - base
+        };
+        (i < self.ring.len()).then_some(i)
+    }
+
+    fn slot(&self, id: PacketId) -> Option<&IdSlot> {
+        self.ring.get(self.index(id.get())?)
+    }
+
     /// Whether [`allocate`](Self::allocate) would find an identifier.
     pub fn has_free_id(&self) -> bool {
-        self.in_use.len() < u16::MAX as usize
+        self.used < ID_SPACE
     }
 
     /// A packet identifier not in use [MQTT-2.2.1-3, MQTT-2.2.1-4].
     pub fn allocate(&mut self) -> Result<PacketId, StateError> {
-        if self.in_use.len() >= u16::MAX as usize {
+        if self.used >= ID_SPACE {
             return Err(StateError::NoPacketIdAvailable);
         }
-        loop {
-            self.next_id = self.next_id.wrapping_add(1);
-            if self.next_id == 0 {
-                self.next_id = 1;
-            }
-            if self.in_use.insert(self.next_id) {
-                return PacketId::new(self.next_id).ok_or(StateError::NoPacketIdAvailable);
-            }
-        }
+        let id = if self.ring.is_empty() {
+            self.base = id_after(self.last, 1);
+            self.ring.push_back(IdSlot::Held);
+            self.base
+        } else if self.ring.len() < ID_SPACE && self.ring.len() < 2 * self.used + 64 {
+            let id = id_after(self.base, self.ring.len());
+            self.ring.push_back(IdSlot::Held);
+            id
+        } else {
+            // The ring is sparse (or spans every identifier): reuse a hole. One exists, since
+            // fewer than all its slots are used.
+            let len = self.ring.len();
+            let start = self.cursor % len;
+            let Some(i) = (0..len)
+                .map(|k| (start + k) % len)
+                .find(|&i| matches!(self.ring[i], IdSlot::Free))
+            else {
+                return Err(StateError::NoPacketIdAvailable);
+            };
+            self.ring[i] = IdSlot::Held;
+            self.cursor = i + 1;
+            id_after(self.base, i)
+        };
+        self.used += 1;
+        self.last = id;
+        PacketId::new(id).ok_or(StateError::NoPacketIdAvailable)
     }
 
+    /// Frees `id` (whatever it held).
     pub fn release(&mut self, id: PacketId) {
-        self.in_use.remove(&id.get());
+        let Some(i) = self.index(id.get()) else {
+            return;
+        };
+        match self.ring[i] {
+            IdSlot::Free => return,
+            IdSlot::Held => {}
+            IdSlot::InFlight(..) => self.inflight -= 1,
+        }
+        // Dropped in place: a slot is about 100 bytes.
+        self.ring[i] = IdSlot::Free;
+        self.used -= 1;
+        // Let the ring shrink from both ends past freed slots.
+        while matches!(self.ring.front(), Some(IdSlot::Free)) {
+            self.ring.pop_front();
+            self.base = id_after(self.base, 1);
+            self.cursor = self.cursor.saturating_sub(1);
+        }
+        while matches!(self.ring.back(), Some(IdSlot::Free)) {
+            self.ring.pop_back();
+        }
+        if self.ring.is_empty() {
+            self.cursor = 0;
+            if self.ring.capacity() > 4096 {
+                // A large burst is over: an idle connection keeps no window of hundreds of
+                // kilobytes. Smaller windows keep their room, or each burst would grow the ring
+                // again from nothing.
+                self.ring = VecDeque::new();
+            }
+        }
     }
 
     pub fn has_room(&self) -> bool {
-        self.inflight.len() < self.quota as usize
+        self.inflight < self.quota as usize
     }
 
-    /// Records a publish (with its id) as sent.
+    /// QoS 1/2 messages (and PUBRELs) in flight.
+    pub fn inflight_len(&self) -> usize {
+        self.inflight
+    }
+
+    /// Records a publish (with its id, allocated here) as sent.
     pub fn track(&mut self, publish: Publish) {
         let Some(id) = publish.packet_id else { return };
+        let Some(i) = self.index(id.get()) else {
+            debug_assert!(false, "tracking packet id {id} that was not allocated");
+            return;
+        };
         self.seq += 1;
         let state = match publish.qos {
             QoS::ExactlyOnce => OutState::AwaitPubRec(publish),
             _ => OutState::AwaitPubAck(publish),
         };
-        self.inflight.insert(id.get(), (self.seq, state));
+        match self.ring[i] {
+            IdSlot::Free => {
+                self.used += 1;
+                self.inflight += 1;
+            }
+            IdSlot::Held => self.inflight += 1,
+            IdSlot::InFlight(..) => {}
+        }
+        self.ring[i] = IdSlot::InFlight(self.seq, state);
+    }
+
+    /// Takes `id` out of the window; it stays allocated (its publish is to be sent again).
+    pub fn untrack(&mut self, id: PacketId) {
+        if let Some(i) = self.index(id.get()) {
+            if let IdSlot::InFlight(..) = self.ring[i] {
+                self.ring[i] = IdSlot::Held;
+                self.inflight -= 1;
+            }
+        }
     }
 
     pub fn on_puback(&mut self, ack: PublishAck) -> AckOutcome {
-        match self.inflight.get(&ack.packet_id.get()) {
-            Some((_, OutState::AwaitPubAck(_))) => {
-                self.inflight.remove(&ack.packet_id.get());
+        match self.slot(ack.packet_id) {
+            Some(IdSlot::InFlight(_, OutState::AwaitPubAck(_))) => {
                 self.release(ack.packet_id);
                 AckOutcome::Completed(ack.packet_id, ack.reason_code, ack.properties)
             }
@@ -312,10 +438,12 @@ impl Outbound {
 
     pub fn on_pubrec(&mut self, ack: PublishAck) -> AckOutcome {
         let id = ack.packet_id;
-        match self.inflight.get_mut(&id.get()) {
-            Some((_, state @ OutState::AwaitPubRec(_))) => {
+        let Some(i) = self.index(id.get()) else {
+            return AckOutcome::Unknown;
+        };
+        match &mut self.ring[i] {
+            IdSlot::InFlight(_, state @ OutState::AwaitPubRec(_)) => {
                 if ack.reason_code.is_error() {
-                    self.inflight.remove(&id.get());
                     self.release(id);
                     AckOutcome::Completed(id, ack.reason_code, ack.properties)
                 } else {
@@ -324,15 +452,14 @@ impl Outbound {
                 }
             }
             // A PUBREC for a PUBREL already sent: send PUBREL again.
-            Some((_, OutState::AwaitPubComp)) => AckOutcome::Released(id),
+            IdSlot::InFlight(_, OutState::AwaitPubComp) => AckOutcome::Released(id),
             _ => AckOutcome::Unknown,
         }
     }
 
     pub fn on_pubcomp(&mut self, ack: PublishAck) -> AckOutcome {
-        match self.inflight.get(&ack.packet_id.get()) {
-            Some((_, OutState::AwaitPubComp)) => {
-                self.inflight.remove(&ack.packet_id.get());
+        match self.slot(ack.packet_id) {
+            Some(IdSlot::InFlight(_, OutState::AwaitPubComp)) => {
                 self.release(ack.packet_id);
                 AckOutcome::Completed(ack.packet_id, ack.reason_code, ack.properties)
             }
@@ -344,9 +471,15 @@ impl Outbound {
     /// resume [MQTT-4.4.0-1].
     pub fn in_order(&self) -> Vec<(PacketId, OutState)> {
         let mut v: Vec<_> = self
-            .inflight
+            .ring
             .iter()
-            .filter_map(|(&id, (seq, st))| PacketId::new(id).map(|id| (*seq, id, st.clone())))
+            .enumerate()
+            .filter_map(|(i, slot)| match slot {
+                IdSlot::InFlight(seq, st) => {
+                    PacketId::new(id_after(self.base, i)).map(|id| (*seq, id, st.clone()))
+                }
+                _ => None,
+            })
             .collect();
         v.sort_by_key(|(seq, _, _)| *seq);
         v.into_iter().map(|(_, id, st)| (id, st)).collect()
@@ -358,7 +491,7 @@ impl Outbound {
     /// before) for room. PUBRELs stay: they are not PUBLISHes, and their flows must complete.
     pub fn fit_quota(&mut self) {
         let mut order = self.in_order();
-        while self.inflight.len() > self.quota as usize {
+        while self.inflight > self.quota as usize {
             let Some(pos) = order
                 .iter()
                 .rposition(|(_, st)| !matches!(st, OutState::AwaitPubComp))
@@ -366,7 +499,7 @@ impl Outbound {
                 break;
             };
             let (id, st) = order.remove(pos);
-            self.inflight.remove(&id.get());
+            self.untrack(id);
             if let OutState::AwaitPubAck(mut p) | OutState::AwaitPubRec(mut p) = st {
                 p.dup = true;
                 self.waiting.push_front(p);
@@ -376,9 +509,11 @@ impl Outbound {
 
     /// Forgets everything (session state discarded).
     pub fn clear(&mut self) {
-        self.inflight.clear();
+        self.ring = VecDeque::new();
+        self.used = 0;
+        self.inflight = 0;
+        self.cursor = 0;
         self.waiting.clear();
-        self.in_use.clear();
     }
 }
 
@@ -646,6 +781,135 @@ mod tests {
         assert_eq!(o.allocate(), Err(StateError::NoPacketIdAvailable));
         o.release(pid(42));
         assert_eq!(o.allocate().unwrap().get(), 42);
+    }
+
+    fn publish_with(id: PacketId, qos: QoS) -> Publish {
+        let mut p = Publish::new(TopicName::try_from("t").unwrap(), Bytes::new());
+        p.qos = qos;
+        p.packet_id = Some(id);
+        p
+    }
+
+    fn ack(id: PacketId) -> PublishAck {
+        PublishAck::new(id)
+    }
+
+    #[test]
+    fn in_flight_window_follows_a_model_mqtt_2_2_1_3() {
+        // Random allocations, sends, out-of-order acknowledgements and releases, checked
+        // against a plain set: ids are unique while in use [MQTT-2.2.1-3], freed ids come back,
+        // counts agree, and the ring stays within twice the ids in use plus 64.
+        let mut rng = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |n: u64| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            rng % n
+        };
+        let mut o = Outbound::new();
+        let mut held: Vec<u16> = Vec::new();
+        let mut flying: Vec<u16> = Vec::new();
+        let mut in_use: HashSet<u16> = HashSet::new();
+        let mut peak = 0;
+        for step in 0..200_000u32 {
+            // Phases: grow to about 3,000 in use, then drain, with one id never acknowledged.
+            let grow = (step / 20_000) % 2 == 0;
+            match next(10) {
+                0..=4 if grow || in_use.len() < 10 => {
+                    let id = o.allocate().unwrap();
+                    assert!(in_use.insert(id.get()), "id {id} handed out twice");
+                    if next(4) == 0 {
+                        held.push(id.get());
+                    } else {
+                        o.track(publish_with(id, QoS::AtLeastOnce));
+                        flying.push(id.get());
+                    }
+                }
+                5..=7 if flying.len() > 1 => {
+                    // Mostly the oldest, sometimes any; flying[0] is never acknowledged.
+                    let k = if next(3) == 0 {
+                        1 + next(flying.len() as u64 - 1) as usize
+                    } else {
+                        1
+                    };
+                    let id = flying.remove(k);
+                    let outcome = o.on_puback(ack(pid(id)));
+                    assert!(matches!(outcome, AckOutcome::Completed(..)));
+                    assert!(matches!(o.on_puback(ack(pid(id))), AckOutcome::Unknown));
+                    in_use.remove(&id);
+                }
+                8 if !held.is_empty() => {
+                    let id = held.swap_remove(next(held.len() as u64) as usize);
+                    o.release(pid(id));
+                    in_use.remove(&id);
+                }
+                _ => {}
+            }
+            assert_eq!(o.inflight_len(), flying.len());
+            assert_eq!(o.used, in_use.len());
+            // The ring never spans more than twice the most ids ever in use (plus 64), though
+            // flying[0] is never acknowledged and the ids wrap around several times.
+            peak = peak.max(o.used);
+            assert!(
+                o.ring.len() <= 2 * peak + 65,
+                "ring {} for {peak} in use",
+                o.ring.len()
+            );
+        }
+        let order: Vec<u16> = o.in_order().iter().map(|(id, _)| id.get()).collect();
+        let mut sorted_flying = flying.clone();
+        sorted_flying.sort_unstable();
+        let mut sorted_order = order.clone();
+        sorted_order.sort_unstable();
+        assert_eq!(sorted_order, sorted_flying);
+        assert_eq!(
+            order[0], flying[0],
+            "the oldest message is resent first [MQTT-4.4.0-1]"
+        );
+    }
+
+    #[test]
+    fn in_flight_window_wraps_around_the_id_space() {
+        let mut o = Outbound::new();
+        for expected in (1..=u16::MAX).chain(1..=10) {
+            let id = o.allocate().unwrap();
+            assert_eq!(id.get(), expected);
+            o.track(publish_with(id, QoS::ExactlyOnce));
+            // PUBREC, then PUBCOMP: the window is empty again each time.
+            assert!(matches!(o.on_pubrec(ack(id)), AckOutcome::Released(_)));
+            assert!(matches!(o.on_pubcomp(ack(id)), AckOutcome::Completed(..)));
+            assert_eq!(o.inflight_len(), 0);
+        }
+        // An id in flight across the wrap keeps its place.
+        let a = o.allocate().unwrap();
+        o.track(publish_with(a, QoS::AtLeastOnce));
+        assert!(matches!(
+            o.on_puback(ack(pid(a.get().wrapping_sub(1).max(1)))),
+            AckOutcome::Unknown
+        ));
+        assert!(matches!(o.on_puback(ack(a)), AckOutcome::Completed(..)));
+    }
+
+    #[test]
+    fn fit_quota_moves_the_newest_publishes_back_to_waiting() {
+        let mut o = Outbound::new();
+        let ids: Vec<PacketId> = (0..5).map(|_| o.allocate().unwrap()).collect();
+        for &id in &ids {
+            o.track(publish_with(id, QoS::AtLeastOnce));
+        }
+        o.quota = 2;
+        o.fit_quota();
+        assert_eq!(o.inflight_len(), 2);
+        let waiting: Vec<u16> = o
+            .waiting
+            .iter()
+            .filter_map(|p| p.packet_id.map(|i| i.get()))
+            .collect();
+        assert_eq!(waiting, vec![ids[2].get(), ids[3].get(), ids[4].get()]);
+        assert!(o.waiting.iter().all(|p| p.dup));
+        // Their ids stay taken until they are sent and acknowledged.
+        let fresh = o.allocate().unwrap();
+        assert!(!ids.contains(&fresh));
     }
 
     #[test]

@@ -309,6 +309,9 @@ pub struct Session {
     reauthenticating: bool,
     maximum_qos: QoS,
     retain_available: bool,
+    /// Whether a completed outbound flow raises [`SessionEvent::Delivered`]. The broker turns it
+    /// off: it has no use for them, and a burst of PUBACKs would fill the event queue.
+    report_deliveries: bool,
     /// SUBSCRIBEs and UNSUBSCRIBEs waiting for the application's answer: rarely more than
     /// one, and no allocation kept once answered.
     pending: Vec<Pending>,
@@ -336,10 +339,17 @@ impl Session {
             reauthenticating: false,
             maximum_qos: QoS::ExactlyOnce,
             retain_available: true,
+            report_deliveries: true,
             pending: Vec::new(),
             created: now,
             options,
         }
+    }
+
+    /// Stops [`SessionEvent::Delivered`] events (see `report_deliveries`).
+    pub(crate) fn without_delivery_events(mut self) -> Session {
+        self.report_deliveries = false;
+        self
     }
 
     // ---- getters ------------------------------------------------------------------------
@@ -379,7 +389,7 @@ impl Session {
 
     /// QoS 1/2 messages sent to the client and not yet acknowledged.
     pub fn inflight(&self) -> usize {
-        self.state.outbound.inflight.len()
+        self.state.outbound.inflight_len()
     }
 
     /// Messages dropped because the queue was full or they expired.
@@ -1124,10 +1134,12 @@ impl Session {
     fn on_ack_outcome(&mut self, now: Instant, outcome: AckOutcome) {
         match outcome {
             AckOutcome::Completed(packet_id, reason_code, _) => {
-                self.events.push_back(SessionEvent::Delivered {
-                    packet_id,
-                    reason_code,
-                });
+                if self.report_deliveries {
+                    self.events.push_back(SessionEvent::Delivered {
+                        packet_id,
+                        reason_code,
+                    });
+                }
                 self.drain_queue(now);
             }
             AckOutcome::Released(id) => {

@@ -201,7 +201,13 @@ pub struct Broker {
     /// Last bytes of connections that closed, to be written before their sockets close.
     closing: VecDeque<(ConnectionHandle, Bytes)>,
     assigned: u64,
-    scratch: HashMap<SessionId, Target, crate::conn::IdBuildHasher>,
+    /// The sessions one message goes to (kept between messages for its allocation).
+    scratch: Vec<(SessionId, Target)>,
+    /// Per session slot: the number of the last routing that matched it, and its place in
+    /// `scratch` then. A session matched by several subscriptions gets one message
+    /// [MQTT-3.3.4-2], found without hashing.
+    route_marks: Vec<(u32, u32)>,
+    route_no: u32,
     /// Deadlines of connections, sessions (wills, expiry) and retained messages, soonest first.
     timers: BinaryHeap<Reverse<(Instant, TimerKey)>>,
     open_conns: usize,
@@ -224,7 +230,9 @@ impl Broker {
             dirty: VecDeque::new(),
             closing: VecDeque::new(),
             assigned: 0,
-            scratch: HashMap::default(),
+            scratch: Vec::new(),
+            route_marks: Vec::new(),
+            route_no: 0,
             timers: BinaryHeap::new(),
             open_conns: 0,
         }
@@ -287,7 +295,7 @@ impl Broker {
         self.generation = self.generation.wrapping_add(1);
         let conn = Conn {
             generation: self.generation,
-            session: Session::new(now, self.options.session.clone()),
+            session: Session::new(now, self.options.session.clone()).without_delivery_events(),
             sid: None,
             scheduled: None,
         };
@@ -994,7 +1002,17 @@ impl Broker {
             }
         }
         let mut targets = std::mem::take(&mut self.scratch);
+        self.route_no = self.route_no.wrapping_add(1);
+        if self.route_no == 0 {
+            self.route_marks.fill((0, 0));
+            self.route_no = 1;
+        }
+        if self.route_marks.len() < self.slots.len() {
+            self.route_marks.resize(self.slots.len(), (0, 0));
+        }
         {
+            let marks = &mut self.route_marks;
+            let route_no = self.route_no;
             let slots = &self.slots;
             let conns = &self.conns;
             let online = |sid: SessionId| {
@@ -1028,7 +1046,16 @@ impl Broker {
                         }
                     }
                 };
-                let t = targets.entry(key).or_default();
+                let Some(mark) = marks.get_mut(key as usize) else {
+                    return; // not a live session slot
+                };
+                let t = if mark.0 == route_no {
+                    &mut targets[mark.1 as usize].1
+                } else {
+                    *mark = (route_no, targets.len() as u32);
+                    targets.push((key, Target::default()));
+                    &mut targets[mark.1 as usize].1
+                };
                 t.qos = t.qos.max(value.options.qos);
                 t.retain_as_published |= value.options.retain_as_published;
                 if let Some(id) = value.id {
@@ -1037,7 +1064,7 @@ impl Broker {
             });
         }
         let matched = !targets.is_empty();
-        for (sid, t) in targets.drain() {
+        for (sid, t) in targets.drain(..) {
             let mut out = publish.clone();
             out.qos = publish.qos.min(t.qos);
             out.retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
