@@ -68,13 +68,26 @@ impl Role {
 /// [`Wire::poll_transmit`]).
 const SMALL_TRANSMIT: usize = 64;
 
+/// The output buffer doubles up to this size; past it, a full buffer is set aside as a chunk
+/// and a new one started, instead of being copied into a larger one.
+const MAX_OUTPUT_BUFFER: usize = 64 * 1024;
+
+/// PUBLISH payloads of at least this many bytes are not copied into the output: they go out as
+/// chunks of their own, the same `Bytes` for every subscriber. Smaller ones are cheaper to copy
+/// than to reference, and a driver's queue of pending writes counts chunks (a bound of 1,024
+/// writes and 8 MiB by default: at 16 KiB, the byte bound is reached first).
+pub(crate) const SHARED_PAYLOAD_MIN: usize = 16 * 1024;
+
 /// Byte-level state of one connection.
 #[derive(Debug)]
 pub(crate) struct Wire {
     pub role: Role,
     pub version: ProtocolVersion,
     input: BytesMut,
+    /// Where packets are encoded.
     output: BytesMut,
+    /// Output that comes before `output`: full buffers set aside, and shared payloads.
+    chunks: VecDeque<Bytes>,
     /// Set once; every later input returns it. Boxed: rare, and 40 bytes inline in every
     /// connection otherwise.
     pub error: Option<Box<Error>>,
@@ -97,6 +110,7 @@ impl Wire {
             version: ProtocolVersion::V5,
             input: BytesMut::new(),
             output: BytesMut::new(),
+            chunks: VecDeque::new(),
             error: None,
             max_in,
             max_out: u32::MAX,
@@ -110,6 +124,7 @@ impl Wire {
     pub fn reset(&mut self) {
         self.input.clear();
         self.output.clear();
+        self.chunks.clear();
         self.error = None;
         self.max_out = u32::MAX;
         self.last_sent = None;
@@ -153,13 +168,27 @@ impl Wire {
         if self.closed {
             return Err(StateError::NotConnected);
         }
-        if !packet.shrink_to(self.max_out, self.version) {
-            return Err(StateError::PacketTooLarge {
-                size: packet.encoded_len(self.version),
-                max: self.max_out,
-            });
+        let mut size = packet.encoded_len(self.version);
+        if size > self.max_out as usize {
+            if !packet.shrink_to(self.max_out, self.version) {
+                return Err(StateError::PacketTooLarge {
+                    size: packet.encoded_len(self.version),
+                    max: self.max_out,
+                });
+            }
+            size = packet.encoded_len(self.version);
         }
-        packet.encode(&mut self.output, self.version)?;
+        match packet {
+            Packet::Publish(p) if p.payload.len() >= SHARED_PAYLOAD_MIN => {
+                p.encode_head(&mut self.output, self.version)?;
+                self.chunks.push_back(self.output.split().freeze());
+                self.chunks.push_back(p.payload.clone());
+            }
+            _ => {
+                self.make_room(size);
+                packet.encode(&mut self.output, self.version)?;
+            }
+        }
         tracing::debug!(target: TRACE_TARGET, role = self.role.name(), packet = ?packet, "sent");
         self.last_sent = Some(now);
         Ok(())
@@ -184,7 +213,27 @@ impl Wire {
             .unwrap_or(Error::ConnectionClosed)
     }
 
+    /// Makes room for `len` more bytes of output without copying what is there: a full
+    /// buffer of [`MAX_OUTPUT_BUFFER`] or more is set aside as a chunk (the bytes of a burst
+    /// for one connection are not copied again each time the buffer doubles).
+    fn make_room(&mut self, len: usize) {
+        let (used, capacity) = (self.output.len(), self.output.capacity());
+        if capacity - used >= len || used == 0 {
+            return; // enough room, or nothing to set aside: the encoder reserves
+        }
+        let next = if capacity >= MAX_OUTPUT_BUFFER / 2 {
+            MAX_OUTPUT_BUFFER.max(len)
+        } else {
+            return; // small: let it double (a copy of at most 32 KiB)
+        };
+        let full = std::mem::replace(&mut self.output, BytesMut::with_capacity(next));
+        self.chunks.push_back(full.freeze());
+    }
+
     pub fn poll_transmit(&mut self) -> Option<Bytes> {
+        if let Some(chunk) = self.chunks.pop_front() {
+            return Some(chunk);
+        }
         if self.output.is_empty() {
             None
         } else if self.output.len() <= SMALL_TRANSMIT {
@@ -792,6 +841,73 @@ mod tests {
 
     fn ack(id: PacketId) -> PublishAck {
         PublishAck::new(id)
+    }
+
+    fn drain(wire: &mut Wire) -> Vec<Bytes> {
+        std::iter::from_fn(|| wire.poll_transmit()).collect()
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // one Instant::now() as the fake clock's origin
+    fn a_large_payload_is_sent_as_the_same_bytes_not_a_copy() {
+        let mut wire = Wire::new(Role::Server, u32::MAX);
+        let now = Instant::now();
+        let payload = Bytes::from(vec![0xA5; SHARED_PAYLOAD_MIN]);
+        let mut p = Publish::new(TopicName::try_from("big").unwrap(), payload.clone());
+        p.qos = QoS::AtLeastOnce;
+        p.packet_id = Some(pid(7));
+        wire.send(now, Packet::PingResp).unwrap();
+        wire.send(now, Packet::Publish(p.clone())).unwrap();
+        wire.send(now, Packet::PingResp).unwrap();
+        let chunks = drain(&mut wire);
+        // PINGRESP and the PUBLISH's head, the payload itself, PINGRESP.
+        assert_eq!(chunks.len(), 3);
+        assert_eq!(
+            chunks[1].as_ptr(),
+            payload.as_ptr(),
+            "the payload was copied"
+        );
+        let mut expected = BytesMut::new();
+        for packet in [Packet::PingResp, Packet::Publish(p), Packet::PingResp] {
+            packet.encode(&mut expected, ProtocolVersion::V5).unwrap();
+        }
+        assert_eq!(chunks.concat(), expected.to_vec());
+        // A payload one byte smaller is copied into the output with its header.
+        let mut small = Publish::new(
+            TopicName::try_from("s").unwrap(),
+            vec![1; SHARED_PAYLOAD_MIN - 1],
+        );
+        small.qos = QoS::AtMostOnce;
+        wire.send(now, Packet::Publish(small)).unwrap();
+        assert_eq!(drain(&mut wire).len(), 1);
+    }
+
+    #[test]
+    #[allow(clippy::disallowed_methods)] // one Instant::now() as the fake clock's origin
+    fn a_burst_is_set_aside_in_chunks_instead_of_copied_into_ever_larger_buffers() {
+        let mut wire = Wire::new(Role::Server, u32::MAX);
+        let now = Instant::now();
+        let mut expected = BytesMut::new();
+        for i in 0..5_000u32 {
+            let mut p = Publish::new(
+                TopicName::try_from("burst/topic").unwrap(),
+                i.to_be_bytes().repeat(16),
+            );
+            p.qos = QoS::AtMostOnce;
+            Packet::Publish(p.clone())
+                .encode(&mut expected, ProtocolVersion::V5)
+                .unwrap();
+            wire.send(now, Packet::Publish(p)).unwrap();
+        }
+        let chunks = drain(&mut wire);
+        assert!(chunks.len() > 1, "{} bytes in one buffer", expected.len());
+        assert!(chunks.iter().all(|c| c.len() <= MAX_OUTPUT_BUFFER));
+        assert_eq!(
+            chunks.concat(),
+            expected.to_vec(),
+            "bytes out of order or lost"
+        );
+        assert!(wire.poll_transmit().is_none());
     }
 
     #[test]

@@ -684,10 +684,43 @@ impl Broker {
         if let Some(last) = self.closing.pop_front() {
             return Some(last);
         }
-        while let Some(h) = self.dirty.pop_front() {
+        while let Some(&h) = self.dirty.front() {
             if let Some(conn) = self.conn_mut(h) {
+                // A connection's output may come in several chunks: it stays at the front
+                // until it has none left.
                 if let Some(b) = conn.session.poll_transmit() {
                     return Some((h, b));
+                }
+            }
+            self.dirty.pop_front();
+        }
+        None
+    }
+
+    /// Like [`poll_transmit`](Self::poll_transmit), but takes everything the next connection
+    /// has to write at once: appends its chunks to `out`, in order, and returns the
+    /// connection. Large payloads are chunks of their own (shared by every subscriber, not
+    /// copied), so a driver that bounds a connection's pending output, or writes vectored,
+    /// sees what one flush produced for it as one unit.
+    pub fn poll_transmit_into(&mut self, out: &mut Vec<Bytes>) -> Option<ConnectionHandle> {
+        if let Some((h, first)) = self.closing.pop_front() {
+            out.push(first);
+            while self.closing.front().is_some_and(|(next, _)| *next == h) {
+                if let Some((_, b)) = self.closing.pop_front() {
+                    out.push(b);
+                }
+            }
+            return Some(h);
+        }
+        while let Some(h) = self.dirty.pop_front() {
+            if let Some(conn) = self.conn_mut(h) {
+                let mut any = false;
+                while let Some(b) = conn.session.poll_transmit() {
+                    out.push(b);
+                    any = true;
+                }
+                if any {
+                    return Some(h);
                 }
             }
         }
@@ -867,10 +900,10 @@ impl Broker {
         if let Some(conn) = self.conn_mut(handle) {
             conn.sid = None;
         }
-        let pending = self
+        while let Some(bytes) = self
             .conn_mut(handle)
-            .and_then(|c| c.session.poll_transmit());
-        if let Some(bytes) = pending {
+            .and_then(|c| c.session.poll_transmit())
+        {
             self.closing.push_back((handle, bytes));
         }
         if self.conns[handle.index as usize].take().is_some() {

@@ -162,6 +162,44 @@ impl Publish {
     /// once and one reservation.
     #[inline(always)]
     pub(crate) fn encode(&self, buf: &mut BytesMut) -> Result<(), EncodeError> {
+        self.encode_parts(buf, true)
+    }
+
+    /// Validates the packet and appends everything but its payload to `buf`: the fixed header
+    /// (whose Remaining Length counts the payload), the topic, the packet identifier and the
+    /// properties. On the wire, [`payload`](Self::payload) follows these bytes.
+    ///
+    /// This is the encoder for a vectored write that does not copy the payload: write `buf`'s
+    /// new bytes, then the payload (a shared `Bytes`, which any number of copies of the message
+    /// can reference). [`Packet::encode`](super::Packet::encode) gives the same bytes in one
+    /// buffer. Nothing is written on error.
+    ///
+    /// ```
+    /// use bytes::BytesMut;
+    /// use mqttproto_core::codec::{Packet, Publish};
+    /// use mqttproto_core::topic::TopicName;
+    /// use mqttproto_core::ProtocolVersion;
+    ///
+    /// let publish = Publish::new(TopicName::try_from("a/b").unwrap(), vec![7u8; 1000]);
+    /// let mut head = BytesMut::new();
+    /// publish.encode_head(&mut head, ProtocolVersion::V5).unwrap();
+    /// assert_eq!(head.len(), 1 + 2 + 2 + 3 + 1); // header, topic length, topic, no properties
+    ///
+    /// let mut whole = BytesMut::new();
+    /// Packet::Publish(publish.clone()).encode(&mut whole, ProtocolVersion::V5).unwrap();
+    /// assert_eq!(&whole[..head.len()], &head[..]);
+    /// assert_eq!(&whole[head.len()..], &publish.payload[..]);
+    /// ```
+    pub fn encode_head(
+        &self,
+        buf: &mut BytesMut,
+        _version: ProtocolVersion,
+    ) -> Result<(), EncodeError> {
+        self.encode_parts(buf, false)
+    }
+
+    #[inline(always)]
+    fn encode_parts(&self, buf: &mut BytesMut, with_payload: bool) -> Result<(), EncodeError> {
         self.validate()?;
         let props = self.properties.get().filter(|p| !p.is_empty());
         let props_len = props.map_or(0, PublishProperties::encoded_len);
@@ -172,7 +210,11 @@ impl Publish {
         if remaining > MAX_REMAINING_LENGTH as usize {
             return Err(EncodeError::PacketTooLarge(remaining));
         }
-        buf.reserve(1 + varint_len(remaining as u32) + remaining);
+        let mut reserve = 1 + varint_len(remaining as u32) + remaining;
+        if !with_payload {
+            reserve -= self.payload.len();
+        }
+        buf.reserve(reserve);
         // Fixed-size appends for the usual sizes: each is one capacity check and one store.
         let first = ((PacketType::Publish as u8) << 4) | self.flags();
         let r = remaining as u32;
@@ -210,7 +252,9 @@ impl Publish {
                 p.write_sized(buf, props_len);
             }
         }
-        buf.put_slice(&self.payload);
+        if with_payload {
+            buf.put_slice(&self.payload);
+        }
         Ok(())
     }
 

@@ -267,7 +267,7 @@ enum Inbound {
 }
 
 struct Opened {
-    tx: SyncSender<Bytes>,
+    tx: SyncSender<Chunks>,
     queued: Arc<AtomicUsize>,
     killer: Arc<Stream>,
     peer: PeerAddr,
@@ -513,6 +513,7 @@ impl Broker {
             local_addrs,
             config,
             backlog: None,
+            chunks: Vec::new(),
             auth_threads: AuthThreads {
                 live: Arc::new(AtomicUsize::new(0)),
                 max: limit.max,
@@ -965,20 +966,31 @@ impl ConnThread {
     }
 }
 
+/// What one flush produced for a connection: one chunk (the usual case, no allocation), or
+/// several (a large payload is a chunk of its own, shared with other subscribers).
+enum Chunks {
+    One(Bytes),
+    Many(Vec<Bytes>),
+}
+
 /// The writer: drains the outbound queue until the owner drops its end, then ends the stream.
 fn write_loop(
     handle: ConnectionHandle,
     mut writer: conn::Writer,
-    rx: Receiver<Bytes>,
+    rx: Receiver<Chunks>,
     queued: Arc<AtomicUsize>,
     killer: Arc<Stream>,
 ) {
     let mut batch = VecDeque::with_capacity(WRITE_BATCH);
+    let add = |batch: &mut VecDeque<Bytes>, chunks: Chunks| match chunks {
+        Chunks::One(b) => batch.push_back(b),
+        Chunks::Many(v) => batch.extend(v),
+    };
     while let Ok(first) = rx.recv() {
-        batch.push_back(first);
+        add(&mut batch, first);
         while batch.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(b) => batch.push_back(b),
+                Ok(chunks) => add(&mut batch, chunks),
                 Err(_) => break,
             }
         }
@@ -998,7 +1010,7 @@ fn write_loop(
 
 struct Conn {
     /// The writer's queue; dropped when the connection closes.
-    tx: SyncSender<Bytes>,
+    tx: SyncSender<Chunks>,
     /// Bytes in the writer's queue, not yet written.
     queued: Arc<AtomicUsize>,
     killer: Arc<Stream>,
@@ -1030,6 +1042,8 @@ struct Owner {
     config: BrokerConfig,
     /// A connection whose writer fell behind (over half of `max_outbound_bytes` pending).
     backlog: Option<ConnectionHandle>,
+    /// One connection's transmits, taken from the core together (kept for its allocation).
+    chunks: Vec<Bytes>,
     auth_threads: AuthThreads,
 }
 
@@ -1180,9 +1194,12 @@ impl Owner {
     fn flush(&mut self) {
         loop {
             // Transmits first: a connection's last bytes come before its Closed event.
-            while let Some((handle, bytes)) = self.core.poll_transmit() {
-                self.transmit(handle, bytes);
+            let mut chunks = std::mem::take(&mut self.chunks);
+            while let Some(handle) = self.core.poll_transmit_into(&mut chunks) {
+                self.transmit(handle, &mut chunks);
+                chunks.clear();
             }
+            self.chunks = chunks;
             match self.core.poll_event() {
                 Some(event) => self.on_event(event),
                 None => return,
@@ -1223,20 +1240,24 @@ impl Owner {
         }
     }
 
-    fn transmit(&mut self, handle: ConnectionHandle, bytes: Bytes) {
+    /// Queues what one flush produced for `handle` (taken from `chunks`) for its writer.
+    fn transmit(&mut self, handle: ConnectionHandle, chunks: &mut Vec<Bytes>) {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
         if conn.overflowed {
             return;
         }
-        let len = bytes.len();
+        let len: usize = chunks.iter().map(Bytes::len).sum();
         let pending = conn.queued.fetch_add(len, Ordering::AcqRel);
         let too_many_bytes = pending > 0 && pending + len > self.config.max_outbound_bytes;
         let result = if too_many_bytes {
-            Err(TrySendError::Full(bytes))
+            Err(TrySendError::Full(Chunks::Many(Vec::new())))
+        } else if chunks.len() == 1 {
+            let one = chunks.pop().map_or(Chunks::Many(Vec::new()), Chunks::One);
+            conn.tx.try_send(one)
         } else {
-            conn.tx.try_send(bytes)
+            conn.tx.try_send(Chunks::Many(std::mem::take(chunks)))
         };
         match result {
             Ok(()) => {

@@ -433,6 +433,7 @@ impl Broker {
             shutting_down: false,
             closing_writers: Vec::new(),
             backlog: None,
+            chunks: Vec::new(),
             config,
         };
         owner.run(inbound_rx, accept_rx, shutdown).await;
@@ -749,6 +750,8 @@ struct Owner {
     closing_writers: Vec<JoinHandle<()>>,
     /// A writer with more than half of [`BrokerConfig::max_outbound_bytes`] pending.
     backlog: Option<ConnectionHandle>,
+    /// One connection's transmits, taken from the core together (kept for its allocation).
+    chunks: Vec<Bytes>,
 }
 
 fn now() -> std::time::Instant {
@@ -929,9 +932,12 @@ impl Owner {
     fn flush(&mut self) {
         loop {
             // Transmits first: a connection's last bytes come before its Closed event.
-            while let Some((handle, bytes)) = self.core.poll_transmit() {
-                self.transmit(handle, bytes);
+            let mut chunks = std::mem::take(&mut self.chunks);
+            while let Some(handle) = self.core.poll_transmit_into(&mut chunks) {
+                self.transmit(handle, &mut chunks);
+                chunks.clear();
             }
+            self.chunks = chunks;
             match self.core.poll_event() {
                 Some(event) => self.on_event(event),
                 None => return,
@@ -939,7 +945,8 @@ impl Owner {
         }
     }
 
-    fn transmit(&mut self, handle: ConnectionHandle, bytes: Bytes) {
+    /// Queues what one flush produced for `handle` (taken from `chunks`).
+    fn transmit(&mut self, handle: ConnectionHandle, chunks: &mut Vec<Bytes>) {
         let Some(conn) = self.conns.get_mut(&handle) else {
             return;
         };
@@ -947,7 +954,7 @@ impl Owner {
             return;
         }
         let result = conn.outbox.push(
-            bytes,
+            chunks,
             self.config.outbound_queue_capacity.max(1),
             self.config.max_outbound_bytes,
         );
@@ -1363,20 +1370,27 @@ impl Outbox {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Queues `bytes` unless more than `max_writes` writes, or (when anything is pending) more
-    /// than `max_bytes` bytes, would be pending. Returns the bytes now pending.
-    fn push(&self, bytes: Bytes, max_writes: usize, max_bytes: usize) -> Result<usize, Refused> {
+    /// Queues `chunks` (one flush's output for the connection, taken whole) unless
+    /// `max_writes` chunks are already pending, or (when anything is pending) more than
+    /// `max_bytes` bytes would be. Returns the bytes now pending.
+    fn push(
+        &self,
+        chunks: &mut Vec<Bytes>,
+        max_writes: usize,
+        max_bytes: usize,
+    ) -> Result<usize, Refused> {
+        let len: usize = chunks.iter().map(Bytes::len).sum();
         let mut state = self.state();
         if state.writer_gone {
             return Err(Refused::WriterGone);
         }
         let pending = state.pending;
-        if state.queue.len() >= max_writes || (pending > 0 && pending + bytes.len() > max_bytes) {
+        if state.queue.len() >= max_writes || (pending > 0 && pending + len > max_bytes) {
             return Err(Refused::Full { pending });
         }
-        state.pending += bytes.len();
+        state.pending += len;
         let pending = state.pending;
-        state.queue.push_back(bytes);
+        state.queue.extend(chunks.drain(..));
         self.ready.store(true, Ordering::Release);
         // The task's waker stays registered (see `take`).
         if let Some(w) = &state.waker {
