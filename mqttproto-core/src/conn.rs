@@ -194,6 +194,49 @@ impl Wire {
         Ok(())
     }
 
+    /// Sends a PUBLISH encoded once for several connections (see `session::SharedForm`):
+    /// copied into the output, with `id` patched in at its offset; or, without an id and at
+    /// [`SHARED_PAYLOAD_MIN`] bytes or more, sent as the same `Bytes`. It is not sent if it
+    /// exceeds the peer's Maximum Packet Size (a PUBLISH has nothing it may drop to fit).
+    pub fn send_encoded(
+        &mut self,
+        now: Instant,
+        bytes: &Bytes,
+        id: Option<(usize, PacketId)>,
+    ) -> Result<(), StateError> {
+        if self.closed {
+            return Err(StateError::NotConnected);
+        }
+        if bytes.len() > self.max_out as usize {
+            return Err(StateError::PacketTooLarge {
+                size: bytes.len(),
+                max: self.max_out,
+            });
+        }
+        match id {
+            None if bytes.len() >= SHARED_PAYLOAD_MIN => {
+                if !self.output.is_empty() {
+                    self.chunks.push_back(self.output.split().freeze());
+                }
+                self.chunks.push_back(bytes.clone());
+            }
+            _ => {
+                self.make_room(bytes.len());
+                let start = self.output.len();
+                self.output.extend_from_slice(bytes);
+                if let Some((at, id)) = id {
+                    let at = start + at;
+                    if let Some(field) = self.output.get_mut(at..at + 2) {
+                        field.copy_from_slice(&id.get().to_be_bytes());
+                    }
+                }
+            }
+        }
+        tracing::debug!(target: TRACE_TARGET, role = self.role.name(), size = bytes.len(), packet_id = id.map(|(_, id)| id.get()), "sent PUBLISH (encoded once for all its subscribers)");
+        self.last_sent = Some(now);
+        Ok(())
+    }
+
     /// Stops the connection with `error`. If `reason` is given, a DISCONNECT with that reason
     /// code is queued first (CONNACK-stage errors are answered by the caller instead).
     pub fn fail(&mut self, now: Instant, error: Error, reason: Option<ReasonCode>) -> Error {

@@ -277,6 +277,59 @@ enum Pending {
     Unsubscribe(Unsubscribe),
 }
 
+/// A message encoded once for every subscriber that gets it in the same form: the same QoS,
+/// RETAIN and expiry, and no Subscription Identifiers (see `Broker::route`).
+#[derive(Debug)]
+pub(crate) struct SharedForm {
+    /// The whole PUBLISH; at QoS 1 and 2 its packet identifier is a placeholder, replaced in
+    /// each connection's copy.
+    pub bytes: Bytes,
+    /// Where the packet identifier is in `bytes` (QoS 1 and 2).
+    pub id_at: Option<usize>,
+    /// The message as encoded, without a packet identifier: what a QoS 1/2 flow keeps in
+    /// flight for a resend.
+    pub publish: Publish,
+}
+
+impl SharedForm {
+    /// Encodes `publish` (shaped for its subscribers, with no packet identifier) as it is sent
+    /// at `now`. `None` if it cannot be encoded; the regular path then reports why.
+    pub fn new(mut publish: Publish, expires_at: Option<Instant>, now: Instant) -> Option<Self> {
+        publish.dup = false;
+        publish.packet_id = None;
+        if let Some(t) = expires_at {
+            publish.properties.message_expiry_interval = Some(remaining_expiry(t, now));
+        }
+        let mut wire_form = publish.clone();
+        if publish.qos != QoS::AtMostOnce {
+            wire_form.packet_id = PacketId::new(1);
+        }
+        let mut buf = bytes::BytesMut::new();
+        Packet::Publish(wire_form)
+            .encode(&mut buf, crate::types::ProtocolVersion::V5)
+            .ok()?;
+        let id_at = match publish.qos {
+            QoS::AtMostOnce => None,
+            _ => {
+                let header = codec::decode_fixed_header(&buf).ok()??;
+                Some(header.header_len + 2 + publish.topic.len())
+            }
+        };
+        Some(SharedForm {
+            bytes: buf.freeze(),
+            id_at,
+            publish,
+        })
+    }
+}
+
+/// A Message Expiry Interval's remaining seconds at `now`, rounded up [MQTT-3.3.2-6].
+fn remaining_expiry(expires_at: Instant, now: Instant) -> u32 {
+    let left = expires_at.saturating_duration_since(now);
+    let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
+    u32::try_from(secs).unwrap_or(u32::MAX)
+}
+
 /// The parts of a CONNECT a connection keeps after CONNACK.
 #[derive(Debug)]
 struct Identity {
@@ -688,6 +741,56 @@ impl Session {
         Ok(())
     }
 
+    /// Sends `form` as [`publish`](Self::publish) would send its message now, without encoding
+    /// it again. Returns false, having done nothing, when the message must take the regular
+    /// path: the client is not connected, messages wait ahead of it, its Receive Maximum is
+    /// reached, or topic aliases change what it is sent.
+    pub(crate) fn publish_shared(&mut self, now: Instant, form: &SharedForm) -> bool {
+        if self.phase != SessionPhase::Connected
+            || !self.state.queue.is_empty()
+            || self.options.max_queued_messages == 0
+            || self.out_aliases.active()
+        {
+            return false;
+        }
+        let id = match form.publish.qos {
+            QoS::AtMostOnce => None,
+            _ if !self.state.outbound.has_room() => return false,
+            _ => match self.state.outbound.allocate() {
+                Ok(id) => Some(id),
+                Err(_) => return false,
+            },
+        };
+        let at = form.id_at.unwrap_or(0);
+        match self
+            .wire
+            .send_encoded(now, &form.bytes, id.map(|id| (at, id)))
+        {
+            Ok(()) => {
+                if let Some(id) = id {
+                    let mut publish = form.publish.clone();
+                    publish.packet_id = Some(id);
+                    self.state.outbound.track(publish);
+                }
+                true
+            }
+            Err(e) => {
+                if let Some(id) = id {
+                    self.state.outbound.release(id);
+                }
+                match e {
+                    StateError::PacketTooLarge { size, max } => {
+                        // Discarded as if delivered [MQTT-3.1.2-25].
+                        tracing::debug!(target: "mqttproto", size, max, "PUBLISH exceeds the client's Maximum Packet Size; discarded");
+                        self.state.dropped += 1;
+                        true
+                    }
+                    _ => false,
+                }
+            }
+        }
+    }
+
     /// Sends DISCONNECT with `reason_code` (for example 0x8E Session taken over, 0x8B Server
     /// shutting down) and ends the connection. The session state stays.
     pub fn disconnect(&mut self, now: Instant, reason_code: ReasonCode) -> Result<(), StateError> {
@@ -876,10 +979,7 @@ impl Session {
         }
         if let Some(t) = expires_at {
             // The remaining interval, rounded up [MQTT-3.3.2-6].
-            let left = t.saturating_duration_since(now);
-            let secs = left.as_secs() + u64::from(left.subsec_nanos() > 0);
-            publish.properties.message_expiry_interval =
-                Some(u32::try_from(secs).unwrap_or(u32::MAX));
+            publish.properties.message_expiry_interval = Some(remaining_expiry(t, now));
         }
         publish.dup = false;
         publish.packet_id = None;

@@ -1670,3 +1670,133 @@ fn reauthentication_turns_mqtt_4_12_1_1() {
         "{events:?}"
     );
 }
+
+/// The broker encodes a message once for all the subscribers that get it in the same form
+/// (QoS, RETAIN, no Subscription Identifier) and can be sent it at once; the others take the
+/// regular path. Every subscriber must get what it would get alone: its own packet
+/// identifiers (patched into its copy), RETAIN per Retain As Published [MQTT-3.3.1-12,
+/// -13], its Subscription Identifiers [MQTT-3.3.4-3], the remaining expiry [MQTT-3.3.2-6],
+/// topic aliases, nothing over its Maximum Packet Size [MQTT-3.1.2-25], nothing past its
+/// Receive Maximum until it acknowledges [MQTT-3.3.4-9].
+#[test]
+fn one_encoding_per_form_reaches_every_subscriber_as_it_would_alone() {
+    for split in SPLITS {
+        let mut options = BrokerOptions::default();
+        options.session.outbound_topic_aliases = true;
+        let mut w = World::new(split, options);
+        let manual = |id: &str, receive_maximum: u16| ClientOptions {
+            manual_acks: true,
+            receive_maximum: NonZeroU16::new(receive_maximum).unwrap(),
+            ..opts(id)
+        };
+        w.add("pub", opts("pub"));
+        w.add("q0", opts("q0"));
+        w.add("q1", opts("q1"));
+        w.add("q2", opts("q2"));
+        w.add("busy", manual("busy", 100));
+        w.add("full", manual("full", 1));
+        w.add("rap", opts("rap"));
+        w.add("ids", opts("ids"));
+        w.add(
+            "alias",
+            ClientOptions {
+                topic_alias_maximum: 10,
+                ..opts("alias")
+            },
+        );
+        w.add(
+            "small",
+            ClientOptions {
+                maximum_packet_size: std::num::NonZeroU32::new(20),
+                ..opts("small")
+            },
+        );
+        for name in [
+            "pub", "q0", "q1", "q2", "busy", "full", "rap", "ids", "alias", "small",
+        ] {
+            w.connect(name);
+        }
+        w.subscribe("q0", "t/#", qos(QoS::AtMostOnce), None);
+        w.subscribe("q1", "t/#", qos(QoS::AtLeastOnce), None);
+        w.subscribe("q2", "t/#", qos(QoS::ExactlyOnce), None);
+        for name in ["busy", "full"] {
+            w.subscribe(name, "t/#", qos(QoS::AtLeastOnce), None);
+            w.subscribe(name, "x", qos(QoS::AtLeastOnce), None);
+        }
+        let mut rap = qos(QoS::AtLeastOnce);
+        rap.retain_as_published = true;
+        w.subscribe("rap", "t/#", rap, None);
+        w.subscribe("ids", "t/#", qos(QoS::AtLeastOnce), Some(7));
+        w.subscribe("alias", "t/#", qos(QoS::AtLeastOnce), None);
+        w.subscribe("small", "t/#", qos(QoS::AtLeastOnce), None);
+
+        // One unacknowledged message each: "busy" has room for more, "full" has none.
+        w.publish("pub", "x", b"first", QoS::AtLeastOnce, false);
+        let first: HashMap<_, _> = ["busy", "full"]
+            .into_iter()
+            .map(|n| (n, w.messages(n)[0].packet_id.unwrap()))
+            .collect();
+
+        for payload in [&b"shared one"[..], b"shared two"] {
+            let now = w.now;
+            let mut p = Publish::new(
+                TopicName::try_from("t/a").unwrap(),
+                Bytes::copy_from_slice(payload),
+            );
+            p.qos = QoS::ExactlyOnce;
+            p.retain = true;
+            p.properties.message_expiry_interval = Some(100);
+            w.client("pub").publish(now, p).unwrap();
+            w.pump();
+        }
+        let want = [&b"shared one"[..], b"shared two"];
+        let check = |name: &str, ms: &[Publish], qos: QoS, retain: bool| {
+            assert_eq!(payloads(ms), want, "{name} {split:?}");
+            for m in ms {
+                assert_eq!(m.qos, qos, "{name}");
+                assert_eq!(m.retain, retain, "{name}");
+                assert!(!m.dup, "{name}");
+                assert_eq!(m.topic.as_str(), "t/a", "{name}");
+                assert_eq!(m.properties.message_expiry_interval, Some(100), "{name}");
+                assert_eq!(m.packet_id.is_some(), qos != QoS::AtMostOnce, "{name}");
+            }
+            if qos != QoS::AtMostOnce {
+                assert_ne!(ms[0].packet_id, ms[1].packet_id, "{name}");
+            }
+        };
+        check("q0", &w.messages("q0"), QoS::AtMostOnce, false);
+        check("q1", &w.messages("q1"), QoS::AtLeastOnce, false);
+        check("q2", &w.messages("q2"), QoS::ExactlyOnce, false);
+        check("rap", &w.messages("rap"), QoS::AtLeastOnce, true);
+        check("alias", &w.messages("alias"), QoS::AtLeastOnce, false);
+        let ids = w.messages("ids");
+        check("ids", &ids, QoS::AtLeastOnce, false);
+        for m in &ids {
+            assert_eq!(
+                m.properties.subscription_identifiers,
+                vec![SubscriptionId::new(7).unwrap()]
+            );
+        }
+        let busy = w.messages("busy");
+        check("busy", &busy, QoS::AtLeastOnce, false);
+        assert!(busy.iter().all(|m| m.packet_id != Some(first["busy"])));
+        // Over its Maximum Packet Size: discarded, not sent [MQTT-3.1.2-25].
+        assert!(w.messages("small").is_empty());
+        // Its window is full: the messages wait for the acknowledgement, then arrive.
+        assert!(w.messages("full").is_empty(), "{split:?}");
+        let now = w.now;
+        w.client("full")
+            .acknowledge(now, first["full"], ReasonCode::Success)
+            .unwrap();
+        w.pump();
+        let mut full = w.messages("full");
+        assert_eq!(full.len(), 1, "one at a time under Receive Maximum 1");
+        let id = full[0].packet_id.unwrap();
+        w.client("full")
+            .acknowledge(now, id, ReasonCode::Success)
+            .unwrap();
+        w.pump();
+        full.extend(w.messages("full"));
+        check("full", &full, QoS::AtLeastOnce, false);
+    }
+}

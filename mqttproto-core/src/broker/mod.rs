@@ -22,8 +22,11 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 
 use crate::codec::{AckProperties, Auth, ConnAckProperties, Connect, Publish, Subscribe, Will};
+use crate::conn::SHARED_PAYLOAD_MIN;
 use crate::error::{Error, StateError};
-use crate::session::{Session, SessionEvent, SessionOptions, SessionPhase, SessionState};
+use crate::session::{
+    Session, SessionEvent, SessionOptions, SessionPhase, SessionState, SharedForm,
+};
 use crate::string::MqttString;
 use crate::types::{
     PacketId, QoS, ReasonCode, RetainHandling, SubscriptionId, SubscriptionOptions,
@@ -1097,15 +1100,59 @@ impl Broker {
             });
         }
         let matched = !targets.is_empty();
+        // Subscribers that get the message in the same form (QoS, RETAIN, no Subscription
+        // Identifiers) and can be sent it now share one encoding of it, made on first use:
+        // indexed by QoS and RETAIN; `Some(None)` when it could not be encoded.
+        let mut forms: [Option<Option<SharedForm>>; 6] = Default::default();
+        let shareable = expires_at.is_none_or(|t| t > now);
         for (sid, t) in targets.drain(..) {
+            let qos = publish.qos.min(t.qos);
+            let retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
+            if shareable
+                && t.ids.is_empty()
+                && (qos == QoS::AtMostOnce || publish.payload.len() < SHARED_PAYLOAD_MIN)
+            {
+                let form = forms[qos as usize * 2 + usize::from(retain)].get_or_insert_with(|| {
+                    let mut p = publish.clone();
+                    p.qos = qos;
+                    p.retain = retain;
+                    SharedForm::new(p, expires_at, now)
+                });
+                if let Some(form) = form {
+                    if self.deliver_shared(now, sid, form) {
+                        continue;
+                    }
+                }
+            }
             let mut out = publish.clone();
-            out.qos = publish.qos.min(t.qos);
-            out.retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
+            out.qos = qos;
+            out.retain = retain;
             set_subscription_ids(&mut out, t.ids);
             self.deliver(now, sid, out, expires_at);
         }
         self.scratch = targets;
         matched
+    }
+
+    /// Sends a shared form of a message to a connected session that can take it now;
+    /// false if it must go the regular way ([`deliver`](Self::deliver)).
+    fn deliver_shared(&mut self, now: Instant, sid: SessionId, form: &SharedForm) -> bool {
+        let Some(h) = self
+            .slots
+            .get(sid as usize)
+            .and_then(|s| s.as_ref())
+            .and_then(|s| s.conn)
+        else {
+            return false;
+        };
+        let Some(conn) = self.conn_mut(h) else {
+            return false;
+        };
+        if !conn.session.publish_shared(now, form) {
+            return false;
+        }
+        self.dirty.push_back(h);
+        true
     }
 
     fn deliver(
