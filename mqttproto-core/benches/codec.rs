@@ -19,6 +19,11 @@
 //!   inputs.
 //! * encode: `Packet::encode` (mqttproto, which validates the packet first) and `Packet::write`
 //!   (rumqttc) append to one reused `BytesMut` that is cleared before each iteration.
+//! * encode for a vectored write (PUBLISH only, mqttproto only, `encode_head/mqttproto`):
+//!   `Publish::encode_head` appends everything but the payload, and the payload's `Bytes` is
+//!   cloned into a reused list of chunks, which is what a vectored write sends. It produces the
+//!   same bytes as rumqttc's `write` in two pieces instead of one copy. The drivers send
+//!   payloads of 16 KiB or more this way (`SHARED_PAYLOAD_MIN`); smaller ones are copied.
 //!
 //! Before measuring, each case checks that both libraries agree: each side decodes its own and the
 //! other side's encoding into the packet it was built from, and the two encodings have the same
@@ -310,6 +315,9 @@ fn check_equivalent(case: &Case) -> Bytes {
     assert_eq!(ours_decode(&theirs_wire), case.ours, "{}", case.name);
     assert_eq!(theirs_decode(&ours_wire), case.theirs, "{}", case.name);
     assert_eq!(theirs_decode(&theirs_wire), case.theirs, "{}", case.name);
+    if let Packet::Publish(p) = &case.ours {
+        check_vectored(p, &ours_wire);
+    }
     ours_wire
 }
 
@@ -375,7 +383,33 @@ fn bench_case(c: &mut Criterion, case: &Case) {
             black_box(&out);
         })
     });
+    if let Packet::Publish(publish) = &case.ours {
+        let mut chunks = Vec::with_capacity(1);
+        group.bench_function(BenchmarkId::new("encode_head", "mqttproto"), |b| {
+            b.iter(|| encode_vectored(black_box(publish), &mut out, &mut chunks))
+        });
+    }
     group.finish();
+}
+
+/// What a driver does to send a PUBLISH with a vectored write: the head is encoded, the payload
+/// is referenced (the chunk list stands for the write's second buffer).
+#[inline(always)]
+fn encode_vectored(publish: &Publish, out: &mut BytesMut, chunks: &mut Vec<Bytes>) {
+    out.clear();
+    chunks.clear();
+    publish.encode_head(out, V5).unwrap();
+    chunks.push(publish.payload.clone());
+    black_box((&*out, &*chunks));
+}
+
+/// Checks that the head and the payload make the packet `Packet::encode` writes.
+fn check_vectored(publish: &Publish, wire: &[u8]) {
+    let (mut out, mut chunks) = (BytesMut::new(), Vec::new());
+    encode_vectored(publish, &mut out, &mut chunks);
+    let mut joined = out.to_vec();
+    joined.extend_from_slice(&chunks[0]);
+    assert_eq!(joined, wire, "encode_head + payload differs from encode");
 }
 
 fn all_cases() -> Vec<Case> {
@@ -426,6 +460,9 @@ fn count_mode(iterations: usize, only: Option<&str>) {
         let mut out = BytesMut::with_capacity(2 * wire.len());
         count_encode_mqttproto(&case.ours, &mut out, iterations);
         count_encode_rumqttc(&case.theirs, &mut out, iterations);
+        if let Packet::Publish(publish) = &case.ours {
+            count_encode_head_mqttproto(publish, &mut out, iterations);
+        }
         println!("{}: {} iterations counted", case.name, iterations);
     }
 }
@@ -454,6 +491,14 @@ fn count_encode_mqttproto(p: &Packet, out: &mut BytesMut, n: usize) {
         out.clear();
         black_box(p).encode(out, V5).unwrap();
         black_box(&*out);
+    }
+}
+
+#[inline(never)]
+fn count_encode_head_mqttproto(p: &Publish, out: &mut BytesMut, n: usize) {
+    let mut chunks = Vec::with_capacity(1);
+    for _ in 0..n {
+        encode_vectored(black_box(p), out, &mut chunks);
     }
 }
 
@@ -504,12 +549,24 @@ fn interleaved_mode(rounds: usize, only: Option<&str>) {
         let n = ((1 << 20) / wire.len().max(1)).clamp(1, 256);
         let mut input = BytesMut::with_capacity(n * wire.len());
         let mut out = BytesMut::with_capacity(2 * wire.len());
-        // decode ours, decode theirs, encode ours, encode theirs
-        let mut t: [Vec<f64>; 4] = Default::default();
+        let publish = match &case.ours {
+            Packet::Publish(p) => Some(p),
+            _ => None,
+        };
+        let mut chunks = Vec::with_capacity(1);
+        // decode ours, decode theirs, encode ours, encode theirs, encode_head ours (PUBLISH)
+        let mut t: [Vec<f64>; 5] = Default::default();
         for round in 0..rounds {
-            for k in 0..4 {
-                let which = if round % 2 == 0 { k } else { k ^ 1 };
+            for k in 0..5 {
+                let which = if k == 4 || round % 2 == 0 { k } else { k ^ 1 };
                 match which {
+                    4 => {
+                        if let Some(p) = publish {
+                            t[4].push(time_batch(n, || {
+                                encode_vectored(black_box(p), &mut out, &mut chunks)
+                            }));
+                        }
+                    }
                     0 | 1 => {
                         input.clear();
                         for _ in 0..n {
@@ -542,9 +599,14 @@ fn interleaved_mode(rounds: usize, only: Option<&str>) {
                 }
             }
         }
-        for (op, i) in [("decode", 0), ("encode", 2)] {
-            let (ours_min, ours_med) = summary(&mut t[i]);
-            let (theirs_min, theirs_med) = summary(&mut t[i + 1]);
+        let rows: &[(&str, usize, usize)] = if publish.is_some() {
+            &[("decode", 0, 1), ("encode", 2, 3), ("enc_head", 4, 3)]
+        } else {
+            &[("decode", 0, 1), ("encode", 2, 3)]
+        };
+        for &(op, i, j) in rows {
+            let (ours_min, ours_med) = summary(&mut t[i].clone());
+            let (theirs_min, theirs_med) = summary(&mut t[j].clone());
             println!(
                 "{:<24} {:<7} {:>9.1} ns {:>9.1} ns {:>9.1} ns {:>9.1} ns {:>9.2} {:>9.2}",
                 case.name,
