@@ -146,6 +146,16 @@ impl Wire {
         self.input.extend_from_slice(data);
     }
 
+    /// Takes a read buffer: decoded in place when nothing is buffered (no copy), appended
+    /// otherwise.
+    pub fn push_input_owned(&mut self, data: BytesMut) {
+        if self.input.is_empty() {
+            self.input = data;
+        } else {
+            self.input.extend_from_slice(&data);
+        }
+    }
+
     /// The next complete packet in the input, if any. Errors are not yet sticky: the caller
     /// reports them through [`Wire::fail`].
     pub fn next_packet(&mut self, now: Instant) -> Result<Option<Packet>, Error> {

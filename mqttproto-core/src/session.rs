@@ -13,7 +13,7 @@ use std::collections::{HashMap, VecDeque};
 use std::num::{NonZeroU16, NonZeroU32};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::codec::{
     self, AckProperties, Auth, AuthProperties, ConnAck, ConnAckProperties, Connect, Disconnect,
@@ -304,7 +304,7 @@ impl SharedForm {
         if publish.qos != QoS::AtMostOnce {
             wire_form.packet_id = PacketId::new(1);
         }
-        let mut buf = bytes::BytesMut::new();
+        let mut buf = BytesMut::new();
         Packet::Publish(wire_form)
             .encode(&mut buf, crate::types::ProtocolVersion::V5)
             .ok()?;
@@ -819,6 +819,22 @@ impl Session {
         }
         self.wire.push_input(data);
         self.process_input(now)
+    }
+
+    /// [`handle_bytes`](Self::handle_bytes) for a buffer the caller gives up: when no partial
+    /// packet is buffered, its packets are decoded in place, without copying them (the
+    /// payloads of PUBLISH packets become slices of it). A driver that reads a large packet
+    /// whole into one buffer hands it over this way.
+    pub fn handle_input(&mut self, now: Instant, data: BytesMut) -> Result<(), Error> {
+        self.wire.check()?;
+        if self.phase == SessionPhase::Closed {
+            return Err(Error::ConnectionClosed);
+        }
+        self.wire.push_input_owned(data);
+        let result = self.process_input(now);
+        // The buffer's allocation stays alive only through the packets taken from it.
+        self.wire.release_empty_input();
+        result
     }
 
     /// Advances timers: the connect timeout and the keep-alive allowance of 1.5 × Keep Alive

@@ -19,7 +19,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::num::NonZeroU16;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
 use crate::codec::{AckProperties, Auth, ConnAckProperties, Connect, Publish, Subscribe, Will};
 use crate::conn::SHARED_PAYLOAD_MIN;
@@ -334,6 +334,23 @@ impl Broker {
             return Err(Error::ConnectionClosed);
         };
         let result = conn.session.handle_bytes(now, data);
+        self.process(now, handle);
+        result
+    }
+
+    /// [`handle_bytes`](Self::handle_bytes) for a read buffer the driver gives up: when the
+    /// connection has no partial packet buffered, its packets are decoded in place instead of
+    /// being copied (see [`Session::handle_input`]).
+    pub fn handle_input(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        data: BytesMut,
+    ) -> Result<(), Error> {
+        let Some(conn) = self.conn_mut(handle) else {
+            return Err(Error::ConnectionClosed);
+        };
+        let result = conn.session.handle_input(now, data);
         self.process(now, handle);
         result
     }

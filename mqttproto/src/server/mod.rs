@@ -25,6 +25,7 @@ use mqttproto_core::codec::Connect;
 pub mod acl;
 pub mod auth;
 pub mod enhanced;
+pub(crate) mod framing;
 #[cfg(any(feature = "tokio", feature = "blocking"))]
 pub(crate) mod pause;
 pub mod tls;
