@@ -143,7 +143,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use mqttproto_core::broker::{Broker as CoreBroker, BrokerEvent, ConnectionHandle};
 use mqttproto_core::{Error, ReasonCode};
 
@@ -256,7 +256,7 @@ enum Inbound {
     /// A connection after its handshakes; the owner answers with its handle, or `None` to
     /// refuse it.
     Opened(Box<Opened>, SyncSender<Option<ConnectionHandle>>),
-    Bytes(ConnectionHandle, Bytes),
+    Bytes(ConnectionHandle, BytesMut),
     Closed(ConnectionHandle),
     Verdict(ConnectionHandle, ReasonCode),
     /// A step of an enhanced authentication has run.
@@ -1138,7 +1138,7 @@ impl Owner {
     fn on_inbound(&mut self, msg: Inbound) -> Flow {
         match msg {
             Inbound::Bytes(handle, bytes) => {
-                if let Err(error) = self.core.handle_bytes(Instant::now(), handle, &bytes) {
+                if let Err(error) = self.core.handle_input(Instant::now(), handle, bytes) {
                     if !matches!(error, Error::ConnectionClosed) {
                         tracing::debug!(target: TARGET, conn = handle.index(), %error, "bad input");
                     }

@@ -27,6 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use crate::server::framing::{hold_read_size, Framer, Framing};
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::{ServerConfig, ServerConnection};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -416,30 +417,57 @@ impl Write for WsDuplex {
 pub(super) enum Reader {
     // The variants' contents stay private to this module.
     /// MQTT straight over the socket or TLS.
-    Raw(Source, BytesMut),
+    Raw(Source, RawInput),
     /// MQTT in WebSocket binary frames; the flag tells the writer that the close handshake
     /// is done.
     Ws(Box<WebSocket<WsDuplex>>, Arc<AtomicBool>),
 }
 
+/// What the reader of a raw (not WebSocket) connection keeps between reads.
+#[derive(Default)]
+pub(super) struct RawInput {
+    buf: BytesMut,
+    /// Packet boundaries in what is read.
+    framer: Framer,
+    /// The size of the large packet `buf` holds the start of (0: none).
+    held: usize,
+}
+
 impl Reader {
-    /// The next bytes from the peer; `None` at the end of the stream (or a WebSocket close).
-    pub(super) fn read_chunk(&mut self) -> io::Result<Option<Bytes>> {
+    /// The next bytes from the peer, whole packets first (a packet over 64 KiB comes in one
+    /// piece, see `server::framing`); `None` at the end of the stream (or a WebSocket close).
+    pub(super) fn read_chunk(&mut self) -> io::Result<Option<BytesMut>> {
         match self {
-            Reader::Raw(source, buf) => {
-                buf.resize(READ_CHUNK, 0);
+            Reader::Raw(source, input) => loop {
+                let start = input.buf.len();
+                let ask = match input.held {
+                    0 => READ_CHUNK,
+                    total => hold_read_size(start, total),
+                };
+                input.buf.resize(start + ask, 0);
                 let n = loop {
-                    match source.read(&mut buf[..]) {
+                    match source.read(&mut input.buf[start..]) {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                         other => break other?,
                     }
                 };
+                input.buf.truncate(start + n);
                 if n == 0 {
                     return Ok(None);
                 }
-                buf.truncate(n);
-                Ok(Some(buf.split().freeze()))
-            }
+                match input.framer.scan(&input.buf) {
+                    Framing::All => {
+                        input.held = 0;
+                        return Ok(Some(input.buf.split()));
+                    }
+                    Framing::Hold { whole, total } => {
+                        input.held = total;
+                        if whole > 0 {
+                            return Ok(Some(input.buf.split_to(whole)));
+                        }
+                    }
+                }
+            },
             Reader::Ws(ws, closed) => loop {
                 let read = ws.read();
                 if !ws.can_write() {
@@ -448,7 +476,7 @@ impl Reader {
                 }
                 match read {
                     Ok(Message::Binary(data)) if data.is_empty() => {}
-                    Ok(Message::Binary(data)) => return Ok(Some(data)),
+                    Ok(Message::Binary(data)) => return Ok(Some(BytesMut::from(data))),
                     Ok(Message::Text(_)) => {
                         return Err(io::Error::new(
                             io::ErrorKind::InvalidData,
@@ -539,7 +567,7 @@ pub(super) fn open(sock: Arc<Stream>, wrap: &Wrap, timeout: Duration) -> io::Res
     };
     let ws_closed = Arc::new(AtomicBool::new(false));
     let reader = match ws_path {
-        None => Reader::Raw(source, BytesMut::new()),
+        None => Reader::Raw(source, RawInput::default()),
         Some(path) => {
             source.sock.set_timeouts(Some(timeout))?;
             let duplex = WsDuplex {
