@@ -151,6 +151,7 @@ pub use self::conn::Stream;
 use self::conn::Wrap;
 use crate::server::connack_code;
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
+use crate::server::framing::INBOUND_BATCH_BYTES;
 use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
@@ -264,6 +265,16 @@ enum Inbound {
     /// A connection's writer thread has finished.
     WriterDone(ConnectionHandle),
     Shutdown,
+}
+
+impl Inbound {
+    /// The bytes it carries.
+    fn len(&self) -> usize {
+        match self {
+            Inbound::Bytes(_, b) => b.len(),
+            _ => 0,
+        }
+    }
 }
 
 struct Opened {
@@ -1097,12 +1108,17 @@ impl Owner {
             };
             match received {
                 Ok(msg) => {
+                    let mut taken = msg.len();
                     if self.on_inbound(msg) == Flow::Stop {
                         return;
                     }
                     for _ in 1..INBOUND_BATCH {
+                        if taken >= INBOUND_BATCH_BYTES {
+                            break;
+                        }
                         match inbound.try_recv() {
                             Ok(msg) => {
+                                taken += msg.len();
                                 if self.on_inbound(msg) == Flow::Stop {
                                     return;
                                 }

@@ -12,6 +12,12 @@ use mqttproto_core::codec::decode_fixed_header;
 /// Packets larger than this are kept together by the reader; smaller ones go as they come.
 pub(crate) const HOLD_MIN: usize = 64 * 1024;
 
+/// Bytes of input after which a broker's owner drains the core's output (and checks for
+/// writers that fell behind) even if more inputs wait. An input can be a whole large packet,
+/// so a batch counted in inputs alone could route tens of MiB to a subscriber in one flush,
+/// past its outbound bound, before the owner pauses for it.
+pub(crate) const INBOUND_BATCH_BYTES: usize = 256 * 1024;
+
 /// What a reader does with its buffer after a read.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Framing {

@@ -98,7 +98,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
-use crate::server::framing::{hold_read_size, Framer, Framing};
+use crate::server::framing::{hold_read_size, Framer, Framing, INBOUND_BATCH_BYTES};
 use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
 pub use crate::server::{
@@ -311,6 +311,16 @@ enum Inbound {
     Verdict(ConnectionHandle, ReasonCode),
     /// A step of an enhanced authentication has run.
     AuthStep(AuthJobResult),
+}
+
+impl Inbound {
+    /// The bytes it carries.
+    fn len(&self) -> usize {
+        match self {
+            Inbound::Bytes(_, b) => b.len(),
+            _ => 0,
+        }
+    }
 }
 
 /// An async MQTT 5 broker on tokio. See the [module documentation](self).
@@ -795,10 +805,17 @@ impl Owner {
                 msg = inbound.recv() => {
                     // The owner holds a sender, so the channel never closes.
                     let Some(msg) = msg else { return };
+                    let mut taken = msg.len();
                     self.on_inbound(msg);
                     for _ in 1..INBOUND_BATCH {
+                        if taken >= INBOUND_BATCH_BYTES {
+                            break;
+                        }
                         match inbound.try_recv() {
-                            Ok(msg) => self.on_inbound(msg),
+                            Ok(msg) => {
+                                taken += msg.len();
+                                self.on_inbound(msg);
+                            }
                             Err(_) => break,
                         }
                     }
