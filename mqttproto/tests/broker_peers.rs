@@ -998,6 +998,33 @@ fn oversized_packet_is_refused_with_0x95(driver: Driver) {
     );
 }
 
+/// A packet declared larger than the Maximum Packet Size is refused from its fixed header
+/// [MQTT-3.1.2-24]: the broker's reader, which keeps large packets together, must not wait
+/// for the rest of it (here it never comes).
+fn oversized_large_packet_is_refused_from_its_header_mqtt_3_1_2_24(driver: Driver) {
+    let limit = NonZeroU32::new(100 * 1024).expect("non-zero");
+    let broker = TestBroker::start_tcp(driver, Config::default().with_max_packet_size(limit));
+    let mut sock = TcpStream::connect(("127.0.0.1", broker.port())).expect("connect");
+    sock.write_all(&connect_packet("big")).expect("write");
+    let (packets, _) = read_until(&mut sock, WAIT, |p| !p.is_empty());
+    assert!(
+        matches!(packets.first(), Some(Packet::ConnAck(_))),
+        "{packets:?}"
+    );
+    // The first 4 KiB of a 1 MiB PUBLISH, and nothing more.
+    let whole = publish_packet("big/t", &vec![b'x'; 1 << 20]);
+    sock.write_all(&whole[..4096]).expect("write");
+    let (packets, closed) = read_packets(&mut sock, WAIT);
+    assert!(closed, "closed");
+    assert!(
+        matches!(
+            packets.first(),
+            Some(Packet::Disconnect(d)) if d.reason_code == ReasonCode::PacketTooLarge
+        ),
+        "{packets:?}"
+    );
+}
+
 fn graceful_shutdown_disconnects_clients_with_0x8b(driver: Driver) {
     let mut broker = TestBroker::start_tcp(driver, Config::default());
     let mut c = CoreClient::with_id(broker.port(), "till-the-end");
@@ -1472,6 +1499,7 @@ per_driver!(sync:
     silent_socket_is_closed_by_the_connect_timeout,
     connections_beyond_the_maximum_are_refused,
     oversized_packet_is_refused_with_0x95,
+    oversized_large_packet_is_refused_from_its_header_mqtt_3_1_2_24,
     graceful_shutdown_disconnects_clients_with_0x8b,
     authenticator_verdicts_reach_connack,
     bad_input_does_not_disturb_well_behaved_clients,

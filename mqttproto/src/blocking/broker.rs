@@ -485,6 +485,7 @@ impl Broker {
                 limit,
                 timeout: config.options.session.connect_timeout,
                 queue: config.outbound_queue_capacity.max(1),
+                max_packet_size: max_packet_size(&config),
                 inbound: inbound_tx.clone(),
             };
             let (wake, spawned) = match l {
@@ -568,6 +569,7 @@ impl Broker {
             limit: self.limit,
             timeout: self.config.options.session.connect_timeout,
             queue: self.config.outbound_queue_capacity.max(1),
+            max_packet_size: max_packet_size(&self.config),
             inbound: self.inbound_tx.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -724,7 +726,18 @@ struct AcceptCtx {
     limit: Limit,
     timeout: Duration,
     queue: usize,
+    /// The broker's Maximum Packet Size (`u32::MAX`: none), for the readers' framing.
+    max_packet_size: u32,
     inbound: SyncSender<Inbound>,
+}
+
+/// The broker's Maximum Packet Size, `u32::MAX` when none is set.
+fn max_packet_size(config: &BrokerConfig) -> u32 {
+    config
+        .options
+        .session
+        .maximum_packet_size
+        .map_or(u32::MAX, |m| m.get())
 }
 
 /// The sockets of connections not yet registered with the owner (in their handshakes), so
@@ -831,6 +844,7 @@ impl AcceptCtx {
             wrap: wrap.clone(),
             timeout: self.timeout,
             queue: self.queue,
+            max_packet_size: self.max_packet_size,
             inbound: self.inbound.clone(),
         };
         let spawned = std::thread::Builder::new()
@@ -888,6 +902,7 @@ struct ConnThread {
     wrap: Wrap,
     timeout: Duration,
     queue: usize,
+    max_packet_size: u32,
     inbound: SyncSender<Inbound>,
 }
 
@@ -902,6 +917,7 @@ impl ConnThread {
             wrap,
             timeout,
             queue,
+            max_packet_size,
             inbound,
         } = self;
         let opened = match conn::open(sock, &wrap, timeout) {
@@ -917,6 +933,7 @@ impl ConnThread {
             killer,
             client_cert,
         } = opened;
+        reader.limit_packet_size(max_packet_size);
         let owner_killer = killer.clone();
         let (tx, rx) = mpsc::sync_channel(queue);
         let queued = Arc::new(AtomicUsize::new(0));

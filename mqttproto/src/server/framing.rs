@@ -29,8 +29,12 @@ pub(crate) enum Framing {
 }
 
 /// Tracks where packets begin in a connection's inbound stream.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Framer {
+    /// The broker's Maximum Packet Size: a larger packet is handed over as it comes, so that
+    /// the core refuses it (0x95) as soon as its fixed header arrives instead of the reader
+    /// gathering it.
+    max: u32,
     /// Bytes still to come of a packet whose start was handed over: the next buffer begins
     /// that far before a packet boundary. (A packet is at most 256 MiB: `u32` keeps a
     /// connection's I/O task small.)
@@ -40,7 +44,22 @@ pub(crate) struct Framer {
     lost: bool,
 }
 
+impl Default for Framer {
+    fn default() -> Self {
+        Framer::new(u32::MAX)
+    }
+}
+
 impl Framer {
+    /// A framer for a connection whose packets may be at most `max_packet_size` bytes.
+    pub(crate) fn new(max_packet_size: u32) -> Self {
+        Framer {
+            max: max_packet_size,
+            skip: 0,
+            lost: false,
+        }
+    }
+
     /// Looks at the reader's buffer (what it kept, then what it read since it last handed
     /// something over) and says what to hand over.
     pub(crate) fn scan(&mut self, buf: &[u8]) -> Framing {
@@ -75,7 +94,7 @@ impl Framer {
             let total = header.packet_len();
             if buf.len() - pos >= total {
                 pos += total;
-            } else if total > HOLD_MIN {
+            } else if total > HOLD_MIN && total <= self.max as usize {
                 return Framing::Hold { whole: pos, total };
             } else {
                 self.skip = u32::try_from(total - (buf.len() - pos)).unwrap_or(u32::MAX);
@@ -189,6 +208,22 @@ mod tests {
         assert_eq!(framer.scan(&[0x00, 0x00]), Framing::All);
         let big = publish(200 * 1024);
         assert_eq!(framer.scan(&big[..1000]), Framing::All);
+    }
+
+    #[test]
+    fn a_packet_over_the_maximum_size_is_not_gathered_mqtt_3_1_2_24() {
+        // The core refuses it from its fixed header; the reader must not collect it first.
+        let big = publish(200 * 1024);
+        let mut framer = Framer::new(100 * 1024);
+        assert_eq!(framer.scan(&big[..1000]), Framing::All);
+        let mut framer = Framer::new(300 * 1024);
+        assert_eq!(
+            framer.scan(&big[..1000]),
+            Framing::Hold {
+                whole: 0,
+                total: big.len()
+            }
+        );
     }
 
     #[test]

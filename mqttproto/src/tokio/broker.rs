@@ -915,6 +915,12 @@ impl Owner {
         let outbox = Arc::new(Outbox::default());
         let inbound = self.inbound_tx.clone();
         let linger = self.config.flush_timeout;
+        let max_in = self
+            .config
+            .options
+            .session
+            .maximum_packet_size
+            .map_or(u32::MAX, |m| m.get());
         let q = outbox.clone();
         let mut client_cert = None;
         let writer = match conn {
@@ -924,14 +930,30 @@ impl Owner {
                 ..
             } => {
                 client_cert = cert.map(Box::new);
-                tokio::spawn(ConnIo::new(handle, Buffered(stream), q, inbound, linger))
+                tokio::spawn(ConnIo::new(
+                    handle,
+                    Buffered(stream),
+                    q,
+                    inbound,
+                    linger,
+                    max_in,
+                ))
             }
-            NewConn::Tcp(sock, _, _) => tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger)),
+            NewConn::Tcp(sock, _, _) => {
+                tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger, max_in))
+            }
             #[cfg(unix)]
-            NewConn::Unix(sock, _) => tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger)),
-            NewConn::Other(stream, _) => {
-                tokio::spawn(ConnIo::new(handle, Buffered(stream), q, inbound, linger))
+            NewConn::Unix(sock, _) => {
+                tokio::spawn(ConnIo::new(handle, sock, q, inbound, linger, max_in))
             }
+            NewConn::Other(stream, _) => tokio::spawn(ConnIo::new(
+                handle,
+                Buffered(stream),
+                q,
+                inbound,
+                linger,
+                max_in,
+            )),
         };
         tracing::debug!(target: TARGET, conn = handle.index(), %peer, "connection accepted");
         self.conns.insert(
@@ -1577,6 +1599,7 @@ impl<S: ConnStream> ConnIo<S> {
         outbox: Arc<Outbox>,
         inbound: mpsc::Sender<Inbound>,
         linger: Duration,
+        max_packet_size: u32,
     ) -> Self {
         ConnIo {
             handle,
@@ -1585,7 +1608,7 @@ impl<S: ConnStream> ConnIo<S> {
             inbound,
             buf: BytesMut::new(),
             chunk: READ_CHUNK_MIN,
-            framer: Framer::default(),
+            framer: Framer::new(max_packet_size),
             held: 0,
             reading: Reading::Read,
             writing: Writing::Idle,

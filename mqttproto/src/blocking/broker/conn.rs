@@ -434,6 +434,13 @@ pub(super) struct RawInput {
 }
 
 impl Reader {
+    /// Packets larger than `max` are not gathered (see `server::framing::Framer::new`).
+    pub(super) fn limit_packet_size(&mut self, max: u32) {
+        if let Reader::Raw(_, input) = self {
+            input.framer = Framer::new(max);
+        }
+    }
+
     /// The next bytes from the peer, whole packets first (a packet over 64 KiB comes in one
     /// piece, see `server::framing`); `None` at the end of the stream (or a WebSocket close).
     pub(super) fn read_chunk(&mut self) -> io::Result<Option<BytesMut>> {
