@@ -1712,7 +1712,13 @@ impl<S: ConnStream> ConnIo<S> {
                                 self.chunk = next_chunk(self.chunk, offered, n);
                             }
                             self.held = 0;
-                            Inbound::Bytes(self.handle, self.buf.split())
+                            let bytes = self.buf.split();
+                            if self.buf.capacity() > READ_CHUNK_MAX {
+                                // What is left of a buffer grown for a large packet: later
+                                // small packets read into it would keep it all alive.
+                                self.buf = BytesMut::new();
+                            }
+                            Inbound::Bytes(self.handle, bytes)
                         }
                         Framing::Hold { whole, total } => {
                             self.held = u32::try_from(total).unwrap_or(u32::MAX);

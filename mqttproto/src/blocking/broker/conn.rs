@@ -27,7 +27,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
-use crate::server::framing::{hold_read_size, Framer, Framing};
+use crate::server::framing::{hold_read_size, Framer, Framing, HOLD_MIN};
 use bytes::{Buf, Bytes, BytesMut};
 use rustls::{ServerConfig, ServerConnection};
 use tungstenite::handshake::server::{ErrorResponse, Request, Response};
@@ -465,7 +465,13 @@ impl Reader {
                 match input.framer.scan(&input.buf) {
                     Framing::All => {
                         input.held = 0;
-                        return Ok(Some(input.buf.split()));
+                        let bytes = input.buf.split();
+                        if input.buf.capacity() > HOLD_MIN {
+                            // What is left of a buffer grown for a large packet: later small
+                            // packets read into it would keep it all alive.
+                            input.buf = BytesMut::new();
+                        }
+                        return Ok(Some(bytes));
                     }
                     Framing::Hold { whole, total } => {
                         input.held = total;
