@@ -193,6 +193,7 @@ impl Wire {
         }
         match packet {
             Packet::Publish(p) if p.payload.len() >= SHARED_PAYLOAD_MIN => {
+                self.make_room(size - p.payload.len());
                 p.encode_head(&mut self.output, self.version)?;
                 let head = self.output.split().freeze();
                 let chunks = self.chunks.get_or_insert_with(Default::default);

@@ -42,6 +42,9 @@ struct World {
     /// authentication), instead of accepting every CONNECT at once.
     hold: bool,
     held: Vec<BrokerEvent>,
+    /// With `authorize`: the application adds Subscription Identifier 99 to every PUBLISH it
+    /// lets through (what a subscriber gets must not depend on it).
+    stamp_ids: bool,
 }
 
 impl World {
@@ -60,6 +63,7 @@ impl World {
             closed: Vec::new(),
             hold: false,
             held: Vec::new(),
+            stamp_ids: false,
         }
     }
 
@@ -207,8 +211,16 @@ impl World {
                     .unwrap();
             }
             BrokerEvent::Publish {
-                handle, publish, ..
+                handle,
+                mut publish,
+                ..
             } => {
+                if self.stamp_ids {
+                    publish
+                        .properties
+                        .subscription_identifiers
+                        .push(SubscriptionId::new(99).unwrap());
+                }
                 let v = if self.deny.contains(&publish.topic.as_str()) {
                     ReasonCode::NotAuthorized
                 } else {
@@ -1799,4 +1811,32 @@ fn one_encoding_per_form_reaches_every_subscriber_as_it_would_alone() {
         full.extend(w.messages("full"));
         check("full", &full, QoS::AtLeastOnce, false);
     }
+}
+
+/// Subscription Identifiers belong to each subscriber [MQTT-3.3.4-3]: identifiers an
+/// application leaves on a PUBLISH it lets through reach nobody, on the shared-encoding path
+/// (no identifier of the subscriber's own) as on the regular one.
+#[test]
+fn identifiers_on_an_authorized_publish_are_replaced_by_each_subscribers_own_mqtt_3_3_4_3() {
+    let options = BrokerOptions {
+        authorize: true,
+        ..BrokerOptions::default()
+    };
+    let mut w = World::new(Split::Whole, options);
+    w.stamp_ids = true;
+    for name in ["pub", "plain", "with-id"] {
+        w.add(name, opts(name));
+        w.connect(name);
+    }
+    w.subscribe("plain", "t", qos(QoS::AtMostOnce), None);
+    w.subscribe("with-id", "t", qos(QoS::AtMostOnce), Some(7));
+    w.publish("pub", "t", b"m", QoS::AtMostOnce, false);
+    let plain = w.messages("plain");
+    assert_eq!(payloads(&plain), vec![&b"m"[..]]);
+    assert!(plain[0].properties.subscription_identifiers.is_empty());
+    let with_id = w.messages("with-id");
+    assert_eq!(
+        with_id[0].properties.subscription_identifiers,
+        vec![SubscriptionId::new(7).unwrap()]
+    );
 }

@@ -1033,6 +1033,8 @@ impl Broker {
         publish.packet_id = None;
         if let Some(props) = publish.properties.get_mut() {
             props.topic_alias = None;
+            // Each subscriber gets its own (a message from the application may carry some).
+            props.subscription_identifiers.clear();
         }
         let expires_at = publish
             .properties

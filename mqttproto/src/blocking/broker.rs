@@ -485,7 +485,7 @@ impl Broker {
                 limit,
                 timeout: config.options.session.connect_timeout,
                 queue: config.outbound_queue_capacity.max(1),
-                max_packet_size: max_packet_size(&config),
+                max_packet_size: config.max_inbound_packet_size(),
                 inbound: inbound_tx.clone(),
             };
             let (wake, spawned) = match l {
@@ -569,7 +569,7 @@ impl Broker {
             limit: self.limit,
             timeout: self.config.options.session.connect_timeout,
             queue: self.config.outbound_queue_capacity.max(1),
-            max_packet_size: max_packet_size(&self.config),
+            max_packet_size: self.config.max_inbound_packet_size(),
             inbound: self.inbound_tx.clone(),
         };
         let thread = std::thread::Builder::new()
@@ -729,15 +729,6 @@ struct AcceptCtx {
     /// The broker's Maximum Packet Size (`u32::MAX`: none), for the readers' framing.
     max_packet_size: u32,
     inbound: SyncSender<Inbound>,
-}
-
-/// The broker's Maximum Packet Size, `u32::MAX` when none is set.
-fn max_packet_size(config: &BrokerConfig) -> u32 {
-    config
-        .options
-        .session
-        .maximum_packet_size
-        .map_or(u32::MAX, |m| m.get())
 }
 
 /// The sockets of connections not yet registered with the owner (in their handshakes), so

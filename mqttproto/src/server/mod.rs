@@ -450,6 +450,20 @@ impl<A: ?Sized> fmt::Debug for BrokerConfig<A> {
 }
 
 impl<A: ?Sized> BrokerConfig<A> {
+    /// The largest packet the broker accepts, as the core enforces it (the smaller of the
+    /// session's and the CONNACK's Maximum Packet Size; `u32::MAX` when neither is set): what
+    /// the readers' framing may gather.
+    pub(crate) fn max_inbound_packet_size(&self) -> u32 {
+        let session = self.options.session.maximum_packet_size;
+        let connack = self.options.connack.maximum_packet_size;
+        session
+            .into_iter()
+            .chain(connack)
+            .map(|m| m.get())
+            .min()
+            .unwrap_or(u32::MAX)
+    }
+
     /// Adds a listener: a [`ListenAddr`], a [`SocketAddr`], or a [`Listener`] with TLS
     /// settings.
     pub fn listen(mut self, addr: impl Into<Listener>) -> Self {

@@ -915,12 +915,7 @@ impl Owner {
         let outbox = Arc::new(Outbox::default());
         let inbound = self.inbound_tx.clone();
         let linger = self.config.flush_timeout;
-        let max_in = self
-            .config
-            .options
-            .session
-            .maximum_packet_size
-            .map_or(u32::MAX, |m| m.get());
+        let max_in = self.config.max_inbound_packet_size();
         let q = outbox.clone();
         let mut client_cert = None;
         let writer = match conn {

@@ -38,6 +38,8 @@ use tungstenite::protocol::{Message, WebSocket};
 
 /// Bytes asked of the socket per read.
 pub(super) const READ_CHUNK: usize = 4096;
+/// The most one read of a large packet asks for (and zeroes first).
+const READ_WINDOW: usize = 64 * 1024;
 /// Pending writes one vectored write takes at most.
 const WRITE_BATCH: usize = 64;
 
@@ -451,11 +453,23 @@ impl Reader {
                     0 => READ_CHUNK,
                     total => hold_read_size(start, total),
                 };
-                input.buf.resize(start + ask, 0);
-                let n = loop {
+                // Room for what the packet needs, but zeroed (safe `Read` needs initialised
+                // bytes) only for what one read can bring: a read returns a few KiB over TLS,
+                // and a peer can trickle bytes, so zeroing all the room each time would cost
+                // far more than the bytes.
+                input.buf.reserve(ask);
+                input.buf.resize(start + ask.min(READ_WINDOW), 0);
+                let read = loop {
                     match source.read(&mut input.buf[start..]) {
                         Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                        other => break other?,
+                        other => break other,
+                    }
+                };
+                let n = match read {
+                    Ok(n) => n,
+                    Err(e) => {
+                        input.buf.truncate(start);
+                        return Err(e);
                     }
                 };
                 input.buf.truncate(start + n);
