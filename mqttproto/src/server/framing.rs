@@ -189,6 +189,79 @@ mod tests {
         }
     }
 
+    /// Random packet sizes (some over the limit, some over `HOLD_MIN`), random read sizes
+    /// bounded by what the reader asks for: the pieces handed over are the stream, each large
+    /// packet within the limit lies in one piece, and what the reader asks for while holding is
+    /// never more than what it holds (plus `HOLD_MIN`).
+    #[test]
+    fn random_streams_and_reads_keep_the_invariants() {
+        let mut rng = 0x9E37_79B9_7F4A_7C15_u64;
+        let mut next = move |n: usize| {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % n as u64) as usize
+        };
+        let max = 400 * 1024;
+        for round in 0..40 {
+            let mut stream = Vec::new();
+            let mut large = Vec::new();
+            for _ in 0..12 {
+                let len = match next(4) {
+                    0 => next(100),
+                    1 => next(70_000),
+                    2 => 60_000 + next(200_000),
+                    _ => 300_000 + next(200_000),
+                };
+                let packet = publish(len);
+                if packet.len() > HOLD_MIN && packet.len() <= max {
+                    large.push((stream.len(), packet.len()));
+                }
+                stream.extend_from_slice(&packet);
+            }
+            let mut framer = Framer::new(max as u32);
+            let (mut buf, mut pieces, mut at, mut held) = (BytesMut::new(), Vec::new(), 0, 0);
+            while at < stream.len() {
+                let ask = if held == 0 {
+                    1 + next(20_000)
+                } else {
+                    let ask = hold_read_size(buf.len(), held);
+                    assert!(ask <= buf.len().max(HOLD_MIN), "round {round}");
+                    ask
+                };
+                let got = (1 + next(ask)).min(stream.len() - at);
+                buf.extend_from_slice(&stream[at..at + got]);
+                at += got;
+                match framer.scan(&buf) {
+                    Framing::All => {
+                        held = 0;
+                        pieces.push(buf.split().to_vec());
+                    }
+                    Framing::Hold { whole, total } => {
+                        held = total;
+                        if whole > 0 {
+                            pieces.push(buf.split_to(whole).to_vec());
+                        }
+                    }
+                }
+            }
+            pieces.push(buf.to_vec());
+            assert_eq!(pieces.concat(), stream, "round {round}");
+            let mut bounds = vec![0];
+            for p in &pieces {
+                bounds.push(bounds.last().unwrap() + p.len());
+            }
+            for (start, len) in large {
+                assert!(
+                    bounds
+                        .windows(2)
+                        .any(|w| w[0] <= start && start + len <= w[1]),
+                    "round {round}: the packet at {start} ({len} bytes) was split"
+                );
+            }
+        }
+    }
+
     #[test]
     fn small_packets_split_across_reads_are_not_held() {
         let mut stream = Vec::new();
