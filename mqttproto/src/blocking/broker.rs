@@ -149,11 +149,11 @@ use mqttproto_core::{Error, ReasonCode};
 
 pub use self::conn::Stream;
 use self::conn::Wrap;
-use crate::server::connack_code;
 use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
 use crate::server::framing::INBOUND_BATCH_BYTES;
 use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
+use crate::server::{connack_code, publish_verdict, subscribe_verdicts};
 pub use crate::server::{
     AclFile, AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
     EnhancedAuthenticator, ListenAddr, ListenAddrError, Listener, PasswordFile, PeerAddr,
@@ -1375,25 +1375,11 @@ impl Owner {
                 client_id,
                 subscribe,
             } => {
-                let verdicts = subscribe
-                    .subscriptions
-                    .iter()
-                    .map(|s| {
-                        let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
-                            a.authorize_subscribe(who, s.filter.filter_str())
-                        });
-                        if allowed {
-                            ReasonCode::Success
-                        } else {
-                            tracing::info!(
-                                target: TARGET, conn = handle.index(),
-                                client_id = client_id.as_str(), filter = s.filter.as_str(),
-                                "subscription not authorized"
-                            );
-                            ReasonCode::NotAuthorized
-                        }
+                let verdicts = subscribe_verdicts(handle, client_id.as_str(), &subscribe, |f| {
+                    self.authorize(handle, client_id.as_str(), |a, who| {
+                        a.authorize_subscribe(who, f)
                     })
-                    .collect();
+                });
                 let _ =
                     self.core
                         .acknowledge_subscribe(Instant::now(), handle, subscribe, verdicts);
@@ -1406,16 +1392,8 @@ impl Owner {
                 let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
                     a.authorize_publish(who, publish.topic.as_str())
                 });
-                let verdict = if allowed {
-                    ReasonCode::Success
-                } else {
-                    tracing::info!(
-                        target: TARGET, conn = handle.index(),
-                        client_id = client_id.as_str(), topic = publish.topic.as_str(),
-                        "publish not authorized"
-                    );
-                    ReasonCode::NotAuthorized
-                };
+                let verdict =
+                    publish_verdict(handle, client_id.as_str(), publish.topic.as_str(), allowed);
                 let _ = self
                     .core
                     .acknowledge_publish(Instant::now(), handle, publish, verdict);

@@ -25,6 +25,7 @@ use mqttproto_core::codec::Connect;
 pub mod acl;
 pub mod auth;
 pub mod enhanced;
+#[cfg(any(feature = "tokio", feature = "blocking"))]
 pub(crate) mod framing;
 #[cfg(any(feature = "tokio", feature = "blocking"))]
 pub(crate) mod pause;
@@ -453,6 +454,7 @@ impl<A: ?Sized> BrokerConfig<A> {
     /// The largest packet the broker accepts, as the core enforces it (the smaller of the
     /// session's and the CONNACK's Maximum Packet Size; `u32::MAX` when neither is set): what
     /// the readers' framing may gather.
+    #[cfg(any(feature = "tokio", feature = "blocking"))]
     pub(crate) fn max_inbound_packet_size(&self) -> u32 {
         let session = self.options.session.maximum_packet_size;
         let connack = self.options.connack.maximum_packet_size;
@@ -548,6 +550,53 @@ impl<A: ?Sized> BrokerConfig<A> {
             authorizer: self.authorizer,
         }
     }
+}
+
+/// The SUBACK verdicts for a SUBSCRIBE under authorization: 0x87 Not authorized for each
+/// filter `allowed` refuses (logged on the broker's target), Success (the core grants the QoS)
+/// for the others.
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub(crate) fn subscribe_verdicts(
+    handle: mqttproto_core::broker::ConnectionHandle,
+    client_id: &str,
+    subscribe: &mqttproto_core::codec::Subscribe,
+    mut allowed: impl FnMut(&str) -> bool,
+) -> Vec<mqttproto_core::ReasonCode> {
+    use mqttproto_core::ReasonCode;
+    subscribe
+        .subscriptions
+        .iter()
+        .map(|s| {
+            if allowed(s.filter.filter_str()) {
+                ReasonCode::Success
+            } else {
+                tracing::info!(
+                    target: "mqttproto::broker", conn = handle.index(), client_id,
+                    filter = s.filter.as_str(), "subscription not authorized"
+                );
+                ReasonCode::NotAuthorized
+            }
+        })
+        .collect()
+}
+
+/// The PUBACK/PUBREC verdict for a PUBLISH under authorization: Success, or 0x87 Not
+/// authorized (logged on the broker's target).
+#[cfg(any(feature = "tokio", feature = "blocking"))]
+pub(crate) fn publish_verdict(
+    handle: mqttproto_core::broker::ConnectionHandle,
+    client_id: &str,
+    topic: &str,
+    allowed: bool,
+) -> mqttproto_core::ReasonCode {
+    if allowed {
+        return mqttproto_core::ReasonCode::Success;
+    }
+    tracing::info!(
+        target: "mqttproto::broker", conn = handle.index(), client_id, topic,
+        "publish not authorized"
+    );
+    mqttproto_core::ReasonCode::NotAuthorized
 }
 
 /// The reason code CONNACK carries for an authenticator's verdict: Success for any code below

@@ -101,6 +101,7 @@ use crate::server::enhanced::{AuthJob, AuthJobResult, AuthTable, OnConnect};
 use crate::server::framing::{hold_read_size, Framer, Framing, INBOUND_BATCH_BYTES};
 use crate::server::pause::PauseCredit;
 pub use crate::server::tls::{ClientCertificates, ServerTlsOptions};
+use crate::server::{publish_verdict, subscribe_verdicts};
 pub use crate::server::{
     AuthContext, AuthConversation, AuthStep, Authorizer, ClientInfo, ConnectRequest,
     EnhancedAuthenticator, ListenAddr, ListenAddrError, Listener, PeerAddr,
@@ -1070,25 +1071,11 @@ impl Owner {
                 client_id,
                 subscribe,
             } => {
-                let verdicts = subscribe
-                    .subscriptions
-                    .iter()
-                    .map(|s| {
-                        let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
-                            a.authorize_subscribe(who, s.filter.filter_str())
-                        });
-                        if allowed {
-                            ReasonCode::Success
-                        } else {
-                            tracing::info!(
-                                target: TARGET, conn = handle.index(),
-                                client_id = client_id.as_str(), filter = s.filter.as_str(),
-                                "subscription not authorized"
-                            );
-                            ReasonCode::NotAuthorized
-                        }
+                let verdicts = subscribe_verdicts(handle, client_id.as_str(), &subscribe, |f| {
+                    self.authorize(handle, client_id.as_str(), |a, who| {
+                        a.authorize_subscribe(who, f)
                     })
-                    .collect();
+                });
                 let _ = self
                     .core
                     .acknowledge_subscribe(now(), handle, subscribe, verdicts);
@@ -1101,16 +1088,8 @@ impl Owner {
                 let allowed = self.authorize(handle, client_id.as_str(), |a, who| {
                     a.authorize_publish(who, publish.topic.as_str())
                 });
-                let verdict = if allowed {
-                    ReasonCode::Success
-                } else {
-                    tracing::info!(
-                        target: TARGET, conn = handle.index(),
-                        client_id = client_id.as_str(), topic = publish.topic.as_str(),
-                        "publish not authorized"
-                    );
-                    ReasonCode::NotAuthorized
-                };
+                let verdict =
+                    publish_verdict(handle, client_id.as_str(), publish.topic.as_str(), allowed);
                 let _ = self
                     .core
                     .acknowledge_publish(now(), handle, publish, verdict);
