@@ -21,7 +21,9 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
-use crate::codec::{AckProperties, Auth, ConnAckProperties, Connect, Publish, Subscribe, Will};
+use crate::codec::{
+    AckProperties, Auth, ConnAckProperties, Connect, Packet, Publish, Subscribe, Will,
+};
 use crate::conn::SHARED_PAYLOAD_MIN;
 use crate::error::{Error, StateError};
 use crate::session::{
@@ -1044,10 +1046,11 @@ impl Broker {
             if publish.payload.is_empty() {
                 self.retained.remove(&publish.topic); // [MQTT-3.3.1-6, MQTT-3.3.1-7]
             } else {
+                let kept = detached(&publish);
                 self.retained.insert(
-                    publish.topic.clone(),
+                    kept.topic.clone(),
                     Retained {
-                        publish: publish.clone(),
+                        publish: kept,
                         expires_at,
                     },
                 ); // [MQTT-3.3.1-5]
@@ -1296,6 +1299,32 @@ impl Broker {
 
 /// Replaces the Subscription Identifiers of an outgoing message, without allocating properties
 /// for a message that has none and gets none.
+/// A copy of `publish` whose topic, payload and properties share one allocation of the
+/// packet's own size. A decoded message's bytes are slices of the buffer it was read into (up
+/// to 64 KiB, shared with the packets around it): a retained message can live for days, and
+/// must not keep all of that alive.
+fn detached(publish: &Publish) -> Publish {
+    let mut wire_form = publish.clone();
+    if wire_form.qos != QoS::AtMostOnce {
+        wire_form.packet_id = crate::types::PacketId::new(1); // encoding needs one
+    }
+    let mut buf = BytesMut::new();
+    let decoded = Packet::Publish(wire_form)
+        .encode(&mut buf, crate::types::ProtocolVersion::V5)
+        .ok()
+        .and_then(|()| {
+            crate::codec::decode_packet(buf.freeze(), crate::types::ProtocolVersion::V5).ok()
+        });
+    match decoded {
+        Some(Packet::Publish(mut p)) => {
+            p.packet_id = publish.packet_id;
+            p
+        }
+        // It was decoded or built valid; should encoding ever refuse it, keep it as it is.
+        _ => publish.clone(),
+    }
+}
+
 fn set_subscription_ids(publish: &mut Publish, ids: Vec<SubscriptionId>) {
     match publish.properties.get_mut() {
         Some(props) => props.subscription_identifiers = ids,
