@@ -118,3 +118,83 @@ fn a_retained_message_does_not_keep_its_read_buffer_alive() {
         "{per_message} bytes per retained message: it keeps its read buffer alive"
     );
 }
+
+/// Messages queued for an offline session may wait for days too: each is kept detached from
+/// the read buffer it arrived in (one copy per message, shared by all the offline sessions it
+/// is queued for). 300 small messages, each handed over in its own 64 KiB read buffer, queued
+/// for two offline sessions.
+#[test]
+fn a_message_queued_for_an_offline_session_does_not_keep_its_read_buffer_alive() {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    const N: usize = 300;
+    const READ_BUFFER: usize = 64 * 1024;
+    let now = Instant::now();
+    let mut options = BrokerOptions::default();
+    options.session.max_queued_messages = 10_000;
+    let mut broker = Broker::new(options);
+    let connect = |broker: &mut Broker, packet: &[u8]| {
+        let h = broker.accept(now);
+        broker.handle_bytes(now, h, packet).unwrap();
+        while let Some(ev) = broker.poll_event() {
+            if let BrokerEvent::Connect { handle, .. } = ev {
+                broker
+                    .acknowledge_connect(now, handle, ReasonCode::Success)
+                    .unwrap();
+            }
+        }
+        while broker.poll_transmit().is_some() {}
+        h
+    };
+    let to_bytes = |p: Packet| {
+        let mut b = BytesMut::new();
+        p.encode(&mut b, ProtocolVersion::V5).unwrap();
+        b
+    };
+    for id in ["away-1", "away-2"] {
+        let mut c = Connect {
+            client_id: MqttString::try_from(id).unwrap(),
+            ..Connect::default()
+        };
+        c.properties.session_expiry_interval = Some(3600);
+        let h = connect(&mut broker, &to_bytes(Packet::Connect(Box::new(c))));
+        let subscribe = Subscribe {
+            packet_id: PacketId::new(1).unwrap(),
+            properties: Default::default(),
+            subscriptions: vec![Subscription::new(
+                TopicFilter::try_from("telemetry/#").unwrap(),
+                QoS::AtLeastOnce,
+            )],
+        };
+        broker
+            .handle_bytes(now, h, &to_bytes(Packet::Subscribe(subscribe)))
+            .unwrap();
+        while broker.poll_transmit().is_some() {}
+        broker.handle_close(now, h);
+        while broker.poll_event().is_some() {}
+        while broker.poll_transmit().is_some() {}
+    }
+    let publisher = connect(&mut broker, &connect_bytes(0));
+    let before = live();
+    for i in 0..N {
+        let mut publish = Publish::new(
+            TopicName::try_from(format!("telemetry/device-{i}").as_str()).unwrap(),
+            &b"21.5 C"[..],
+        );
+        publish.qos = QoS::AtLeastOnce;
+        publish.packet_id = PacketId::new(i as u16 + 1);
+        let mut read = BytesMut::with_capacity(READ_BUFFER);
+        Packet::Publish(publish)
+            .encode(&mut read, ProtocolVersion::V5)
+            .unwrap();
+        broker.handle_input(now, publisher, read).unwrap();
+        while broker.poll_transmit().is_some() {}
+    }
+    assert_eq!(broker.queued_for("away-1"), Some(N));
+    assert_eq!(broker.queued_for("away-2"), Some(N));
+    let per_message = (live() - before) / N as isize;
+    eprintln!("bytes per message queued for two offline sessions: {per_message}");
+    assert!(
+        per_message <= 2048,
+        "{per_message} bytes per queued message: it keeps its read buffer alive"
+    );
+}

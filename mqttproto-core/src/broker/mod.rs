@@ -1127,6 +1127,7 @@ impl Broker {
         // indexed by QoS and RETAIN; `Some(None)` when it could not be encoded.
         let mut forms: [Option<Option<SharedForm>>; 6] = Default::default();
         let shareable = expires_at.is_none_or(|t| t > now);
+        let mut stored: Option<Publish> = None;
         for (sid, t) in targets.drain(..) {
             let qos = publish.qos.min(t.qos);
             let retain = publish.retain && t.retain_as_published; // [MQTT-3.3.1-12, -13]
@@ -1146,7 +1147,18 @@ impl Broker {
                     }
                 }
             }
-            let mut out = publish.clone();
+            // A session that is offline may hold the message for long: it gets a copy detached
+            // from the read buffer (made once for all of them), as the retained store does.
+            let offline = self
+                .slots
+                .get(sid as usize)
+                .and_then(|s| s.as_ref())
+                .is_some_and(|s| s.conn.is_none());
+            let mut out = if offline {
+                stored.get_or_insert_with(|| detached(&publish)).clone()
+            } else {
+                publish.clone()
+            };
             out.qos = qos;
             out.retain = retain;
             set_subscription_ids(&mut out, t.ids);
