@@ -277,14 +277,12 @@ impl Wire {
     /// for one connection are not copied again each time the buffer doubles).
     fn make_room(&mut self, len: usize) {
         let (used, capacity) = (self.output.len(), self.output.capacity());
-        if capacity - used >= len || used == 0 {
-            return; // enough room, or nothing to set aside: the encoder reserves
+        // Enough room; or nothing to set aside; or a small buffer, left to double (a copy of
+        // at most 32 KiB): the encoder reserves.
+        if capacity - used >= len || used == 0 || capacity < MAX_OUTPUT_BUFFER / 2 {
+            return;
         }
-        let next = if capacity >= MAX_OUTPUT_BUFFER / 2 {
-            MAX_OUTPUT_BUFFER.max(len)
-        } else {
-            return; // small: let it double (a copy of at most 32 KiB)
-        };
+        let next = MAX_OUTPUT_BUFFER.max(len);
         let full = std::mem::replace(&mut self.output, BytesMut::with_capacity(next));
         self.chunks
             .get_or_insert_with(Default::default)

@@ -300,14 +300,13 @@ impl SharedForm {
         if let Some(t) = expires_at {
             publish.properties.message_expiry_interval = Some(remaining_expiry(t, now));
         }
-        let mut wire_form = publish.clone();
         if publish.qos != QoS::AtMostOnce {
-            wire_form.packet_id = PacketId::new(1);
+            publish.packet_id = PacketId::new(1); // a placeholder, for the encoder
         }
         let mut buf = BytesMut::new();
-        Packet::Publish(wire_form)
-            .encode(&mut buf, crate::types::ProtocolVersion::V5)
-            .ok()?;
+        let encoded = publish.encode(&mut buf);
+        publish.packet_id = None;
+        encoded.ok()?;
         let id_at = match publish.qos {
             QoS::AtMostOnce => None,
             _ => {
@@ -813,12 +812,18 @@ impl Session {
     /// Feeds bytes received from the client. A fatal error is returned now and by every later
     /// input; the DISCONNECT (or CONNACK) reporting it is in [`poll_transmit`](Self::poll_transmit).
     pub fn handle_bytes(&mut self, now: Instant, data: &[u8]) -> Result<(), Error> {
+        self.accepting_input()?;
+        self.wire.push_input(data);
+        self.process_input(now)
+    }
+
+    /// Whether input may still be fed: not after a fatal error or the end of the connection.
+    fn accepting_input(&self) -> Result<(), Error> {
         self.wire.check()?;
         if self.phase == SessionPhase::Closed {
             return Err(Error::ConnectionClosed);
         }
-        self.wire.push_input(data);
-        self.process_input(now)
+        Ok(())
     }
 
     /// [`handle_bytes`](Self::handle_bytes) for a buffer the caller gives up: when no partial
@@ -826,10 +831,7 @@ impl Session {
     /// payloads of PUBLISH packets become slices of it). A driver that reads a large packet
     /// whole into one buffer hands it over this way.
     pub fn handle_input(&mut self, now: Instant, data: BytesMut) -> Result<(), Error> {
-        self.wire.check()?;
-        if self.phase == SessionPhase::Closed {
-            return Err(Error::ConnectionClosed);
-        }
+        self.accepting_input()?;
         self.wire.push_input_owned(data);
         let result = self.process_input(now);
         // The buffer's allocation stays alive only through the packets taken from it.

@@ -39,6 +39,19 @@ fn connect_bytes(i: usize) -> BytesMut {
     buf
 }
 
+/// Feeds a CONNECT on `h`, accepts it and drains the CONNACK, as a driver does.
+fn establish(broker: &mut Broker, now: Instant, h: ConnectionHandle, connect: &[u8]) {
+    broker.handle_bytes(now, h, connect).unwrap();
+    while let Some(ev) = broker.poll_event() {
+        if let BrokerEvent::Connect { handle, .. } = ev {
+            broker
+                .acknowledge_connect(now, handle, ReasonCode::Success)
+                .unwrap();
+        }
+    }
+    while broker.poll_transmit().is_some() {}
+}
+
 #[test]
 fn an_idle_connection_costs_the_core_at_most_1_kib() {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
@@ -53,15 +66,7 @@ fn an_idle_connection_costs_the_core_at_most_1_kib() {
     }
     let raw = (live() - before) / N as isize;
     for (h, p) in handles.iter().zip(&packets) {
-        broker.handle_bytes(now, *h, p).unwrap();
-        while let Some(ev) = broker.poll_event() {
-            if let BrokerEvent::Connect { handle, .. } = ev {
-                broker
-                    .acknowledge_connect(now, handle, ReasonCode::Success)
-                    .unwrap();
-            }
-        }
-        while broker.poll_transmit().is_some() {}
+        establish(&mut broker, now, *h, p);
     }
     assert_eq!(broker.session_count(), N, "every client connected");
     let connected = (live() - before) / N as isize;
@@ -87,14 +92,7 @@ fn a_retained_message_does_not_keep_its_read_buffer_alive() {
     let before = live();
     for i in 0..N {
         let h = broker.accept(now);
-        broker.handle_bytes(now, h, &connect_bytes(i)).unwrap();
-        while let Some(ev) = broker.poll_event() {
-            if let BrokerEvent::Connect { handle, .. } = ev {
-                broker
-                    .acknowledge_connect(now, handle, ReasonCode::Success)
-                    .unwrap();
-            }
-        }
+        establish(&mut broker, now, h, &connect_bytes(i));
         let mut publish = Publish::new(
             TopicName::try_from(format!("status/device-{i}").as_str()).unwrap(),
             &b"online, firmware 1.2.3"[..],
@@ -134,15 +132,7 @@ fn a_message_queued_for_an_offline_session_does_not_keep_its_read_buffer_alive()
     let mut broker = Broker::new(options);
     let connect = |broker: &mut Broker, packet: &[u8]| {
         let h = broker.accept(now);
-        broker.handle_bytes(now, h, packet).unwrap();
-        while let Some(ev) = broker.poll_event() {
-            if let BrokerEvent::Connect { handle, .. } = ev {
-                broker
-                    .acknowledge_connect(now, handle, ReasonCode::Success)
-                    .unwrap();
-            }
-        }
-        while broker.poll_transmit().is_some() {}
+        establish(broker, now, h, packet);
         h
     };
     let to_bytes = |p: Packet| {

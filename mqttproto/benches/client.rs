@@ -853,6 +853,25 @@ impl Phase {
     }
 }
 
+/// The receive phase starts: against Mosquitto a raw publisher is started and released (the
+/// raw peer floods on its own once subscribed); the meter runs from `early` if it was started
+/// before the subscription. The publisher is returned to be kept alive for the phase.
+fn start_receiving(
+    ctx: &Ctx,
+    n: usize,
+    early: Option<Meter>,
+) -> Res<(Meter, Option<RawPublisher>)> {
+    let mut publisher = match ctx.raw {
+        true => None,
+        false => Some(RawPublisher::start(ctx.core0, ctx.port, n)?),
+    };
+    let meter = early.unwrap_or_else(|| Meter::start(ctx.peer_pid));
+    if let Some(p) = publisher.as_mut() {
+        p.go()?;
+    }
+    Ok((meter, publisher))
+}
+
 struct Ctx {
     url: String,
     port: u16,
@@ -973,14 +992,7 @@ async fn mq_receive(
             .map_err(err)
     })
     .await?;
-    let mut publisher = match ctx.raw {
-        true => None,
-        false => Some(RawPublisher::start(ctx.core0, ctx.port, n)?),
-    };
-    let meter = early.unwrap_or_else(|| Meter::start(ctx.peer_pid));
-    if let Some(p) = publisher.as_mut() {
-        p.go()?;
-    }
+    let (meter, publisher) = start_receiving(ctx, n, early)?;
     let got = Cell::new(0usize);
     let bytes = Cell::new(0usize);
     let result = bounded(PHASE_TIMEOUT, "mqttproto receive", async {
@@ -1129,15 +1141,8 @@ async fn rq_receive(ctx: &Ctx, n: usize) -> Res<Sample> {
         }
     })
     .await?;
-    let mut publisher = match ctx.raw {
-        true => None,
-        false => Some(RawPublisher::start(ctx.core0, ctx.port, n)?),
-    };
     let warnings0 = WARNINGS.load(Ordering::Relaxed);
-    let meter = early.unwrap_or_else(|| Meter::start(ctx.peer_pid));
-    if let Some(p) = publisher.as_mut() {
-        p.go()?;
-    }
+    let (meter, publisher) = start_receiving(ctx, n, early)?;
     let got = Cell::new(0usize);
     let bytes = Cell::new(0usize);
     let result = bounded(PHASE_TIMEOUT, "rumqttc receive", async {
@@ -1293,14 +1298,7 @@ fn bl_receive(ctx: &Ctx, n: usize, capacity: Option<usize>, tolerate_loss: bool)
     let sub = client
         .subscribe(RECV_TOPIC, QoS::AtMostOnce)
         .map_err(|e| format!("blocking subscribe: {e}"))?;
-    let mut publisher = match ctx.raw {
-        true => None,
-        false => Some(RawPublisher::start(ctx.core0, ctx.port, n)?),
-    };
-    let meter = early.unwrap_or_else(|| Meter::start(ctx.peer_pid));
-    if let Some(p) = publisher.as_mut() {
-        p.go()?;
-    }
+    let (meter, publisher) = start_receiving(ctx, n, early)?;
     let deadline = meter.t0 + PHASE_TIMEOUT;
     let (mut got, mut bytes) = (0usize, 0usize);
     let (mut last, mut since) = (0usize, Instant::now());

@@ -332,12 +332,7 @@ impl Broker {
         handle: ConnectionHandle,
         data: &[u8],
     ) -> Result<(), Error> {
-        let Some(conn) = self.conn_mut(handle) else {
-            return Err(Error::ConnectionClosed);
-        };
-        let result = conn.session.handle_bytes(now, data);
-        self.process(now, handle);
-        result
+        self.feed(now, handle, |session| session.handle_bytes(now, data))
     }
 
     /// [`handle_bytes`](Self::handle_bytes) for a read buffer the driver gives up: when the
@@ -349,10 +344,20 @@ impl Broker {
         handle: ConnectionHandle,
         data: BytesMut,
     ) -> Result<(), Error> {
+        self.feed(now, handle, |session| session.handle_input(now, data))
+    }
+
+    /// Gives a connection's session its input, then handles what it raised.
+    fn feed(
+        &mut self,
+        now: Instant,
+        handle: ConnectionHandle,
+        input: impl FnOnce(&mut Session) -> Result<(), Error>,
+    ) -> Result<(), Error> {
         let Some(conn) = self.conn_mut(handle) else {
             return Err(Error::ConnectionClosed);
         };
-        let result = conn.session.handle_input(now, data);
+        let result = input(&mut conn.session);
         self.process(now, handle);
         result
     }

@@ -1907,6 +1907,22 @@ mod tests {
             pipe
         }
 
+        /// Subscribes to `filter` at QoS 1 and waits for the SUBACK.
+        async fn subscribe(&mut self, filter: &str) {
+            use mqttproto_core::codec::{Packet, Subscribe, Subscription};
+            use mqttproto_core::{PacketId, QoS, TopicFilter};
+            self.send(Packet::Subscribe(Subscribe {
+                packet_id: PacketId::new(1).unwrap(),
+                properties: Default::default(),
+                subscriptions: vec![Subscription::new(
+                    TopicFilter::try_from(filter).unwrap(),
+                    QoS::AtLeastOnce,
+                )],
+            }))
+            .await;
+            assert!(matches!(self.recv().await, Packet::SubAck(_)));
+        }
+
         async fn send(&mut self, packet: mqttproto_core::codec::Packet) {
             let bytes = packet
                 .to_bytes(mqttproto_core::ProtocolVersion::V5)
@@ -1935,8 +1951,8 @@ mod tests {
     /// broker's bounded wait only ends early when nothing else can run.
     #[tokio::test(start_paused = true)]
     async fn a_slow_reader_throttles_the_publisher_instead_of_being_disconnected() {
-        use mqttproto_core::codec::{Packet, Publish, PublishAck, Subscribe, Subscription};
-        use mqttproto_core::{PacketId, QoS, TopicFilter, TopicName};
+        use mqttproto_core::codec::{Packet, Publish, PublishAck};
+        use mqttproto_core::{PacketId, QoS, TopicName};
         const MESSAGES: u16 = 60;
         const SIZE: usize = 32 * 1024;
         let config = BrokerConfig {
@@ -1946,16 +1962,7 @@ mod tests {
         let broker = Broker::bind(config).await.unwrap().spawn();
 
         let mut sub = Pipe::open(&broker, "slow-reader", 4 * 1024).await;
-        sub.send(Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Default::default(),
-            subscriptions: vec![Subscription::new(
-                TopicFilter::try_from("big").unwrap(),
-                QoS::AtLeastOnce,
-            )],
-        }))
-        .await;
-        assert!(matches!(sub.recv().await, Packet::SubAck(_)));
+        sub.subscribe("big").await;
 
         // 60 messages of 32 KiB (1.9 MiB, more than 7 times the subscriber's outbound limit),
         // all within the broker's Receive Maximum of 100, written as fast as the broker reads.
@@ -2002,20 +2009,11 @@ mod tests {
     /// order, acknowledged in order, and a PINGREQ pipelined behind them is answered.
     #[tokio::test(start_paused = true)]
     async fn large_packets_read_in_many_pieces_arrive_whole_and_in_order() {
-        use mqttproto_core::codec::{Packet, Publish, PublishAck, Subscribe, Subscription};
-        use mqttproto_core::{PacketId, QoS, TopicFilter, TopicName};
+        use mqttproto_core::codec::{Packet, Publish, PublishAck};
+        use mqttproto_core::{PacketId, QoS, TopicName};
         let broker = Broker::bind(BrokerConfig::default()).await.unwrap().spawn();
         let mut sub = Pipe::open(&broker, "sub", 1 << 20).await;
-        sub.send(Packet::Subscribe(Subscribe {
-            packet_id: PacketId::new(1).unwrap(),
-            properties: Default::default(),
-            subscriptions: vec![Subscription::new(
-                TopicFilter::try_from("t").unwrap(),
-                QoS::AtLeastOnce,
-            )],
-        }))
-        .await;
-        assert!(matches!(sub.recv().await, Packet::SubAck(_)));
+        sub.subscribe("t").await;
 
         let sizes = [
             300 * 1024,
