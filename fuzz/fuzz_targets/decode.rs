@@ -20,7 +20,7 @@
 use bytes::{Bytes, BytesMut};
 use libfuzzer_sys::fuzz_target;
 use mqttproto_core::codec::{decode, decode_fixed_header, decode_packet, Packet};
-use mqttproto_core::{DecodeError, MqttString, PacketType, ProtocolVersion, UserProperty};
+use mqttproto_core::{DecodeError, MqttString, PacketType, ProtocolVersion, UserProperties};
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
 const HEADER_LEN: usize = 4;
@@ -247,7 +247,7 @@ fn roundtrip(p: &Packet, bytes: &Bytes) {
 }
 
 /// The Reason String and User Properties of the packet types whose properties may be dropped.
-fn droppable(p: &mut Packet) -> Option<(&mut Option<MqttString>, &mut Vec<UserProperty>)> {
+fn droppable(p: &mut Packet) -> Option<(&mut Option<MqttString>, &mut UserProperties)> {
     Some(match p {
         Packet::ConnAck(p) => (
             &mut p.properties.reason_string,

@@ -386,8 +386,8 @@ fn print_message(args: &SubArgs, m: &Publish) {
         for id in &p.subscription_identifiers {
             fields.push(format!("subscription-identifier={}", id.get()));
         }
-        for up in &p.user_properties {
-            fields.push(format!("user-property={}={}", up.name, up.value));
+        for (name, value) in &p.user_properties {
+            fields.push(format!("user-property={name}={value}"));
         }
         fields.push(format!("payload={payload}"));
         println!("{}", fields.join(" "));

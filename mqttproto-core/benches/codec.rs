@@ -146,7 +146,7 @@ fn connect_case() -> Case {
                 content_type: Some(mstr(CONTENT_TYPE)),
                 response_topic: Some(TopicName::try_from(RESPONSE_TOPIC).unwrap()),
                 correlation_data: Some(Bytes::from_static(CORRELATION)),
-                user_properties: vec![UserProperty::new(mstr("source"), mstr("gateway-42"))],
+                user_properties: [UserProperty::new(mstr("source"), mstr("gateway-42"))].into(),
                 ..WillProperties::default()
             },
         }),

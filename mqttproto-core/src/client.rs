@@ -27,7 +27,7 @@ use crate::error::{Error, ProtocolError, StateError};
 use crate::string::MqttString;
 use crate::topic::TopicFilter;
 use crate::types::{
-    PacketId, PacketType, QoS, ReasonCode, SubscriptionId, SubscriptionOptions, UserProperty,
+    PacketId, PacketType, QoS, ReasonCode, SubscriptionId, SubscriptionOptions, UserProperties,
 };
 
 /// How a client connects: everything CONNECT carries, plus local policy.
@@ -60,7 +60,7 @@ pub struct ClientOptions {
     /// Request Problem Information (absent means 1).
     pub request_problem_information: bool,
     /// User Properties of CONNECT.
-    pub user_properties: Vec<UserProperty>,
+    pub user_properties: UserProperties,
     /// Authentication Method for enhanced authentication.
     pub authentication_method: Option<MqttString>,
     /// Initial Authentication Data.
@@ -102,7 +102,7 @@ impl Default for ClientOptions {
             topic_alias_maximum: 0,
             request_response_information: false,
             request_problem_information: true,
-            user_properties: Vec::new(),
+            user_properties: UserProperties::new(),
             authentication_method: None,
             authentication_data: None,
             connect_timeout: Duration::from_secs(30),
@@ -1102,7 +1102,7 @@ impl Client {
                 packet_id: id,
                 properties: SubscribeProperties {
                     subscription_identifier: sid,
-                    user_properties: Vec::new(),
+                    user_properties: UserProperties::new(),
                 },
                 subscriptions: subs,
             });

@@ -181,5 +181,5 @@ pub use string::{MqttString, StringError};
 pub use topic::{filter_matches, TopicError, TopicFilter, TopicName};
 pub use types::{
     PacketId, PacketType, PayloadFormat, ProtocolVersion, QoS, ReasonCode, RetainHandling,
-    SubscriptionId, SubscriptionOptions, UserProperty,
+    SubscriptionId, SubscriptionOptions, UserProperties, UserPropertiesIter, UserProperty,
 };

@@ -2,6 +2,9 @@
 
 use std::fmt;
 use std::num::{NonZeroU16, NonZeroU32};
+use std::ops::Range;
+
+use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::string::MqttString;
 
@@ -184,6 +187,202 @@ impl UserProperty {
     /// Builds a pair.
     pub fn new(name: MqttString, value: MqttString) -> Self {
         UserProperty { name, value }
+    }
+}
+
+/// The identifier of the User Property (section 2.2.2.2), the first byte of each entry of
+/// [`UserProperties`]'s wire form.
+const USER_PROPERTY_ID: u8 = 0x26;
+
+/// A packet's User Properties: name/value pairs in order, repetition allowed [MQTT-3.3.2-18].
+///
+/// The pairs are kept as they appear on the wire: each one is the User Property identifier
+/// (0x26) followed by the name and the value as UTF-8 Encoded Strings. A decoder validates the
+/// pairs in place and keeps the run of bytes they occupy (a slice of the packet, no copy and no
+/// allocation), and an encoder writes that run in one append; a property set that is forwarded
+/// (as a broker does) is never taken apart and put together again. Reading a pair parses its two
+/// length prefixes.
+///
+/// ```
+/// use mqttproto_core::{MqttString, UserProperties, UserProperty};
+///
+/// let mut users = UserProperties::new();
+/// users.push(UserProperty::new(
+///     MqttString::try_from("region").unwrap(),
+///     MqttString::try_from("eu-west").unwrap(),
+/// ));
+/// users.push(UserProperty::new(
+///     MqttString::try_from("region").unwrap(),
+///     MqttString::try_from("eu-north").unwrap(),
+/// ));
+/// assert_eq!(users.len(), 2);
+/// assert_eq!(users.get("region"), Some("eu-west"));
+/// let pairs: Vec<(&str, &str)> = users.iter().collect();
+/// assert_eq!(pairs, [("region", "eu-west"), ("region", "eu-north")]);
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, Hash)]
+pub struct UserProperties {
+    /// The pairs in wire form. Every constructor keeps it well formed: a whole number of entries,
+    /// each a valid pair of MQTT strings. Equal sequences of pairs have equal bytes.
+    wire: Bytes,
+}
+
+impl UserProperties {
+    /// No pair.
+    pub const fn new() -> Self {
+        UserProperties { wire: Bytes::new() }
+    }
+
+    /// Wraps wire-form pairs that the caller has validated.
+    pub(crate) fn from_validated(wire: Bytes) -> Self {
+        UserProperties { wire }
+    }
+
+    /// The pairs as they are encoded, identifiers included.
+    pub(crate) fn wire(&self) -> &[u8] {
+        &self.wire
+    }
+
+    /// Whether there is no pair.
+    pub fn is_empty(&self) -> bool {
+        self.wire.is_empty()
+    }
+
+    /// The number of pairs (counted by walking them).
+    pub fn len(&self) -> usize {
+        self.iter().count()
+    }
+
+    /// The encoded size of the pairs, identifiers included.
+    pub fn encoded_len(&self) -> usize {
+        self.wire.len()
+    }
+
+    /// The pairs in order, as `(name, value)`.
+    pub fn iter(&self) -> UserPropertiesIter<'_> {
+        UserPropertiesIter { rest: &self.wire }
+    }
+
+    /// The value of the first pair named `name`.
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.iter().find(|(n, _)| *n == name).map(|(_, v)| v)
+    }
+
+    /// Appends a pair.
+    pub fn push(&mut self, property: UserProperty) {
+        self.extend(std::iter::once(property));
+    }
+
+    /// Removes every pair.
+    pub fn clear(&mut self) {
+        self.wire = Bytes::new();
+    }
+
+    /// The pairs as owned values. Their strings share this set's buffer (no copy).
+    pub fn to_vec(&self) -> Vec<UserProperty> {
+        let mut out = Vec::new();
+        let mut at = 0;
+        while let Some((name, value)) = entry_at(&self.wire, at) {
+            at = value.end;
+            out.push(UserProperty {
+                name: MqttString::from_validated(self.wire.slice(name)),
+                value: MqttString::from_validated(self.wire.slice(value)),
+            });
+        }
+        out
+    }
+}
+
+/// The name's and the value's byte ranges of the entry at `at`; the next entry starts where the
+/// value ends.
+fn entry_at(wire: &[u8], at: usize) -> Option<(Range<usize>, Range<usize>)> {
+    let field = |at: usize| {
+        let [h, l] = *wire.get(at..at + 2)? else {
+            return None;
+        };
+        let start = at + 2;
+        let end = start + usize::from(u16::from_be_bytes([h, l]));
+        (end <= wire.len()).then_some(start..end)
+    };
+    if wire.get(at) != Some(&USER_PROPERTY_ID) {
+        return None;
+    }
+    let name = field(at + 1)?;
+    let value = field(name.end)?;
+    Some((name, value))
+}
+
+/// The pairs of a [`UserProperties`], in order, as `(name, value)`.
+#[derive(Debug, Clone)]
+pub struct UserPropertiesIter<'a> {
+    rest: &'a [u8],
+}
+
+impl<'a> Iterator for UserPropertiesIter<'a> {
+    type Item = (&'a str, &'a str);
+
+    fn next(&mut self) -> Option<Self::Item> {
+        let (name, value) = entry_at(self.rest, 0)?;
+        let rest = self.rest;
+        self.rest = &rest[value.end..];
+        // Cannot fail: the wire form holds validated strings only (this crate forbids `unsafe`,
+        // so the check runs again; it is linear and fast).
+        let s = |r: Range<usize>| std::str::from_utf8(&rest[r]).unwrap_or_default();
+        Some((s(name), s(value)))
+    }
+}
+
+impl<'a> IntoIterator for &'a UserProperties {
+    type Item = (&'a str, &'a str);
+    type IntoIter = UserPropertiesIter<'a>;
+
+    fn into_iter(self) -> Self::IntoIter {
+        self.iter()
+    }
+}
+
+impl Extend<UserProperty> for UserProperties {
+    fn extend<I: IntoIterator<Item = UserProperty>>(&mut self, iter: I) {
+        let mut wire = match std::mem::take(&mut self.wire).try_into_mut() {
+            Ok(unique) => unique,
+            Err(shared) => BytesMut::from(&shared[..]),
+        };
+        for p in iter {
+            // Both strings are at most 65,535 bytes (an `MqttString` invariant).
+            wire.reserve(5 + p.name.len() + p.value.len());
+            wire.put_u8(USER_PROPERTY_ID);
+            wire.put_u16(p.name.len() as u16);
+            wire.put_slice(p.name.as_bytes());
+            wire.put_u16(p.value.len() as u16);
+            wire.put_slice(p.value.as_bytes());
+        }
+        self.wire = wire.freeze();
+    }
+}
+
+impl FromIterator<UserProperty> for UserProperties {
+    fn from_iter<I: IntoIterator<Item = UserProperty>>(iter: I) -> Self {
+        let mut users = UserProperties::new();
+        users.extend(iter);
+        users
+    }
+}
+
+impl From<Vec<UserProperty>> for UserProperties {
+    fn from(pairs: Vec<UserProperty>) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl<const N: usize> From<[UserProperty; N]> for UserProperties {
+    fn from(pairs: [UserProperty; N]) -> Self {
+        pairs.into_iter().collect()
+    }
+}
+
+impl fmt::Debug for UserProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -464,6 +663,66 @@ mod tests {
         assert!(!ReasonCode::GrantedQoS1.is_valid_for(PacketType::PubAck));
         assert!(ReasonCode::ReAuthenticate.is_valid_for(PacketType::Auth));
         assert!(!ReasonCode::Success.is_valid_for(PacketType::Subscribe));
+    }
+
+    fn pair(name: &'static str, value: &'static str) -> UserProperty {
+        UserProperty::new(
+            MqttString::from_static(name).unwrap(),
+            MqttString::from_static(value).unwrap(),
+        )
+    }
+
+    #[test]
+    fn user_properties_keep_order_and_repetition_mqtt_3_3_2_18() {
+        let mut users = UserProperties::new();
+        assert!(users.is_empty());
+        assert_eq!(users.len(), 0);
+        assert_eq!(users.iter().next(), None);
+        users.push(pair("a", "1"));
+        users.extend([pair("b", "2"), pair("a", "3")]);
+        assert_eq!(users.len(), 3);
+        assert_eq!(
+            users.iter().collect::<Vec<_>>(),
+            [("a", "1"), ("b", "2"), ("a", "3")]
+        );
+        assert_eq!(users.get("a"), Some("1"), "the first pair of that name");
+        assert_eq!(users.get("c"), None);
+        assert_eq!(
+            users.to_vec(),
+            [pair("a", "1"), pair("b", "2"), pair("a", "3")]
+        );
+        // Each pair: identifier, then two length-prefixed strings.
+        assert_eq!(users.encoded_len(), 3 * (1 + 2 + 1 + 2 + 1));
+        assert_eq!(
+            format!("{users:?}"),
+            r#"[("a", "1"), ("b", "2"), ("a", "3")]"#
+        );
+        users.clear();
+        assert!(users.is_empty());
+    }
+
+    #[test]
+    fn user_properties_are_equal_when_their_pairs_are() {
+        let built = UserProperties::from(vec![pair("k", "v"), pair("k2", "")]);
+        let mut pushed = UserProperties::new();
+        pushed.push(pair("k", "v"));
+        pushed.push(pair("k2", ""));
+        assert_eq!(built, pushed);
+        assert_ne!(
+            built,
+            UserProperties::from([pair("k2", ""), pair("k", "v")])
+        );
+        assert_ne!(built, UserProperties::from([pair("k", "v")]));
+    }
+
+    #[test]
+    fn pushing_to_a_clone_leaves_the_original_alone() {
+        let original = UserProperties::from([pair("a", "1")]);
+        let mut copy = original.clone();
+        copy.push(pair("b", "2"));
+        assert_eq!(original.len(), 1);
+        assert_eq!(copy.len(), 2);
+        assert_eq!(copy.iter().last(), Some(("b", "2")));
     }
 
     #[test]

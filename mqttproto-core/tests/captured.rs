@@ -68,7 +68,7 @@ use bytes::{Bytes, BytesMut};
 use mqttproto_core::codec::{decode, decode_packet, Packet};
 use mqttproto_core::{
     MqttString, PacketId, PacketType, PayloadFormat, ProtocolVersion, QoS, ReasonCode,
-    RetainHandling, SubscriptionId, SubscriptionOptions, UserProperty,
+    RetainHandling, SubscriptionId, SubscriptionOptions, UserProperties,
 };
 
 const V5: ProtocolVersion = ProtocolVersion::V5;
@@ -249,11 +249,8 @@ fn s(v: &Option<MqttString>) -> Option<&str> {
     v.as_ref().map(MqttString::as_str)
 }
 
-fn pairs(props: &[UserProperty]) -> Vec<(&str, &str)> {
-    props
-        .iter()
-        .map(|p| (p.name.as_str(), p.value.as_str()))
-        .collect()
+fn pairs(props: &UserProperties) -> Vec<(&str, &str)> {
+    props.iter().collect()
 }
 
 fn pid(v: u16) -> PacketId {

@@ -116,7 +116,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
                 content_type: Some(s("text/plain")),
                 response_topic: Some(TopicName::try_from("reply/here").unwrap()),
                 correlation_data: Some(Bytes::from_static(&[1, 2, 3])),
-                user_properties: vec![user("w", "1")],
+                user_properties: vec![user("w", "1")].into(),
             },
         }),
         username: Some(s("user")),
@@ -130,7 +130,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             request_problem_information: Some(false),
             authentication_method: Some(s("SCRAM-SHA-1")),
             authentication_data: Some(Bytes::from_static(b"client-first")),
-            user_properties: vec![user("a", "b"), user("a", "c")],
+            user_properties: vec![user("a", "b"), user("a", "c")].into(),
         },
     };
     let connack = ConnAck {
@@ -153,7 +153,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             server_reference: Some(s("other:1883")),
             authentication_method: Some(s("SCRAM-SHA-1")),
             authentication_data: Some(Bytes::from_static(b"server-first")),
-            user_properties: vec![user("x", "y")],
+            user_properties: vec![user("x", "y")].into(),
         },
     };
     let refused = ConnAck {
@@ -172,7 +172,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             response_topic: Some(TopicName::try_from("r").unwrap()),
             correlation_data: Some(Bytes::from_static(b"id")),
             content_type: Some(s("json")),
-            user_properties: vec![user("k", "v")],
+            user_properties: vec![user("k", "v")].into(),
             subscription_identifiers: vec![
                 SubscriptionId::new(1).unwrap(),
                 SubscriptionId::new(268_435_455).unwrap(),
@@ -198,13 +198,13 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
     };
     let ack_props = AckProperties {
         reason_string: Some(s("because")),
-        user_properties: vec![user("u", "1"), user("u", "2")],
+        user_properties: vec![user("u", "1"), user("u", "2")].into(),
     };
     let subscribe = Subscribe {
         packet_id: pid(10),
         properties: SubscribeProperties {
             subscription_identifier: SubscriptionId::new(300),
-            user_properties: vec![user("s", "1")],
+            user_properties: vec![user("s", "1")].into(),
         },
         subscriptions: vec![
             Subscription::new(TopicFilter::try_from("a/+/c").unwrap(), QoS::AtMostOnce),
@@ -235,7 +235,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
     let unsubscribe = Unsubscribe {
         packet_id: pid(11),
         properties: UnsubscribeProperties {
-            user_properties: vec![user("u", "x")],
+            user_properties: vec![user("u", "x")].into(),
         },
         filters: vec![
             TopicFilter::try_from("a/+/c").unwrap(),
@@ -253,7 +253,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             session_expiry_interval: Some(0),
             reason_string: Some(s("moving")),
             server_reference: Some(s("elsewhere")),
-            user_properties: vec![user("d", "1")],
+            user_properties: vec![user("d", "1")].into(),
         },
     };
     let auth = Auth {
@@ -262,7 +262,7 @@ fn seed_packets() -> Vec<(&'static str, Vec<Packet>)> {
             authentication_method: Some(s("SCRAM-SHA-1")),
             authentication_data: Some(Bytes::from_static(b"more")),
             reason_string: Some(s("step 2")),
-            user_properties: vec![user("a", "1")],
+            user_properties: vec![user("a", "1")].into(),
         },
     };
 
@@ -578,7 +578,7 @@ fn fuzz_session_connack_within_client_maximum_packet_size() {
     let props = ConnAckProperties {
         topic_alias_maximum: Some(6),
         reason_string: Some(s("a fairly long reason string")),
-        user_properties: vec![user("k", "v")],
+        user_properties: vec![user("k", "v")].into(),
         ..Default::default()
     };
     session

@@ -278,6 +278,60 @@ fn user_property_and_subscription_identifier_may_repeat() {
 }
 
 #[test]
+fn user_property_strings_are_checked_mqtt_1_5_7_1() {
+    // Both strings of a pair must be UTF-8 Encoded Strings: the value here is not UTF-8.
+    let e = rejects(
+        "30 0c 0001 74 08 26 0001 61 0002 ff61",
+        ReasonCode::MalformedPacket,
+    );
+    assert!(matches!(
+        e,
+        DecodeError::InvalidString {
+            field: "User Property value",
+            error: StringError::InvalidUtf8,
+            ..
+        }
+    ));
+    // A value whose length runs past the property block.
+    let e = rejects(
+        "30 0b 0001 74 07 26 0001 61 0003 62",
+        ReasonCode::MalformedPacket,
+    );
+    assert!(matches!(e, DecodeError::Truncated { .. }), "{e:?}");
+}
+
+#[test]
+fn user_properties_between_other_properties_keep_their_order_mqtt_3_3_2_18() {
+    // PUBLISH whose User Properties are separated by a Message Expiry Interval and a Content
+    // Type: ("a", "b"), expiry 5, ("a", "c"), content type "x", ("d", "e").
+    let wire = common::hex(
+        "30 22 0001 74 1e 26 0001 61 0001 62 02 00000005 26 0001 61 0001 63 03 0001 78 \
+         26 0001 64 0001 65",
+    );
+    let codec::Packet::Publish(p) = codec::decode_packet(wire.clone(), V5).unwrap() else {
+        panic!()
+    };
+    let pair = |n: &'static str, v: &'static str| {
+        UserProperty::new(
+            MqttString::from_static(n).unwrap(),
+            MqttString::from_static(v).unwrap(),
+        )
+    };
+    let users = UserProperties::from([pair("a", "b"), pair("a", "c"), pair("d", "e")]);
+    assert_eq!(p.properties.user_properties, users);
+    assert_eq!(p.properties.message_expiry_interval, Some(5));
+    assert_eq!(
+        p.properties.content_type.as_ref().map(|s| s.as_str()),
+        Some("x")
+    );
+    // Encoding writes the pairs together, still in order; the size is unchanged.
+    let packet = codec::Packet::Publish(p);
+    let again = packet.to_bytes(V5).unwrap();
+    assert_eq!(again.len(), wire.len());
+    assert_eq!(codec::decode_packet(again, V5).unwrap(), packet);
+}
+
+#[test]
 fn invalid_property_values_are_protocol_errors() {
     for (hex, name) in [
         // Receive Maximum 0 in CONNECT.

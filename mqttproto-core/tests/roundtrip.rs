@@ -57,11 +57,12 @@ fn packet_id() -> impl Strategy<Value = PacketId> {
     (1u16..).prop_map(|v| PacketId::new(v).unwrap())
 }
 
-fn user_properties() -> impl Strategy<Value = Vec<UserProperty>> {
+fn user_properties() -> impl Strategy<Value = UserProperties> {
     vec(
         (mqtt_string(), mqtt_string()).prop_map(|(n, v)| UserProperty::new(n, v)),
         0..3,
     )
+    .prop_map(UserProperties::from)
 }
 
 fn nz16() -> impl Strategy<Value = NonZeroU16> {

@@ -112,7 +112,7 @@ fn publish_qos1_with_properties() {
     assert_eq!(p.properties.message_expiry_interval, Some(30));
     assert_eq!(
         p.properties.user_properties,
-        vec![UserProperty::new(s("k"), s("v"))]
+        UserProperties::from([UserProperty::new(s("k"), s("v"))])
     );
     assert_eq!(&p.payload[..], b"x");
 }
@@ -315,7 +315,8 @@ fn connect_properties_all_present() {
         user_properties: vec![
             UserProperty::new(s("a"), s("1")),
             UserProperty::new(s("a"), s("2")),
-        ],
+        ]
+        .into(),
     };
     let packet = Packet::Connect(Box::new(c));
     let bytes = packet.to_bytes(common::V5).unwrap();

@@ -352,7 +352,8 @@ fn round_trips_qos_0_1_2_with_properties(driver: Driver, kind: BrokerKind) {
         p.properties.user_properties = vec![UserProperty::new(
             MqttString::try_from("k").unwrap(),
             MqttString::try_from("v").unwrap(),
-        )];
+        )]
+        .into();
         p.properties.correlation_data = Some(Bytes::from_static(b"\x01\x02"));
         assert_eq!(publisher.publish_message(p).unwrap(), ReasonCode::Success);
         let got = sub.next();

@@ -385,7 +385,7 @@ impl Packet {
         &mut self,
     ) -> Option<(
         &mut Option<crate::string::MqttString>,
-        &mut Vec<crate::types::UserProperty>,
+        &mut crate::types::UserProperties,
     )> {
         let (reason, users) = match self {
             Packet::ConnAck(p) => (

@@ -7,11 +7,11 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use std::num::{NonZeroU16, NonZeroU32};
 
-use super::wire::{put_prefixed, put_varint, varint_len, Reader};
+use super::wire::{put_varint, varint_len, Reader};
 use crate::error::{DecodeError, EncodeError};
 use crate::string::MqttString;
 use crate::topic::TopicName;
-use crate::types::{PayloadFormat, QoS, SubscriptionId, UserProperty};
+use crate::types::{PayloadFormat, QoS, SubscriptionId, UserProperties};
 
 /// Property identifiers (section 2.2.2.2).
 #[allow(missing_docs)]
@@ -287,23 +287,6 @@ impl PropValue for SubscriptionId {
     }
 }
 
-impl PropValue for UserProperty {
-    fn read(r: &mut Reader, _: u32) -> Result<Self, DecodeError> {
-        let name = r.string("User Property name")?;
-        let value = r.string("User Property value")?;
-        Ok(UserProperty { name, value })
-    }
-    #[inline]
-    fn value_len(&self) -> usize {
-        4 + self.name.len() + self.value.len()
-    }
-    #[inline(always)]
-    fn write(&self, id: u8, buf: &mut BytesMut) {
-        put_prefixed_property(buf, id, self.name.as_bytes());
-        put_prefixed(buf, self.value.as_bytes());
-    }
-}
-
 /// Appends a property identifier and a length-prefixed field in one go (the length was checked).
 #[inline(always)]
 fn put_prefixed_property(buf: &mut BytesMut, id: u8, data: &[u8]) {
@@ -466,15 +449,18 @@ macro_rules! property_set {
         $name:ident, $context:literal {
             $( $(#[$fmeta:meta])* $field:ident : $ty:ty = $pid:ident ),* $(,)?
         }
-        repeated {
+        $(#[$umeta:meta])* user_properties
+        $( repeated {
             $( $(#[$rmeta:meta])* $rfield:ident : $rty:ty = $rpid:ident ),* $(,)?
-        }
+        } )?
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Default)]
         pub struct $name {
             $( $(#[$fmeta])* pub $field: Option<$ty>, )*
-            $( $(#[$rmeta])* pub $rfield: Vec<$rty>, )*
+            $(#[$umeta])*
+            pub user_properties: UserProperties,
+            $($( $(#[$rmeta])* pub $rfield: Vec<$rty>, )*)?
         }
 
         impl sealed::Sealed for $name {}
@@ -496,12 +482,15 @@ macro_rules! property_set {
             /// The value with no property set, usable in `const` and `static` context.
             pub const EMPTY: $name = $name {
                 $( $field: None, )*
-                $( $rfield: Vec::new(), )*
+                user_properties: UserProperties::new(),
+                $($( $rfield: Vec::new(), )*)?
             };
 
             /// Whether no property is set.
             pub fn is_empty(&self) -> bool {
-                true $( && self.$field.is_none() )* $( && self.$rfield.is_empty() )*
+                true $( && self.$field.is_none() )*
+                    && self.user_properties.is_empty()
+                    $($( && self.$rfield.is_empty() )*)?
             }
 
             /// Reads the Property Length and the properties.
@@ -522,6 +511,7 @@ macro_rules! property_set {
                 }
                 let outer = r.limit(len)?;
                 let mut seen: u64 = 0;
+                let mut users = UsersRun::default();
                 while !r.is_empty() {
                     let pid = r.property_id()?;
                     let r = &mut *r;
@@ -537,7 +527,8 @@ macro_rules! property_set {
                             seen |= bit;
                             props.$field = Some(read_value::<$ty>(r, pid)?);
                         } )*
-                        $( id::$rpid => props.$rfield.push(<$rty as PropValue>::read(r, pid)?), )*
+                        id::USER_PROPERTY => users.read(r)?,
+                        $($( id::$rpid => props.$rfield.push(<$rty as PropValue>::read(r, pid)?), )*)?
                         other => {
                             return Err(match property_name(other) {
                                 Some(name) => DecodeError::PropertyNotAllowed {
@@ -552,6 +543,7 @@ macro_rules! property_set {
                         }
                     }
                 }
+                props.user_properties = users.finish(r);
                 r.end_limit(outer);
                 Ok(())
             }
@@ -561,14 +553,15 @@ macro_rules! property_set {
             pub fn encoded_len(&self) -> usize {
                 let mut n = 0;
                 $( if let Some(v) = &self.$field { n += 1 + v.value_len(); } )*
-                $( for v in &self.$rfield { n += 1 + v.value_len(); } )*
+                n += self.user_properties.encoded_len();
+                $($( for v in &self.$rfield { n += 1 + v.value_len(); } )*)?
                 n
             }
 
             #[inline]
             pub(crate) fn check(&self) -> Result<(), EncodeError> {
                 $( if let Some(v) = &self.$field { v.check(id::$pid)?; } )*
-                $( for v in &self.$rfield { v.check(id::$rpid)?; } )*
+                $($( for v in &self.$rfield { v.check(id::$rpid)?; } )*)?
                 Ok(())
             }
 
@@ -589,10 +582,56 @@ macro_rules! property_set {
             #[inline]
             pub(crate) fn write_body(&self, buf: &mut BytesMut) {
                 $( if let Some(v) = &self.$field { v.write(id::$pid as u8, buf); } )*
-                $( for v in &self.$rfield { v.write(id::$rpid as u8, buf); } )*
+                buf.put_slice(self.user_properties.wire());
+                $($( for v in &self.$rfield { v.write(id::$rpid as u8, buf); } )*)?
             }
         }
     };
+}
+
+/// Gathers the User Properties of one property block while it is read: the pairs are validated
+/// in place, and the run of bytes they occupy becomes the [`UserProperties`] (a slice of the
+/// packet). Pairs separated by other properties are copied together instead.
+#[derive(Default)]
+struct UsersRun {
+    start: usize,
+    end: usize,
+    /// The pairs so far, once one did not directly follow the previous ones.
+    copied: Option<BytesMut>,
+}
+
+impl UsersRun {
+    /// Reads one pair; the reader has just read its identifier.
+    #[inline]
+    fn read(&mut self, r: &mut Reader) -> Result<(), DecodeError> {
+        // The identifier is one byte: 0x26 in more bytes would not be in minimum form.
+        let start = r.pos() - 1;
+        r.skip_string("User Property name")?;
+        r.skip_string("User Property value")?;
+        let end = r.pos();
+        if let Some(copied) = &mut self.copied {
+            copied.extend_from_slice(r.bytes(start..end));
+        } else if self.start == self.end {
+            (self.start, self.end) = (start, end);
+        } else if self.end == start {
+            self.end = end;
+        } else {
+            let mut copied = BytesMut::with_capacity(self.end - self.start + end - start);
+            copied.extend_from_slice(r.bytes(self.start..self.end));
+            copied.extend_from_slice(r.bytes(start..end));
+            self.copied = Some(copied);
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn finish(self, r: &Reader) -> UserProperties {
+        match self.copied {
+            Some(copied) => UserProperties::from_validated(copied.freeze()),
+            None if self.start == self.end => UserProperties::new(),
+            None => UserProperties::from_validated(r.slice(self.start..self.end)),
+        }
+    }
 }
 
 #[inline]
@@ -620,10 +659,8 @@ property_set! {
         /// Authentication Data.
         authentication_data: Bytes = AUTHENTICATION_DATA,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -642,10 +679,8 @@ property_set! {
         /// Correlation Data.
         correlation_data: Bytes = CORRELATION_DATA,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -684,10 +719,8 @@ property_set! {
         /// Authentication Data.
         authentication_data: Bytes = AUTHENTICATION_DATA,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -706,9 +739,9 @@ property_set! {
         /// Content Type.
         content_type: MqttString = CONTENT_TYPE,
     }
+    /// User Properties, in order [MQTT-3.3.2-18].
+    user_properties
     repeated {
-        /// User Properties, in order [MQTT-3.3.2-18].
-        user_properties: UserProperty = USER_PROPERTY,
         /// Subscription Identifiers of the matching subscriptions (server to client only).
         subscription_identifiers: SubscriptionId = SUBSCRIPTION_IDENTIFIER,
     }
@@ -720,10 +753,8 @@ property_set! {
         /// Reason String.
         reason_string: MqttString = REASON_STRING,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -732,20 +763,16 @@ property_set! {
         /// Subscription Identifier (1 to 268,435,455).
         subscription_identifier: SubscriptionId = SUBSCRIPTION_IDENTIFIER,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
     /// Properties of UNSUBSCRIBE (section 3.10.2.1).
     UnsubscribeProperties, "UNSUBSCRIBE" {
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -758,10 +785,8 @@ property_set! {
         /// Server Reference.
         server_reference: MqttString = SERVER_REFERENCE,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 property_set! {
@@ -774,10 +799,8 @@ property_set! {
         /// Reason String.
         reason_string: MqttString = REASON_STRING,
     }
-    repeated {
-        /// User Properties, in order.
-        user_properties: UserProperty = USER_PROPERTY,
-    }
+    /// User Properties, in order.
+    user_properties
 }
 
 #[cfg(test)]

@@ -256,6 +256,31 @@ impl Reader {
         Ok(MqttString::from_validated(self.buf.slice(start..end)))
     }
 
+    /// Steps over a UTF-8 Encoded String after checking it in place [MQTT-1.5.4-1, MQTT-1.5.4-2].
+    #[inline(always)]
+    pub(crate) fn skip_string(&mut self, field: &'static str) -> Result<(), DecodeError> {
+        let (start, end) = self.prefixed()?;
+        crate::string::check(&self.buf[start..end]).map_err(|error| self.string_error(field, error))
+    }
+
+    /// The position of the next byte to read, from the start of the buffer.
+    #[inline]
+    pub(crate) fn pos(&self) -> usize {
+        self.pos
+    }
+
+    /// Bytes of the buffer, by position (already read, or not).
+    #[inline]
+    pub(crate) fn bytes(&self, range: std::ops::Range<usize>) -> &[u8] {
+        &self.buf[range]
+    }
+
+    /// A shared slice of the buffer, by position.
+    #[inline]
+    pub(crate) fn slice(&self, range: std::ops::Range<usize>) -> Bytes {
+        self.buf.slice(range)
+    }
+
     /// A topic name (not empty, no wildcards), checked in place; `error` reports an invalid one.
     #[inline]
     pub(crate) fn topic_name(
