@@ -66,7 +66,7 @@ impl Subscribe {
         if r.is_empty() {
             return Err(DecodeError::EmptySubscribe);
         }
-        let mut subscriptions = Vec::new();
+        let mut subscriptions = Vec::with_capacity(r.count_prefixed(1));
         while !r.is_empty() {
             let filter = read_filter(r)?;
             let options = read_options(r.u8()?)?;
@@ -133,7 +133,7 @@ impl Unsubscribe {
         if r.is_empty() {
             return Err(DecodeError::EmptyUnsubscribe);
         }
-        let mut filters = Vec::new();
+        let mut filters = Vec::with_capacity(r.count_prefixed(0));
         while !r.is_empty() {
             filters.push(read_filter(r)?);
         }

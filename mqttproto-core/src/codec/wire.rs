@@ -256,6 +256,24 @@ impl Reader {
         Ok(MqttString::from_validated(self.buf.slice(start..end)))
     }
 
+    /// How many entries are left if each is a length-prefixed field followed by `trailer` bytes
+    /// (the filters of a SUBSCRIBE or an UNSUBSCRIBE), so that a list can be allocated once. It
+    /// only hops over the length prefixes; a last entry that runs past the end is not counted (the
+    /// entry's reading reports it).
+    #[inline]
+    pub(crate) fn count_prefixed(&self, trailer: usize) -> usize {
+        let b = &self.buf[..self.end];
+        let (mut at, mut n) = (self.pos, 0);
+        while let Some(&[h, l]) = b.get(at..at + 2) {
+            at += 2 + usize::from(u16::from_be_bytes([h, l])) + trailer;
+            if at > b.len() {
+                break;
+            }
+            n += 1;
+        }
+        n
+    }
+
     /// Steps over a UTF-8 Encoded String after checking it in place [MQTT-1.5.4-1, MQTT-1.5.4-2].
     #[inline(always)]
     pub(crate) fn skip_string(&mut self, field: &'static str) -> Result<(), DecodeError> {
@@ -371,6 +389,24 @@ mod tests {
         assert_eq!(r.finish(), Ok(()));
         assert_eq!(r.rest(), Bytes::new());
         assert!(r.u8().is_err());
+    }
+
+    #[test]
+    fn count_prefixed_hops_over_whole_entries_only() {
+        // Two filters with an options byte each, then one whose length runs past the end.
+        let r = Reader::new(
+            Bytes::from_static(b"\x00\x01a\x01\x00\x02bc\x02\x00\x05ab"),
+            PacketType::Subscribe,
+        );
+        assert_eq!(r.count_prefixed(1), 2);
+        // Read without the options byte, the same bytes hold other entries.
+        let r = Reader::new(
+            Bytes::from_static(b"\x00\x01a\x00\x00"),
+            PacketType::Unsubscribe,
+        );
+        assert_eq!(r.count_prefixed(0), 2);
+        let r = Reader::new(Bytes::from_static(b"\x00"), PacketType::Unsubscribe);
+        assert_eq!(r.count_prefixed(0), 0);
     }
 
     #[test]
