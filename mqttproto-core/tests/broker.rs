@@ -429,6 +429,56 @@ fn overlapping_subscriptions_one_message_max_qos_all_identifiers_mqtt_3_3_4_2_an
 }
 
 #[test]
+fn user_properties_forwarded_unaltered_and_in_order_mqtt_3_3_2_17_and_3_3_2_18() {
+    let pair = |n: &str, v: &str| {
+        UserProperty::new(
+            MqttString::try_from(n).unwrap(),
+            MqttString::try_from(v).unwrap(),
+        )
+    };
+    let users =
+        UserProperties::from([pair("a", "1"), pair("b", "2"), pair("a", "3"), pair("", "")]);
+    for split in SPLITS {
+        let mut w = World::new(split, BrokerOptions::default());
+        w.add("sub", opts("sub"));
+        w.add("pub", opts("pub"));
+        w.connect("sub");
+        w.connect("pub");
+        w.subscribe("sub", "u/#", qos(QoS::AtLeastOnce), None);
+        let mut p = Publish::new(
+            TopicName::try_from("u/1").unwrap(),
+            Bytes::from_static(b"m"),
+        );
+        p.qos = QoS::AtLeastOnce;
+        p.retain = true;
+        p.properties.user_properties = users.clone();
+        p.properties.content_type = Some(MqttString::try_from("text/plain").unwrap());
+        let now = w.now;
+        w.client("pub").publish(now, p).unwrap();
+        w.pump();
+        let live = w.messages("sub");
+        assert_eq!(live.len(), 1, "{split:?}");
+        assert_eq!(live[0].properties.user_properties, users, "{split:?}");
+        // The retained copy the broker keeps is sent to a later subscriber with the same pairs.
+        w.add("late", opts("late"));
+        w.connect("late");
+        w.subscribe("late", "u/+", qos(QoS::AtLeastOnce), None);
+        let retained = w.messages("late");
+        assert_eq!(retained.len(), 1, "{split:?}");
+        assert!(retained[0].retain);
+        assert_eq!(
+            retained[0]
+                .properties
+                .user_properties
+                .iter()
+                .collect::<Vec<_>>(),
+            [("a", "1"), ("b", "2"), ("a", "3"), ("", "")],
+            "{split:?}"
+        );
+    }
+}
+
+#[test]
 fn dollar_topics_not_matched_by_leading_wildcards_mqtt_4_7_2_1() {
     let mut w = World::new(Split::Whole, BrokerOptions::default());
     w.add("sub", opts("sub"));
