@@ -108,9 +108,19 @@ impl Subscribe {
     pub(crate) fn write(&self, buf: &mut BytesMut, _version: ProtocolVersion) {
         buf.put_u16(self.packet_id.get());
         self.properties.write(buf);
+        // Each options byte goes out with the next filter's length: two appends per filter.
+        let mut options: Option<u8> = None;
         for s in &self.subscriptions {
-            put_prefixed(buf, s.filter.as_bytes());
-            buf.put_u8(s.options.to_byte());
+            let [h, l] = (s.filter.len() as u16).to_be_bytes();
+            match options {
+                Some(o) => buf.put_slice(&[o, h, l]),
+                None => buf.put_slice(&[h, l]),
+            }
+            buf.put_slice(s.filter.as_bytes());
+            options = Some(s.options.to_byte());
+        }
+        if let Some(o) = options {
+            buf.put_u8(o);
         }
     }
 }
