@@ -643,10 +643,34 @@ impl State {
         }
     }
 
+    fn delivered(&mut self, packet_id: PacketId) {
+        self.pubrel.remove(&packet_id.get());
+        assert!(
+            self.outstanding.remove(&packet_id.get()),
+            "delivery {packet_id} completed twice or never sent"
+        );
+    }
+
     fn check(&mut self, inp: &mut Input) {
         let silent = self.session.error().is_some();
-        self.drain_output(false);
+        // Deliveries are accounted for before the output is checked: the acknowledgement that
+        // completed one (a PUBACK, a PUBCOMP, a PUBREC of 0x80 or more) freed its packet
+        // identifier, which this step's output may already use again for a queued message
+        // (section 2.2.1; the id is "currently unused" again [MQTT-2.2.1-4]).
+        let mut queued = std::collections::VecDeque::new();
         while let Some(event) = self.session.poll_event() {
+            match event {
+                SessionEvent::Delivered { packet_id, .. } => {
+                    if trace() {
+                        eprintln!("  event {event:?}");
+                    }
+                    self.delivered(packet_id);
+                }
+                other => queued.push_back(other),
+            }
+        }
+        self.drain_output(false);
+        while let Some(event) = queued.pop_front().or_else(|| self.session.poll_event()) {
             if trace() {
                 eprintln!("  event {event:?}");
             }
@@ -695,13 +719,7 @@ impl State {
                         self.held_unsubscribes.push(u);
                     }
                 }
-                SessionEvent::Delivered { packet_id, .. } => {
-                    self.pubrel.remove(&packet_id.get());
-                    assert!(
-                        self.outstanding.remove(&packet_id.get()),
-                        "delivery {packet_id} completed twice or never sent"
-                    );
-                }
+                SessionEvent::Delivered { packet_id, .. } => self.delivered(packet_id),
                 SessionEvent::Disconnected { .. } => {}
             }
             self.drain_output(false);

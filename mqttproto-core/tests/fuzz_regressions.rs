@@ -835,3 +835,59 @@ fn fuzz_client_resume_within_new_receive_maximum() {
     client.handle_bytes(now, &ack(3)).unwrap();
     assert_eq!((client.inflight(), client.queued()), (0, 0));
 }
+
+/// Session input `26 26 26 26 08 11 26 01 00 26 …`: Receive Maximum 2, three QoS 2 messages
+/// (ids 1 and 2 sent, the third queued), then PUBREC for id 2 with 0x90. A PUBREC of 0x80 or more
+/// ends the flow and frees the identifier (section 2.2.1), and the session sent the queued message
+/// with id 2 in the same step. That was right; the fuzz target's bookkeeping checked the output
+/// before the `Delivered` event that frees the id, and reported a reuse. The target now accounts
+/// for deliveries first. This test pins the session's side: the freed id is "currently unused"
+/// [MQTT-2.2.1-4] and goes to the queued message, and the window stays within Receive Maximum.
+#[test]
+fn fuzz_session_pubrec_error_frees_the_id_for_the_queued_message() {
+    let now = fake_clock();
+    let mut session = Session::new(now, SessionOptions::default());
+    session_connect(&mut session, now, fuzz_connect(2, 153));
+    session
+        .acknowledge_connect(
+            now,
+            ReasonCode::Success,
+            false,
+            ConnAckProperties::default(),
+        )
+        .unwrap();
+    for payload in [&b"first"[..], b"second", b"third"] {
+        let mut msg = Publish::new(TopicName::try_from("sensors/1").unwrap(), payload);
+        msg.qos = QoS::ExactlyOnce;
+        session.publish(now, msg, None).unwrap();
+    }
+    let sent: Vec<_> = written(|| session.poll_transmit())
+        .into_iter()
+        .filter_map(|(_, p)| match p {
+            Packet::Publish(p) => Some(p.packet_id.unwrap().get()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sent, [1, 2], "the third waits for room in the window");
+    while session.poll_event().is_some() {}
+
+    let rec = Packet::PubRec(PublishAck::with_reason(
+        pid(2),
+        ReasonCode::TopicNameInvalid,
+    ))
+    .to_bytes(V5)
+    .unwrap();
+    session.handle_bytes(now, &rec).unwrap();
+    let out = written(|| session.poll_transmit());
+    assert!(
+        matches!(&out[..], [(_, Packet::Publish(p))]
+            if p.packet_id == Some(pid(2)) && !p.dup && &p.payload[..] == b"third"),
+        "no PUBREL after an error PUBREC; the queued message goes out with the freed id: {out:?}"
+    );
+    assert!(matches!(
+        session.poll_event(),
+        Some(SessionEvent::Delivered { packet_id, reason_code: ReasonCode::TopicNameInvalid })
+            if packet_id == pid(2)
+    ));
+    assert_eq!(session.inflight(), 2);
+}
