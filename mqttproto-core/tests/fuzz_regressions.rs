@@ -521,6 +521,21 @@ fn session_connect(s: &mut Session, now: std::time::Instant, connect: Connect) -
     }
 }
 
+/// A session whose CONNECT was accepted (clean, no session present).
+fn connected_session(now: std::time::Instant, connect: Connect) -> Session {
+    let mut session = Session::new(now, SessionOptions::default());
+    session_connect(&mut session, now, connect);
+    session
+        .acknowledge_connect(
+            now,
+            ReasonCode::Success,
+            false,
+            ConnAckProperties::default(),
+        )
+        .unwrap();
+    session
+}
+
 fn fuzz_connect(receive_maximum: u16, maximum_packet_size: u32) -> Connect {
     let mut c = Connect {
         protocol_version: V5,
@@ -728,16 +743,7 @@ fn fuzz_session_queue_expires_in_every_phase() {
 #[test]
 fn fuzz_session_resume_within_new_receive_maximum() {
     let now = fake_clock();
-    let mut session = Session::new(now, SessionOptions::default());
-    session_connect(&mut session, now, fuzz_connect(7, 193));
-    session
-        .acknowledge_connect(
-            now,
-            ReasonCode::Success,
-            false,
-            ConnAckProperties::default(),
-        )
-        .unwrap();
+    let mut session = connected_session(now, fuzz_connect(7, 193));
     for topic in ["a", "x/y/z"] {
         let mut msg = Publish::new(TopicName::try_from(topic).unwrap(), &b"m"[..]);
         msg.qos = QoS::ExactlyOnce;
@@ -846,16 +852,7 @@ fn fuzz_client_resume_within_new_receive_maximum() {
 #[test]
 fn fuzz_session_pubrec_error_frees_the_id_for_the_queued_message() {
     let now = fake_clock();
-    let mut session = Session::new(now, SessionOptions::default());
-    session_connect(&mut session, now, fuzz_connect(2, 153));
-    session
-        .acknowledge_connect(
-            now,
-            ReasonCode::Success,
-            false,
-            ConnAckProperties::default(),
-        )
-        .unwrap();
+    let mut session = connected_session(now, fuzz_connect(2, 153));
     for payload in [&b"first"[..], b"second", b"third"] {
         let mut msg = Publish::new(TopicName::try_from("sensors/1").unwrap(), payload);
         msg.qos = QoS::ExactlyOnce;
