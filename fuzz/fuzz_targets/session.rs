@@ -653,23 +653,35 @@ impl State {
 
     fn check(&mut self, inp: &mut Input) {
         let silent = self.session.error().is_some();
-        // Deliveries are accounted for before the output is checked: the acknowledgement that
-        // completed one (a PUBACK, a PUBCOMP, a PUBREC of 0x80 or more) freed its packet
-        // identifier, which this step's output may already use again for a queued message
-        // (section 2.2.1; the id is "currently unused" again [MQTT-2.2.1-4]).
+        // The events and the output of one step are two queues, and their relative order is
+        // not recorded. Deliveries of identifiers already sent are accounted for before the
+        // output is checked: the acknowledgement that completed one (a PUBACK, a PUBCOMP, a
+        // PUBREC of 0x80 or more) freed its identifier, which this step's output may already
+        // give to a queued message (section 2.2.1; the id is "currently unused" again
+        // [MQTT-2.2.1-4]). A delivery of an identifier not sent yet is for a PUBLISH in this
+        // step's output (an acknowledgement that was buffered behind a held CONNECT and is
+        // processed once the CONNECT is accepted and the queue sent): it is accounted for after.
         let mut queued = std::collections::VecDeque::new();
+        let mut later = Vec::new();
         while let Some(event) = self.session.poll_event() {
             match event {
                 SessionEvent::Delivered { packet_id, .. } => {
                     if trace() {
                         eprintln!("  event {event:?}");
                     }
-                    self.delivered(packet_id);
+                    if self.outstanding.contains(&packet_id.get()) {
+                        self.delivered(packet_id);
+                    } else {
+                        later.push(packet_id);
+                    }
                 }
                 other => queued.push_back(other),
             }
         }
         self.drain_output(false);
+        for packet_id in later {
+            self.delivered(packet_id);
+        }
         while let Some(event) = queued.pop_front().or_else(|| self.session.poll_event()) {
             if trace() {
                 eprintln!("  event {event:?}");
