@@ -36,7 +36,7 @@ use bytes::{Bytes, BytesMut};
 use criterion::{criterion_group, Bencher, BenchmarkId, Criterion, Throughput};
 
 use mqttproto_core::codec::{
-    decode, Connect, ConnectProperties, Packet, Publish, PublishProperties, Subscribe,
+    decode, Connect, ConnectProperties, Packet, Publish, PublishAck, PublishProperties, Subscribe,
     SubscribeProperties, Subscription, Will, WillProperties,
 };
 use mqttproto_core::{
@@ -193,6 +193,17 @@ fn connect_case() -> Case {
         ours: Packet::Connect(Box::new(ours)),
         theirs: rq::v5::Packet::Connect(theirs_connect, Some(theirs_will), Some(theirs_login)),
         // Both libraries write these properties in the same order.
+        same_bytes: true,
+    }
+}
+
+/// The acknowledgement a broker gets for every QoS 1 delivery: PUBACK, Success, no properties
+/// (the two-byte body).
+fn puback_case() -> Case {
+    Case {
+        name: "puback".into(),
+        ours: Packet::PubAck(PublishAck::new(PacketId::new(4242).unwrap())),
+        theirs: rq::v5::Packet::PubAck(rq::v5::PubAck::new(4242, None)),
         same_bytes: true,
     }
 }
@@ -420,6 +431,7 @@ fn all_cases() -> Vec<Case> {
     }
     cases.push(connect_case());
     cases.push(subscribe_case());
+    cases.push(puback_case());
     cases
 }
 

@@ -825,3 +825,35 @@ fn authentication_data_without_method_is_a_protocol_error() {
         DecodeError::AuthenticationDataWithoutMethod
     );
 }
+
+/// The streaming decoder reads PUBACK, PUBREC, PUBREL and PUBCOMP without properties, PINGREQ and
+/// PINGRESP in place, without making a frame of them; `decode_packet` takes the general path.
+/// Every such packet (each type, bodies of 0 to 3 bytes, packet ids 0, 1 and 65,535, every
+/// reason code byte) gives the same packet or the same error on both paths, and the streaming
+/// decoder consumes the packet either way (packet ids: section 2.2.1; reason codes: section 2.4).
+#[test]
+fn short_acknowledgements_decode_alike_in_place_and_as_a_frame() {
+    let mut bodies: Vec<Vec<u8>> = vec![vec![], vec![0x00]];
+    for id in [0u16, 1, 0xFFFF] {
+        let [h, l] = id.to_be_bytes();
+        bodies.push(vec![h, l]);
+        for code in 0..=255u8 {
+            bodies.push(vec![h, l, code]);
+        }
+    }
+    let mut checked = 0;
+    for first in [0x40u8, 0x50, 0x62, 0x70, 0xC0, 0xD0] {
+        for body in &bodies {
+            let mut wire = vec![first, body.len() as u8];
+            wire.extend_from_slice(body);
+            let frame = codec::decode_packet(bytes::Bytes::from(wire.clone()), V5);
+            let mut buf = BytesMut::from(&wire[..]);
+            buf.extend_from_slice(&[0xC0, 0x00]); // a PINGREQ after it
+            let streamed = decode(&mut buf, V5, u32::MAX).map(|p| p.expect("a whole packet"));
+            assert_eq!(streamed, frame, "{wire:02x?}");
+            assert_eq!(&buf[..], &[0xC0, 0x00], "{wire:02x?} consumed exactly");
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 6 * (2 + 3 * 257));
+}
