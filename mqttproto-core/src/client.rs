@@ -143,11 +143,13 @@ pub enum ClientEvent {
     /// acknowledged with [`Client::acknowledge`] and their packet id. Subscription identifiers
     /// are in `properties.subscription_identifiers`.
     Message(Publish),
-    /// A QoS 1/2 publish finished: PUBACK, PUBCOMP, or PUBREC with an error code.
+    /// A QoS 1/2 publish finished: PUBACK, PUBCOMP, or PUBREC with an error code. Also, with
+    /// 0x95 (Packet too large), a publish accepted earlier that can no longer be sent because
+    /// the server's Maximum Packet Size, announced again on a new connection, is below it.
     PublishComplete {
         /// The publish's packet identifier.
         packet_id: PacketId,
-        /// The server's reason code.
+        /// The server's reason code (0x95 for a publish that no longer fits).
         reason_code: ReasonCode,
         /// Reason String and User Properties.
         properties: AckProperties,
@@ -782,11 +784,18 @@ impl Client {
             let Some(p) = self.outbound.waiting.pop_front() else {
                 break;
             };
-            if self.send_publish(now, p.clone()).is_err() {
-                self.outbound.waiting.push_front(p);
-                break;
+            match self.send_publish(now, p.clone()) {
+                Ok(()) => self.outbound.track(p),
+                Err(StateError::PacketTooLarge { .. }) => {
+                    if let Some(id) = p.packet_id {
+                        self.abandon_unsendable(id);
+                    }
+                }
+                Err(_) => {
+                    self.outbound.waiting.push_front(p);
+                    break;
+                }
             }
-            self.outbound.track(p);
         }
     }
 
@@ -1056,8 +1065,24 @@ impl Client {
                 }
                 OutState::AwaitPubComp => Packet::PubRel(PublishAck::new(id)),
             };
-            let _ = self.wire.send(now, packet);
+            if let Err(StateError::PacketTooLarge { .. }) = self.wire.send(now, packet) {
+                // Left in flight, it would hold a slot of the window for the whole connection.
+                self.abandon_unsendable(id);
+            }
         }
+    }
+
+    /// A publish accepted on an earlier connection that the server's Maximum Packet Size no
+    /// longer admits [MQTT-3.2.2-15]: it cannot be sent, so its flow ends now with 0x95 (Packet
+    /// too large) instead of blocking the messages behind it, and its identifier is free.
+    fn abandon_unsendable(&mut self, id: PacketId) {
+        tracing::warn!(target: "mqttproto", packet_id = id.get(), max = self.wire.max_out, "publish exceeds the server's new Maximum Packet Size; abandoned");
+        self.outbound.release(id);
+        self.events.push_back(ClientEvent::PublishComplete {
+            packet_id: id,
+            reason_code: ReasonCode::PacketTooLarge,
+            properties: AckProperties::default(),
+        });
     }
 
     /// The server lost our session [MQTT-3.2.2-5]: discard its state, but lose no message.

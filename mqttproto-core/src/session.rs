@@ -83,11 +83,13 @@ pub enum SessionEvent {
     Subscribe(Subscribe),
     /// An UNSUBSCRIBE: answer with [`Session::acknowledge_unsubscribe`].
     Unsubscribe(Unsubscribe),
-    /// A QoS 1/2 message to the client completed (PUBACK, PUBCOMP, or PUBREC with an error).
+    /// A QoS 1/2 message to the client completed (PUBACK, PUBCOMP, or PUBREC with an error), or
+    /// a message sent on an earlier connection of the session was discarded because it exceeds
+    /// the client's new Maximum Packet Size (as if delivered [MQTT-3.1.2-25]; reason code 0x95).
     Delivered {
         /// Its packet identifier.
         packet_id: PacketId,
-        /// The client's reason code.
+        /// The client's reason code (0x95, Packet too large, for a discarded message).
         reason_code: ReasonCode,
     },
     /// The connection ended. `disconnect` is the client's DISCONNECT, if it sent one: a will is
@@ -558,7 +560,12 @@ impl Session {
                 }
                 OutState::AwaitPubComp => Packet::PubRel(PublishAck::new(id)),
             };
-            let _ = self.wire.send(now, packet);
+            if let Err(StateError::PacketTooLarge { .. }) = self.wire.send(now, packet) {
+                // The client's new Maximum Packet Size is below it. Left in flight, it would hold
+                // a slot of the window for the whole connection (with Receive Maximum 1, every
+                // message after it).
+                self.discard_resent(id);
+            }
         }
         self.drain_queue(now);
         // Packets the client pipelined after CONNECT.
@@ -931,6 +938,21 @@ impl Session {
         Some(self.wire.last_received.unwrap_or(self.created) + allowance)
     }
 
+    /// A message sent on an earlier connection that no longer fits the client's Maximum Packet
+    /// Size: discarded as if its delivery had completed [MQTT-3.1.2-25]. Its packet identifier
+    /// is free again, and [`SessionEvent::Delivered`] reports it with 0x95 (Packet too large).
+    fn discard_resent(&mut self, id: PacketId) {
+        tracing::debug!(target: "mqttproto", packet_id = id.get(), "resent packet exceeds the client's Maximum Packet Size; discarded");
+        self.state.outbound.release(id);
+        self.state.dropped += 1;
+        if self.report_deliveries {
+            self.events.push_back(SessionEvent::Delivered {
+                packet_id: id,
+                reason_code: ReasonCode::PacketTooLarge,
+            });
+        }
+    }
+
     fn expire_queue(&mut self, now: Instant) {
         let expired = self.state.queue.expire(now);
         self.state.dropped += expired as u64;
@@ -949,11 +971,9 @@ impl Session {
             match self.wire.send(now, Packet::Publish(wire_form)) {
                 Ok(()) => self.state.outbound.track(p),
                 Err(StateError::PacketTooLarge { .. }) => {
-                    // Discarded as if delivered [MQTT-3.1.2-25].
                     if let Some(id) = p.packet_id {
-                        self.state.outbound.release(id);
+                        self.discard_resent(id);
                     }
-                    self.state.dropped += 1;
                 }
                 Err(_) => {
                     self.state.outbound.waiting.push_front(p);

@@ -888,3 +888,125 @@ fn fuzz_session_pubrec_error_frees_the_id_for_the_queued_message() {
     ));
     assert_eq!(session.inflight(), 2);
 }
+
+/// Found by the session fuzz target: a session resumed by a client whose new Maximum Packet
+/// Size is below a message still in flight from the earlier connection. The resend failed and
+/// was ignored, so the message stayed in flight, unsent, for the whole connection: with Receive
+/// Maximum 1 nothing else was ever sent. Such a message is now discarded as if delivered
+/// [MQTT-3.1.2-25] (its id freed, `Delivered` with 0x95), and the window moves on.
+#[test]
+fn fuzz_session_resent_publish_above_the_new_maximum_packet_size_is_discarded() {
+    let now = fake_clock();
+    let mut session = connected_session(now, fuzz_connect(1, 10_000));
+    let mut big = Publish::new(TopicName::try_from("t").unwrap(), vec![0xA5u8; 200]);
+    big.qos = QoS::AtLeastOnce;
+    session.publish(now, big, None).unwrap();
+    assert_eq!(
+        written(|| session.poll_transmit()).len(),
+        2,
+        "CONNACK and PUBLISH"
+    );
+    session.handle_close(now);
+    let state = session.take_state();
+
+    let mut session = Session::new(now, SessionOptions::default());
+    session_connect(&mut session, now, fuzz_connect(1, 100));
+    session.restore_state(state);
+    session
+        .acknowledge_connect(now, ReasonCode::Success, true, ConnAckProperties::default())
+        .unwrap();
+    let out = written(|| session.poll_transmit());
+    assert!(
+        matches!(&out[..], [(_, Packet::ConnAck(c))] if c.session_present),
+        "the 200-byte message is not resent to a client that accepts 100: {out:?}"
+    );
+    let delivered: Vec<_> = std::iter::from_fn(|| session.poll_event())
+        .filter_map(|e| match e {
+            SessionEvent::Delivered {
+                packet_id,
+                reason_code,
+            } => Some((packet_id.get(), reason_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(delivered, [(1, ReasonCode::PacketTooLarge)]);
+    assert_eq!(session.inflight(), 0);
+    // The window of one is free: the next message goes out.
+    let mut small = Publish::new(TopicName::try_from("t").unwrap(), &b"ok"[..]);
+    small.qos = QoS::AtLeastOnce;
+    session.publish(now, small, None).unwrap();
+    let out = written(|| session.poll_transmit());
+    assert!(
+        matches!(&out[..], [(_, Packet::Publish(p))] if &p.payload[..] == b"ok"),
+        "{out:?}"
+    );
+}
+
+/// The client side of the same flaw: a publish in flight (and one waiting behind it) when the
+/// connection drops, and a resumed session whose CONNACK announces a Maximum Packet Size below
+/// them [MQTT-3.2.2-15]. The resend was ignored and the waiting one pushed back for ever: with
+/// Receive Maximum 1 nothing was sent again and neither publish completed. Both now complete
+/// with 0x95 (Packet too large), and a later publish goes out.
+#[test]
+fn fuzz_client_resumed_publish_above_the_new_maximum_packet_size_completes_with_0x95() {
+    let now = fake_clock();
+    let mut client = Client::new(ClientOptions {
+        session_expiry_interval: 300,
+        ..ClientOptions::default()
+    });
+    let connack = |present: bool, max: u32| {
+        let mut c = ConnAck {
+            session_present: present,
+            reason_code: ReasonCode::Success,
+            properties: ConnAckProperties::default(),
+        };
+        c.properties.receive_maximum = NonZeroU16::new(1);
+        c.properties.maximum_packet_size = NonZeroU32::new(max);
+        Packet::ConnAck(c.into()).to_bytes(V5).unwrap()
+    };
+    client.connect(now).unwrap();
+    client.handle_bytes(now, &connack(false, 10_000)).unwrap();
+    for _ in 0..2 {
+        let mut big = Publish::new(TopicName::try_from("t").unwrap(), vec![0xA5u8; 200]);
+        big.qos = QoS::AtLeastOnce;
+        client.publish(now, big).unwrap();
+    }
+    assert_eq!((client.inflight(), client.queued()), (1, 1));
+    client.handle_close(now);
+    let _ = written(|| client.poll_transmit());
+    while client.poll_event().is_some() {}
+
+    client.connect(now).unwrap();
+    client.handle_bytes(now, &connack(true, 100)).unwrap();
+    let out = written(|| client.poll_transmit());
+    assert!(
+        out.iter().all(|(_, p)| !matches!(p, Packet::Publish(_))),
+        "nothing above 100 bytes is sent: {out:?}"
+    );
+    let completed: Vec<_> = std::iter::from_fn(|| client.poll_event())
+        .filter_map(|e| match e {
+            ClientEvent::PublishComplete {
+                packet_id,
+                reason_code,
+                ..
+            } => Some((packet_id.get(), reason_code)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        completed,
+        [
+            (1, ReasonCode::PacketTooLarge),
+            (2, ReasonCode::PacketTooLarge)
+        ]
+    );
+    assert_eq!((client.inflight(), client.queued()), (0, 0));
+    let mut small = Publish::new(TopicName::try_from("t").unwrap(), &b"ok"[..]);
+    small.qos = QoS::AtLeastOnce;
+    client.publish(now, small).unwrap();
+    let out = written(|| client.poll_transmit());
+    assert!(
+        matches!(&out[..], [(_, Packet::Publish(p))] if &p.payload[..] == b"ok"),
+        "{out:?}"
+    );
+}
