@@ -661,6 +661,9 @@ impl State {
         // [MQTT-2.2.1-4]). A delivery of an identifier not sent yet is for a PUBLISH in this
         // step's output (an acknowledgement that was buffered behind a held CONNECT and is
         // processed once the CONNECT is accepted and the queue sent): it is accounted for after.
+        // The price: a session that sent a PUBLISH with an identifier still in flight and freed
+        // that identifier later in the same step would not be caught; the order is not
+        // observable from here.
         let mut queued = std::collections::VecDeque::new();
         let mut later = Vec::new();
         while let Some(event) = self.session.poll_event() {

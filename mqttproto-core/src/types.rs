@@ -6,7 +6,7 @@ use std::ops::Range;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use crate::string::MqttString;
+use crate::string::{MqttString, StringError};
 
 /// The protocol version spoken on a connection.
 ///
@@ -273,6 +273,32 @@ impl UserProperties {
         self.extend(std::iter::once(property));
     }
 
+    /// Appends a pair given as string slices, checking both as MQTT strings (UTF-8 without
+    /// U+0000, at most 65,535 bytes [MQTT-1.5.7-1]).
+    pub fn try_push(&mut self, name: &str, value: &str) -> Result<(), StringError> {
+        let name = MqttString::try_from(name)?;
+        let value = MqttString::try_from(value)?;
+        self.push(UserProperty::new(name, value));
+        Ok(())
+    }
+
+    /// Keeps the pairs for which `keep(name, value)` is true, in order.
+    pub fn retain(&mut self, mut keep: impl FnMut(&str, &str) -> bool) {
+        let mut kept = BytesMut::with_capacity(self.wire.len());
+        let mut at = 0;
+        while let Some((name, value)) = entry_at(&self.wire, at) {
+            let entry = at..value.end;
+            at = value.end;
+            let s = |r: Range<usize>| std::str::from_utf8(&self.wire[r]).unwrap_or_default();
+            if keep(s(name), s(value)) {
+                kept.extend_from_slice(&self.wire[entry]);
+            }
+        }
+        if kept.len() != self.wire.len() {
+            self.wire = kept.freeze();
+        }
+    }
+
     /// Removes every pair.
     pub fn clear(&mut self) {
         self.wire = Bytes::new();
@@ -343,22 +369,53 @@ impl<'a> IntoIterator for &'a UserProperties {
 
 impl Extend<UserProperty> for UserProperties {
     fn extend<I: IntoIterator<Item = UserProperty>>(&mut self, iter: I) {
-        let mut wire = match std::mem::take(&mut self.wire).try_into_mut() {
+        /// Puts the pairs back even if the iterator panics: only whole pairs are ever written.
+        struct Writer<'a> {
+            set: &'a mut Bytes,
+            wire: BytesMut,
+        }
+        impl Drop for Writer<'_> {
+            fn drop(&mut self) {
+                *self.set = std::mem::take(&mut self.wire).freeze();
+            }
+        }
+        let mut iter = iter.into_iter().peekable();
+        if iter.peek().is_none() {
+            return;
+        }
+        // In place when this set's bytes are its own; copied once when they are shared (with
+        // a clone, or with the packet they were decoded from).
+        let wire = match std::mem::take(&mut self.wire).try_into_mut() {
             Ok(unique) => unique,
             Err(shared) => BytesMut::from(&shared[..]),
         };
+        let mut w = Writer {
+            set: &mut self.wire,
+            wire,
+        };
         for p in iter {
             // Both strings are at most 65,535 bytes (an `MqttString` invariant).
-            wire.reserve(5 + p.name.len() + p.value.len());
-            wire.put_u8(USER_PROPERTY_ID);
-            wire.put_u16(p.name.len() as u16);
-            wire.put_slice(p.name.as_bytes());
-            wire.put_u16(p.value.len() as u16);
-            wire.put_slice(p.value.as_bytes());
+            w.wire.reserve(5 + p.name.len() + p.value.len());
+            w.wire.put_u8(USER_PROPERTY_ID);
+            w.wire.put_u16(p.name.len() as u16);
+            w.wire.put_slice(p.name.as_bytes());
+            w.wire.put_u16(p.value.len() as u16);
+            w.wire.put_slice(p.value.as_bytes());
         }
-        self.wire = wire.freeze();
     }
 }
+
+impl IntoIterator for UserProperties {
+    type Item = UserProperty;
+    type IntoIter = std::vec::IntoIter<UserProperty>;
+
+    /// The pairs as owned values (see [`to_vec`](UserProperties::to_vec)).
+    fn into_iter(self) -> Self::IntoIter {
+        self.to_vec().into_iter()
+    }
+}
+
+impl std::iter::FusedIterator for UserPropertiesIter<'_> {}
 
 impl FromIterator<UserProperty> for UserProperties {
     fn from_iter<I: IntoIterator<Item = UserProperty>>(iter: I) -> Self {
@@ -723,6 +780,45 @@ mod tests {
         assert_eq!(original.len(), 1);
         assert_eq!(copy.len(), 2);
         assert_eq!(copy.iter().last(), Some(("b", "2")));
+    }
+
+    #[test]
+    fn user_properties_try_push_retain_and_owned_iteration() {
+        let mut users = UserProperties::new();
+        users.try_push("a", "1").unwrap();
+        users.try_push("b", "2").unwrap();
+        users.try_push("a", "3").unwrap();
+        assert_eq!(
+            users.try_push("bad\0", "x"),
+            Err(StringError::NullCharacter)
+        );
+        assert_eq!(users.len(), 3, "a refused pair adds nothing");
+        users.retain(|name, _| name == "a");
+        assert_eq!(users.iter().collect::<Vec<_>>(), [("a", "1"), ("a", "3")]);
+        users.retain(|_, value| value != "1");
+        assert_eq!(
+            users.clone().into_iter().collect::<Vec<_>>(),
+            [pair("a", "3")]
+        );
+        users.retain(|_, _| false);
+        assert!(users.is_empty());
+    }
+
+    #[test]
+    fn extend_keeps_the_pairs_if_the_iterator_panics() {
+        let mut users = UserProperties::from([pair("a", "1")]);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            users.extend((0..3).map(|i| {
+                assert!(i < 2, "the iterator fails");
+                pair("b", "2")
+            }))
+        }));
+        assert!(result.is_err());
+        assert_eq!(
+            users.iter().collect::<Vec<_>>(),
+            [("a", "1"), ("b", "2"), ("b", "2")],
+            "the pairs before the panic are kept, whole"
+        );
     }
 
     #[test]

@@ -332,6 +332,23 @@ fn user_properties_between_other_properties_keep_their_order_mqtt_3_3_2_18() {
 }
 
 #[test]
+fn pushing_to_decoded_user_properties_leaves_the_packet_alone() {
+    // PUBLISH with User Properties ("a", "b") and ("a", "c"): the set is a slice of the packet.
+    let wire = common::hex("30 13 0001 74 0e 26 0001 61 0001 62 26 0001 61 0001 63 6d");
+    let codec::Packet::Publish(p) = codec::decode_packet(wire.clone(), V5).unwrap() else {
+        panic!()
+    };
+    let mut users = p.properties.user_properties.clone();
+    users.try_push("d", "e").unwrap();
+    assert_eq!(
+        users.iter().collect::<Vec<_>>(),
+        [("a", "b"), ("a", "c"), ("d", "e")]
+    );
+    assert_eq!(p.properties.user_properties.len(), 2);
+    assert_eq!(codec::Packet::Publish(p).to_bytes(V5).unwrap(), wire);
+}
+
+#[test]
 fn invalid_property_values_are_protocol_errors() {
     for (hex, name) in [
         // Receive Maximum 0 in CONNECT.

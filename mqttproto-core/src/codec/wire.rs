@@ -256,17 +256,21 @@ impl Reader {
         Ok(MqttString::from_validated(self.buf.slice(start..end)))
     }
 
-    /// How many entries are left if each is a length-prefixed field followed by `trailer` bytes
-    /// (the filters of a SUBSCRIBE or an UNSUBSCRIBE), so that a list can be allocated once. It
-    /// only hops over the length prefixes; a last entry that runs past the end is not counted (the
-    /// entry's reading reports it).
+    /// How many entries are left if each is a non-empty length-prefixed field followed by
+    /// `trailer` bytes (the filters of a SUBSCRIBE or an UNSUBSCRIBE), so that a list can be
+    /// allocated once; at most 1,024 (a longer list grows as it is read). It only hops over the
+    /// length prefixes, and stops at an empty field or one that runs past the end (reading the
+    /// entries reports them). Counting only non-empty fields keeps the reservation within what
+    /// valid entries would take: a peer cannot make it larger per byte sent than a valid packet.
     #[inline]
     pub(crate) fn count_prefixed(&self, trailer: usize) -> usize {
+        const COUNT_MAX: usize = 1024;
         let b = &self.buf[..self.end];
         let (mut at, mut n) = (self.pos, 0);
         while let Some(&[h, l]) = b.get(at..at + 2) {
-            at += 2 + usize::from(u16::from_be_bytes([h, l])) + trailer;
-            if at > b.len() {
+            let len = usize::from(u16::from_be_bytes([h, l]));
+            at += 2 + len + trailer;
+            if len == 0 || at > b.len() || n == COUNT_MAX {
                 break;
             }
             n += 1;
@@ -399,12 +403,16 @@ mod tests {
             PacketType::Subscribe,
         );
         assert_eq!(r.count_prefixed(1), 2);
-        // Read without the options byte, the same bytes hold other entries.
+        // Counting stops at an empty field, which no valid filter is.
         let r = Reader::new(
-            Bytes::from_static(b"\x00\x01a\x00\x00"),
+            Bytes::from_static(b"\x00\x01a\x00\x00\x00\x01b"),
             PacketType::Unsubscribe,
         );
-        assert_eq!(r.count_prefixed(0), 2);
+        assert_eq!(r.count_prefixed(0), 1);
+        // At most 1,024, however many there are.
+        let many: Vec<u8> = (0..2000).flat_map(|_| [0, 1, b'a']).collect();
+        let r = Reader::new(Bytes::from(many), PacketType::Unsubscribe);
+        assert_eq!(r.count_prefixed(0), 1024);
         let r = Reader::new(Bytes::from_static(b"\x00"), PacketType::Unsubscribe);
         assert_eq!(r.count_prefixed(0), 0);
     }
