@@ -651,20 +651,19 @@ impl State {
         );
     }
 
-    fn check(&mut self, inp: &mut Input) {
-        let silent = self.session.error().is_some();
-        // The events and the output of one step are two queues, and their relative order is
-        // not recorded. Deliveries of identifiers already sent are accounted for before the
-        // output is checked: the acknowledgement that completed one (a PUBACK, a PUBCOMP, a
-        // PUBREC of 0x80 or more) freed its identifier, which this step's output may already
-        // give to a queued message (section 2.2.1; the id is "currently unused" again
-        // [MQTT-2.2.1-4]). A delivery of an identifier not sent yet is for a PUBLISH in this
-        // step's output (an acknowledgement that was buffered behind a held CONNECT and is
-        // processed once the CONNECT is accepted and the queue sent): it is accounted for after.
-        // The price: a session that sent a PUBLISH with an identifier still in flight and freed
-        // that identifier later in the same step would not be caught; the order is not
-        // observable from here.
-        let mut queued = std::collections::VecDeque::new();
+    /// Takes the session's new events into `queued` and checks its output.
+    ///
+    /// The events and the output are two queues, and their relative order is not recorded.
+    /// Deliveries of identifiers already sent are accounted for before the output is checked:
+    /// the acknowledgement that completed one (a PUBACK, a PUBCOMP, a PUBREC of 0x80 or more; or
+    /// a resent message discarded as too large) freed its identifier, which the same output may
+    /// already give to a queued message (section 2.2.1; the id is "currently unused" again
+    /// [MQTT-2.2.1-4]). A delivery of an identifier not seen sent yet is for a PUBLISH in this
+    /// output (an acknowledgement buffered behind a held CONNECT, processed once the CONNECT is
+    /// accepted and the queue sent): it is accounted for after. The price: a session that sent
+    /// a PUBLISH with an identifier still in flight and freed that identifier later in the same
+    /// call would not be caught; the order is not observable from here.
+    fn settle(&mut self, queued: &mut std::collections::VecDeque<SessionEvent>) {
         let mut later = Vec::new();
         while let Some(event) = self.session.poll_event() {
             match event {
@@ -685,7 +684,13 @@ impl State {
         for packet_id in later {
             self.delivered(packet_id);
         }
-        while let Some(event) = queued.pop_front().or_else(|| self.session.poll_event()) {
+    }
+
+    fn check(&mut self, inp: &mut Input) {
+        let silent = self.session.error().is_some();
+        let mut queued = std::collections::VecDeque::new();
+        self.settle(&mut queued);
+        while let Some(event) = queued.pop_front() {
             if trace() {
                 eprintln!("  event {event:?}");
             }
@@ -737,7 +742,7 @@ impl State {
                 SessionEvent::Delivered { packet_id, .. } => self.delivered(packet_id),
                 SessionEvent::Disconnected { .. } => {}
             }
-            self.drain_output(false);
+            self.settle(&mut queued);
         }
         if silent {
             // Only what was written before the error may have come out; nothing new after.
