@@ -874,3 +874,54 @@ fn short_acknowledgements_decode_alike_in_place_and_as_a_frame() {
     }
     assert_eq!(checked, 6 * (2 + 3 * 257));
 }
+
+/// `Packet::encode` writes PUBACK, PUBREC, PUBREL and PUBCOMP without properties in one append.
+/// For each type, packet ids 1 and 65,535 and every reason code: a code the packet may carry
+/// gives the 4-byte form for Success and the 5-byte form otherwise, `encoded_len` agrees, and
+/// the general decoder reads the packet back; any other code is refused with nothing written
+/// (section 2.4).
+#[test]
+fn short_acknowledgements_encode_in_one_append_as_the_general_path_reads_them() {
+    let mut written = 0;
+    for ty in [
+        PacketType::PubAck,
+        PacketType::PubRec,
+        PacketType::PubRel,
+        PacketType::PubComp,
+    ] {
+        for id in [1u16, 0xFFFF] {
+            for rc in (0..=255u8).filter_map(ReasonCode::from_u8) {
+                let ack = codec::PublishAck::with_reason(PacketId::new(id).unwrap(), rc);
+                let packet = match ty {
+                    PacketType::PubAck => codec::Packet::PubAck(ack),
+                    PacketType::PubRec => codec::Packet::PubRec(ack),
+                    PacketType::PubRel => codec::Packet::PubRel(ack),
+                    _ => codec::Packet::PubComp(ack),
+                };
+                let mut buf = BytesMut::new();
+                match packet.encode(&mut buf, V5) {
+                    Ok(()) => {
+                        assert!(rc.is_valid_for(ty), "{packet:?}");
+                        let len = if rc == ReasonCode::Success { 4 } else { 5 };
+                        assert_eq!(buf.len(), len, "{packet:?}");
+                        assert_eq!(packet.encoded_len(V5), len);
+                        assert_eq!(codec::decode_packet(buf.freeze(), V5).unwrap(), packet);
+                        written += 1;
+                    }
+                    Err(e) => {
+                        assert!(!rc.is_valid_for(ty), "{packet:?}: {e:?}");
+                        assert_eq!(
+                            e,
+                            EncodeError::InvalidReasonCode {
+                                packet: ty,
+                                code: rc
+                            }
+                        );
+                        assert!(buf.is_empty());
+                    }
+                }
+            }
+        }
+    }
+    assert!(written > 40, "{written}");
+}

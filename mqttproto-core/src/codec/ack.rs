@@ -18,6 +18,7 @@ pub(crate) fn read_reason(r: &mut Reader) -> Result<ReasonCode, DecodeError> {
 }
 
 /// Checks that a reason code to be sent is valid for the packet type.
+#[inline]
 pub(crate) fn check_reason(packet: PacketType, code: ReasonCode) -> Result<(), EncodeError> {
     if code.is_valid_for(packet) {
         Ok(())

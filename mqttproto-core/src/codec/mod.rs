@@ -359,11 +359,30 @@ impl Packet {
     /// The packet is checked first ([`validate`](Self::validate)); on error nothing is written.
     #[inline]
     pub fn encode(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
-        if let Packet::Publish(p) = self {
+        // The acknowledgements of every QoS 1/2 message, without properties: 4 or 5 fixed bytes
+        // (the general path's bytes and checks).
+        let (ack, first, packet) = match self {
             // The hot path: one pass, every length computed once.
-            return p.encode(buf);
+            Packet::Publish(p) => return p.encode(buf),
+            Packet::PubAck(a) => (a, 0x40, PacketType::PubAck),
+            Packet::PubRec(a) => (a, 0x50, PacketType::PubRec),
+            Packet::PubRel(a) => (a, 0x62, PacketType::PubRel),
+            Packet::PubComp(a) => (a, 0x70, PacketType::PubComp),
+            _ => return self.encode_other(buf, version),
+        };
+        if !ack.properties.is_empty() {
+            return self.encode_other(buf, version);
         }
-        self.encode_other(buf, version)
+        ack::check_reason(packet, ack.reason_code)?;
+        let [h, l] = ack.packet_id.get().to_be_bytes();
+        let code = ack.reason_code as u8;
+        // Reason code Success and no properties: the short form, without the reason code.
+        let success = ack.reason_code == crate::types::ReasonCode::Success;
+        buf.extend_from_slice(&[first, if success { 2 } else { 3 }, h, l]);
+        if !success {
+            buf.extend_from_slice(&[code]);
+        }
+        Ok(())
     }
 
     fn encode_other(
