@@ -349,6 +349,28 @@ pub(crate) struct Settings {
     pub(crate) reconnect: Reconnect,
     pub(crate) offline_queue: usize,
     pub(crate) subscription_capacity: usize,
+    /// The first builder input that is not a valid MQTT string (a client identifier, user
+    /// name, User Property or Authentication Method with U+0000, say). The client then makes
+    /// no connection: it reports this and closes, rather than connect with the value dropped.
+    pub(crate) invalid: Option<String>,
+}
+
+impl Settings {
+    /// Converts a builder input to an MQTT string, recording the first one that is invalid.
+    pub(crate) fn mqtt_string(
+        &mut self,
+        what: &str,
+        value: &str,
+    ) -> Option<crate::proto::MqttString> {
+        match crate::proto::MqttString::try_from(value) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.invalid
+                    .get_or_insert_with(|| format!("invalid {what} {value:?}: {e}"));
+                None
+            }
+        }
+    }
 }
 
 impl std::fmt::Debug for Settings {
@@ -359,6 +381,7 @@ impl std::fmt::Debug for Settings {
             .field("reconnect", &self.reconnect)
             .field("offline_queue", &self.offline_queue)
             .field("subscription_capacity", &self.subscription_capacity)
+            .field("invalid", &self.invalid)
             .finish_non_exhaustive()
     }
 }
@@ -378,6 +401,7 @@ impl Settings {
             reconnect: Reconnect::default(),
             offline_queue: 10_000,
             subscription_capacity: 1024,
+            invalid: None,
         }
     }
 
@@ -404,15 +428,22 @@ macro_rules! common_builder_methods {
 
         /// Client identifier (empty: the broker assigns one, which is then reused on
         /// reconnects).
+        ///
+        /// This and the other builder methods that take a string need a valid MQTT string
+        /// (UTF-8 without U+0000, at most 65,535 bytes [MQTT-1.5.4-1, MQTT-1.5.4-2]). With an
+        /// invalid one the client makes no connection: it reports the input in a
+        /// `ConnectionEvent::Disconnected` and closes, and every request fails with
+        /// `ClientError::Closed`.
         pub fn client_id(mut self, id: &str) -> Self {
-            self.settings.options.client_id =
-                crate::proto::MqttString::try_from(id).unwrap_or_default();
+            if let Some(id) = self.settings.mqtt_string("client identifier", id) {
+                self.settings.options.client_id = id;
+            }
             self
         }
 
         /// User name and password.
         pub fn credentials(mut self, username: &str, password: impl Into<bytes::Bytes>) -> Self {
-            self.settings.options.username = crate::proto::MqttString::try_from(username).ok();
+            self.settings.options.username = self.settings.mqtt_string("user name", username);
             self.settings.options.password = Some(password.into());
             self
         }
@@ -471,10 +502,9 @@ macro_rules! common_builder_methods {
 
         /// User Properties of CONNECT.
         pub fn user_property(mut self, name: &str, value: &str) -> Self {
-            if let (Ok(n), Ok(v)) = (
-                crate::proto::MqttString::try_from(name),
-                crate::proto::MqttString::try_from(value),
-            ) {
+            let n = self.settings.mqtt_string("User Property name", name);
+            let v = self.settings.mqtt_string("User Property value", value);
+            if let (Some(n), Some(v)) = (n, v) {
                 self.settings
                     .options
                     .user_properties
@@ -527,7 +557,7 @@ macro_rules! common_builder_methods {
             authenticator: impl crate::client::Authenticator,
         ) -> Self {
             self.settings.options.authentication_method =
-                crate::proto::MqttString::try_from(method).ok();
+                self.settings.mqtt_string("Authentication Method", method);
             self.settings.options.authentication_data = initial_data;
             self.settings.authenticator =
                 Some(std::sync::Arc::new(std::sync::Mutex::new(authenticator)));

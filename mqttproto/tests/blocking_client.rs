@@ -813,3 +813,34 @@ fn publishes_keep_their_order_across_the_connack() {
         assert_eq!(p.payload, Bytes::from(format!("{i}")), "message {i}");
     }
 }
+
+/// A builder input that is not a valid MQTT string (a User Property name with U+0000
+/// [MQTT-1.5.7-1]) is reported, not dropped: the client makes no connection (the listener
+/// sees none) and every request fails with `Closed`.
+#[test]
+fn an_invalid_builder_string_is_reported_and_nothing_connects() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("mqtt://{}", listener.local_addr().unwrap());
+    let client = Client::builder(&url)
+        .unwrap()
+        .client_id("blocking-invalid")
+        .user_property("bad\0name", "v")
+        .reconnect(Reconnect::Off)
+        .build()
+        .unwrap();
+    match client.events().recv_timeout(WAIT) {
+        Ok(ConnectionEvent::Disconnected { reason, .. }) => {
+            assert!(reason.contains("User Property name"), "{reason}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        client.publish("t", &b"x"[..], QoS::AtLeastOnce),
+        Err(ClientError::Closed)
+    ));
+    assert!(
+        matches!(listener.accept(), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock),
+        "no connection was made"
+    );
+}

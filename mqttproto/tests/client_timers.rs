@@ -317,3 +317,46 @@ async fn enhanced_authentication_challenge_and_response() {
         ]
     );
 }
+
+/// A builder input that is not a valid MQTT string (here a client identifier with U+0000
+/// [MQTT-1.5.4-2]) is not dropped or replaced: the client makes no connection, reports the
+/// input, and every request fails with `Closed`.
+#[tokio::test(start_paused = true)]
+async fn an_invalid_builder_string_is_reported_and_nothing_connects() {
+    let (client, mut conns) = piped(|b| {
+        b.client_id("dev\0ice")
+            .user_property("ok", "fine")
+            .reconnect(Reconnect::Off)
+    });
+    let mut events = client.events();
+    match tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        Ok(Ok(ConnectionEvent::Disconnected {
+            reason,
+            reason_code,
+        })) => {
+            assert!(reason.contains("client identifier"), "{reason}");
+            assert!(reason.contains("U+0000"), "{reason}");
+            assert_eq!(reason_code, None);
+        }
+        other => panic!("{other:?}"),
+    }
+    // The transport was never asked for a connection.
+    let attempt = tokio::time::timeout(Duration::from_secs(5), conns.recv()).await;
+    assert!(
+        matches!(attempt, Ok(None)),
+        "a connection was attempted: {:?}",
+        attempt.map(|p| p.is_some())
+    );
+    let published = tokio::time::timeout(
+        Duration::from_secs(5),
+        client.publish("t", &b"x"[..], QoS::AtLeastOnce),
+    )
+    .await;
+    assert!(
+        matches!(
+            published,
+            Ok(Err(mqttproto::tokio::client::ClientError::Closed))
+        ),
+        "{published:?}"
+    );
+}

@@ -113,6 +113,7 @@ impl ClientBuilder {
             connector: self.connector,
             authenticator: s.authenticator,
             reconnect: s.reconnect,
+            invalid: s.invalid,
             offline_cap: s.offline_queue,
             rx,
             tx: tx.clone(),
@@ -600,6 +601,8 @@ enum Outcome {
 
 /// The I/O thread: owns the core state machine and the connection.
 struct Worker {
+    /// An invalid builder input: reported, and no connection made.
+    invalid: Option<String>,
     core: proto::Client,
     target: Target,
     transport: TransportOptions,
@@ -642,47 +645,55 @@ fn now() -> Instant {
 impl Worker {
     fn run(mut self) {
         let mut attempt = 0u32;
-        loop {
-            let timeout = self.core.options().connect_timeout;
-            let conn = match &self.connector {
-                Some(c) => c()
-                    .and_then(transport::custom)
-                    .map_err(|e| format!("connecting to {}: {e}", self.target)),
-                None => transport::connect(&self.target, &self.transport, timeout)
-                    .map_err(|e| e.to_string()),
-            };
-            match conn {
-                Ok(conn) => {
-                    tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
-                    let (outcome, connected) = self.serve(conn);
-                    if connected {
-                        attempt = 0;
+        if let Some(reason) = self.invalid.take() {
+            tracing::warn!(target: TRACE, %reason, "client not started");
+            self.emit(ConnectionEvent::Disconnected {
+                reason,
+                reason_code: None,
+            });
+        } else {
+            loop {
+                let timeout = self.core.options().connect_timeout;
+                let conn = match &self.connector {
+                    Some(c) => c()
+                        .and_then(transport::custom)
+                        .map_err(|e| format!("connecting to {}: {e}", self.target)),
+                    None => transport::connect(&self.target, &self.transport, timeout)
+                        .map_err(|e| e.to_string()),
+                };
+                match conn {
+                    Ok(conn) => {
+                        tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
+                        let (outcome, connected) = self.serve(conn);
+                        if connected {
+                            attempt = 0;
+                        }
+                        if let Outcome::Stop = outcome {
+                            break;
+                        }
                     }
-                    if let Outcome::Stop = outcome {
-                        break;
+                    Err(e) => {
+                        tracing::debug!(target: TRACE, error = %e, "connect failed");
+                        self.emit(ConnectionEvent::Disconnected {
+                            reason: e,
+                            reason_code: None,
+                        });
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(target: TRACE, error = %e, "connect failed");
-                    self.emit(ConnectionEvent::Disconnected {
-                        reason: e,
-                        reason_code: None,
-                    });
+                // Take what arrived meanwhile (a disconnect, every handle dropped).
+                while let Ok(msg) = self.rx.try_recv() {
+                    self.idle_msg(msg);
                 }
-            }
-            // Take what arrived meanwhile (a disconnect, every handle dropped).
-            while let Ok(msg) = self.rx.try_recv() {
-                self.idle_msg(msg);
-            }
-            if self.closing.is_some() || self.gone {
-                break;
-            }
-            let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
-                break;
-            };
-            attempt = attempt.saturating_add(1);
-            if !self.wait(delay) {
-                break;
+                if self.closing.is_some() || self.gone {
+                    break;
+                }
+                let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
+                    break;
+                };
+                attempt = attempt.saturating_add(1);
+                if !self.wait(delay) {
+                    break;
+                }
             }
         }
         self.fail_all();

@@ -144,6 +144,7 @@ impl ClientBuilder {
             transport: s.transport,
             authenticator: s.authenticator,
             reconnect: s.reconnect,
+            invalid: s.invalid,
         };
         tokio::spawn(task.run());
         Client {
@@ -407,6 +408,8 @@ enum Outcome {
 }
 
 struct Task {
+    /// An invalid builder input: reported, and no connection made.
+    invalid: Option<String>,
     core: proto::Client,
     target: Target,
     transport: TransportOptions,
@@ -444,41 +447,49 @@ fn now() -> std::time::Instant {
 impl Task {
     async fn run(mut self) {
         let mut attempt = 0u32;
-        loop {
-            let stream = match &self.connector {
-                Some(c) => c().await.map_err(|e| e.to_string()),
-                None => transport::connect(&self.target, &self.transport)
-                    .await
-                    .map_err(|e| e.to_string()),
-            };
-            match stream {
-                Ok(stream) => {
-                    tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
-                    let (outcome, connected) = self.serve(stream).await;
-                    if connected {
-                        attempt = 0;
+        if let Some(reason) = self.invalid.take() {
+            tracing::warn!(target: TRACE, %reason, "client not started");
+            let _ = self.events.send(ConnectionEvent::Disconnected {
+                reason,
+                reason_code: None,
+            });
+        } else {
+            loop {
+                let stream = match &self.connector {
+                    Some(c) => c().await.map_err(|e| e.to_string()),
+                    None => transport::connect(&self.target, &self.transport)
+                        .await
+                        .map_err(|e| e.to_string()),
+                };
+                match stream {
+                    Ok(stream) => {
+                        tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
+                        let (outcome, connected) = self.serve(stream).await;
+                        if connected {
+                            attempt = 0;
+                        }
+                        if let Outcome::Stop = outcome {
+                            break;
+                        }
                     }
-                    if let Outcome::Stop = outcome {
-                        break;
+                    Err(e) => {
+                        tracing::debug!(target: TRACE, error = %e, "connect failed");
+                        let _ = self.events.send(ConnectionEvent::Disconnected {
+                            reason: e,
+                            reason_code: None,
+                        });
                     }
                 }
-                Err(e) => {
-                    tracing::debug!(target: TRACE, error = %e, "connect failed");
-                    let _ = self.events.send(ConnectionEvent::Disconnected {
-                        reason: e,
-                        reason_code: None,
-                    });
+                if self.closing.is_some() {
+                    break;
                 }
-            }
-            if self.closing.is_some() {
-                break;
-            }
-            let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
-                break;
-            };
-            attempt = attempt.saturating_add(1);
-            if !self.wait(delay).await {
-                break;
+                let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
+                    break;
+                };
+                attempt = attempt.saturating_add(1);
+                if !self.wait(delay).await {
+                    break;
+                }
             }
         }
         self.fail_all();
