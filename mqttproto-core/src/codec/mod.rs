@@ -359,33 +359,43 @@ impl Packet {
     /// The packet is checked first ([`validate`](Self::validate)); on error nothing is written.
     #[inline]
     pub fn encode(&self, buf: &mut BytesMut, version: ProtocolVersion) -> Result<(), EncodeError> {
-        // The acknowledgements of every QoS 1/2 message, without properties: 4 or 5 fixed bytes
-        // (the general path's bytes and checks).
-        let (ack, first, packet) = match self {
+        if let Packet::Publish(p) = self {
             // The hot path: one pass, every length computed once.
-            Packet::Publish(p) => return p.encode(buf),
+            return p.encode(buf);
+        }
+        self.encode_other(buf, version)
+    }
+
+    fn encode_other(
+        &self,
+        buf: &mut BytesMut,
+        version: ProtocolVersion,
+    ) -> Result<(), EncodeError> {
+        // The acknowledgements of every QoS 1/2 message, without properties: 4 or 5 fixed bytes
+        // (the general path's bytes and checks). Here rather than in `encode`, which must stay
+        // small enough to inline the PUBLISH encoder into its callers.
+        let (ack, first, packet) = match self {
             Packet::PubAck(a) => (a, 0x40, PacketType::PubAck),
             Packet::PubRec(a) => (a, 0x50, PacketType::PubRec),
             Packet::PubRel(a) => (a, 0x62, PacketType::PubRel),
             Packet::PubComp(a) => (a, 0x70, PacketType::PubComp),
-            _ => return self.encode_other(buf, version),
+            _ => return self.encode_general(buf, version),
         };
         if !ack.properties.is_empty() {
-            return self.encode_other(buf, version);
+            return self.encode_general(buf, version);
         }
         ack::check_reason(packet, ack.reason_code)?;
         let [h, l] = ack.packet_id.get().to_be_bytes();
-        let code = ack.reason_code as u8;
         // Reason code Success and no properties: the short form, without the reason code.
         let success = ack.reason_code == crate::types::ReasonCode::Success;
         buf.extend_from_slice(&[first, if success { 2 } else { 3 }, h, l]);
         if !success {
-            buf.extend_from_slice(&[code]);
+            buf.extend_from_slice(&[ack.reason_code as u8]);
         }
         Ok(())
     }
 
-    fn encode_other(
+    fn encode_general(
         &self,
         buf: &mut BytesMut,
         version: ProtocolVersion,
