@@ -521,6 +521,33 @@ fn session_connect(s: &mut Session, now: std::time::Instant, connect: Connect) -
     }
 }
 
+/// A successful CONNACK for a client, encoded: Session Present, the server's Receive Maximum and
+/// Maximum Packet Size.
+fn connack(present: bool, receive_maximum: u16, maximum_packet_size: Option<u32>) -> Bytes {
+    let mut c = ConnAck {
+        session_present: present,
+        reason_code: ReasonCode::Success,
+        properties: ConnAckProperties::default(),
+    };
+    c.properties.receive_maximum = NonZeroU16::new(receive_maximum);
+    c.properties.maximum_packet_size = maximum_packet_size.and_then(NonZeroU32::new);
+    Packet::ConnAck(c.into()).to_bytes(V5).unwrap()
+}
+
+/// The session state of a connection that closed, moved to a new connection whose CONNECT is
+/// accepted with Session Present.
+fn resumed_session(now: std::time::Instant, mut old: Session, connect: Connect) -> Session {
+    old.handle_close(now);
+    let state = old.take_state();
+    let mut session = Session::new(now, SessionOptions::default());
+    session_connect(&mut session, now, connect);
+    session.restore_state(state);
+    session
+        .acknowledge_connect(now, ReasonCode::Success, true, ConnAckProperties::default())
+        .unwrap();
+    session
+}
+
 /// A session whose CONNECT was accepted (clean, no session present).
 fn connected_session(now: std::time::Instant, connect: Connect) -> Session {
     let mut session = Session::new(now, SessionOptions::default());
@@ -751,15 +778,7 @@ fn fuzz_session_resume_within_new_receive_maximum() {
     }
     assert_eq!(written(|| session.poll_transmit()).len(), 3);
     assert_eq!(session.inflight(), 2);
-    session.handle_close(now);
-    let state = session.take_state();
-
-    let mut session = Session::new(now, SessionOptions::default());
-    session_connect(&mut session, now, fuzz_connect(1, 321));
-    session.restore_state(state);
-    session
-        .acknowledge_connect(now, ReasonCode::Success, true, ConnAckProperties::default())
-        .unwrap();
+    let mut session = resumed_session(now, session, fuzz_connect(1, 321));
     let out = written(|| session.poll_transmit());
     let resent: Vec<_> = out
         .iter()
@@ -798,17 +817,8 @@ fn fuzz_client_resume_within_new_receive_maximum() {
         session_expiry_interval: 300,
         ..ClientOptions::default()
     });
-    let connack = |present: bool, rm: u16| {
-        let mut c = ConnAck {
-            session_present: present,
-            reason_code: ReasonCode::Success,
-            properties: ConnAckProperties::default(),
-        };
-        c.properties.receive_maximum = NonZeroU16::new(rm);
-        Packet::ConnAck(c.into()).to_bytes(V5).unwrap()
-    };
     client.connect(now).unwrap();
-    client.handle_bytes(now, &connack(false, 8)).unwrap();
+    client.handle_bytes(now, &connack(false, 8, None)).unwrap();
     for _ in 0..3 {
         let mut msg = Publish::new(TopicName::try_from("a").unwrap(), &b"m"[..]);
         msg.qos = QoS::AtLeastOnce;
@@ -818,7 +828,7 @@ fn fuzz_client_resume_within_new_receive_maximum() {
     client.handle_close(now);
     let _ = written(|| client.poll_transmit());
     client.connect(now).unwrap();
-    client.handle_bytes(now, &connack(true, 1)).unwrap();
+    client.handle_bytes(now, &connack(true, 1, None)).unwrap();
     let ids = |out: Vec<(usize, Packet)>| -> Vec<(u16, bool)> {
         out.into_iter()
             .filter_map(|(_, p)| match p {
@@ -906,15 +916,7 @@ fn fuzz_session_resent_publish_above_the_new_maximum_packet_size_is_discarded() 
         2,
         "CONNACK and PUBLISH"
     );
-    session.handle_close(now);
-    let state = session.take_state();
-
-    let mut session = Session::new(now, SessionOptions::default());
-    session_connect(&mut session, now, fuzz_connect(1, 100));
-    session.restore_state(state);
-    session
-        .acknowledge_connect(now, ReasonCode::Success, true, ConnAckProperties::default())
-        .unwrap();
+    let mut session = resumed_session(now, session, fuzz_connect(1, 100));
     let out = written(|| session.poll_transmit());
     assert!(
         matches!(&out[..], [(_, Packet::ConnAck(c))] if c.session_present),
@@ -954,18 +956,10 @@ fn fuzz_client_resumed_publish_above_the_new_maximum_packet_size_completes_with_
         session_expiry_interval: 300,
         ..ClientOptions::default()
     });
-    let connack = |present: bool, max: u32| {
-        let mut c = ConnAck {
-            session_present: present,
-            reason_code: ReasonCode::Success,
-            properties: ConnAckProperties::default(),
-        };
-        c.properties.receive_maximum = NonZeroU16::new(1);
-        c.properties.maximum_packet_size = NonZeroU32::new(max);
-        Packet::ConnAck(c.into()).to_bytes(V5).unwrap()
-    };
     client.connect(now).unwrap();
-    client.handle_bytes(now, &connack(false, 10_000)).unwrap();
+    client
+        .handle_bytes(now, &connack(false, 1, Some(10_000)))
+        .unwrap();
     for _ in 0..2 {
         let mut big = Publish::new(TopicName::try_from("t").unwrap(), vec![0xA5u8; 200]);
         big.qos = QoS::AtLeastOnce;
@@ -977,7 +971,9 @@ fn fuzz_client_resumed_publish_above_the_new_maximum_packet_size_completes_with_
     while client.poll_event().is_some() {}
 
     client.connect(now).unwrap();
-    client.handle_bytes(now, &connack(true, 100)).unwrap();
+    client
+        .handle_bytes(now, &connack(true, 1, Some(100)))
+        .unwrap();
     let out = written(|| client.poll_transmit());
     assert!(
         out.iter().all(|(_, p)| !matches!(p, Packet::Publish(_))),

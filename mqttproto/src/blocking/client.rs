@@ -645,55 +645,56 @@ fn now() -> Instant {
 impl Worker {
     fn run(mut self) {
         let mut attempt = 0u32;
-        if let Some(reason) = self.invalid.take() {
-            tracing::warn!(target: TRACE, %reason, "client not started");
-            self.emit(ConnectionEvent::Disconnected {
-                reason,
-                reason_code: None,
-            });
-        } else {
-            loop {
-                let timeout = self.core.options().connect_timeout;
-                let conn = match &self.connector {
-                    Some(c) => c()
-                        .and_then(transport::custom)
-                        .map_err(|e| format!("connecting to {}: {e}", self.target)),
-                    None => transport::connect(&self.target, &self.transport, timeout)
-                        .map_err(|e| e.to_string()),
-                };
-                match conn {
-                    Ok(conn) => {
-                        tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
-                        let (outcome, connected) = self.serve(conn);
-                        if connected {
-                            attempt = 0;
-                        }
-                        if let Outcome::Stop = outcome {
-                            break;
-                        }
+        loop {
+            if let Some(reason) = self.invalid.take() {
+                // An invalid builder input: reported, and no connection made.
+                tracing::warn!(target: TRACE, %reason, "client not started");
+                self.emit(ConnectionEvent::Disconnected {
+                    reason,
+                    reason_code: None,
+                });
+                break;
+            }
+            let timeout = self.core.options().connect_timeout;
+            let conn = match &self.connector {
+                Some(c) => c()
+                    .and_then(transport::custom)
+                    .map_err(|e| format!("connecting to {}: {e}", self.target)),
+                None => transport::connect(&self.target, &self.transport, timeout)
+                    .map_err(|e| e.to_string()),
+            };
+            match conn {
+                Ok(conn) => {
+                    tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
+                    let (outcome, connected) = self.serve(conn);
+                    if connected {
+                        attempt = 0;
                     }
-                    Err(e) => {
-                        tracing::debug!(target: TRACE, error = %e, "connect failed");
-                        self.emit(ConnectionEvent::Disconnected {
-                            reason: e,
-                            reason_code: None,
-                        });
+                    if let Outcome::Stop = outcome {
+                        break;
                     }
                 }
-                // Take what arrived meanwhile (a disconnect, every handle dropped).
-                while let Ok(msg) = self.rx.try_recv() {
-                    self.idle_msg(msg);
+                Err(e) => {
+                    tracing::debug!(target: TRACE, error = %e, "connect failed");
+                    self.emit(ConnectionEvent::Disconnected {
+                        reason: e,
+                        reason_code: None,
+                    });
                 }
-                if self.closing.is_some() || self.gone {
-                    break;
-                }
-                let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
-                    break;
-                };
-                attempt = attempt.saturating_add(1);
-                if !self.wait(delay) {
-                    break;
-                }
+            }
+            // Take what arrived meanwhile (a disconnect, every handle dropped).
+            while let Ok(msg) = self.rx.try_recv() {
+                self.idle_msg(msg);
+            }
+            if self.closing.is_some() || self.gone {
+                break;
+            }
+            let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
+                break;
+            };
+            attempt = attempt.saturating_add(1);
+            if !self.wait(delay) {
+                break;
             }
         }
         self.fail_all();

@@ -447,49 +447,50 @@ fn now() -> std::time::Instant {
 impl Task {
     async fn run(mut self) {
         let mut attempt = 0u32;
-        if let Some(reason) = self.invalid.take() {
-            tracing::warn!(target: TRACE, %reason, "client not started");
-            let _ = self.events.send(ConnectionEvent::Disconnected {
-                reason,
-                reason_code: None,
-            });
-        } else {
-            loop {
-                let stream = match &self.connector {
-                    Some(c) => c().await.map_err(|e| e.to_string()),
-                    None => transport::connect(&self.target, &self.transport)
-                        .await
-                        .map_err(|e| e.to_string()),
-                };
-                match stream {
-                    Ok(stream) => {
-                        tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
-                        let (outcome, connected) = self.serve(stream).await;
-                        if connected {
-                            attempt = 0;
-                        }
-                        if let Outcome::Stop = outcome {
-                            break;
-                        }
+        loop {
+            if let Some(reason) = self.invalid.take() {
+                // An invalid builder input: reported, and no connection made.
+                tracing::warn!(target: TRACE, %reason, "client not started");
+                let _ = self.events.send(ConnectionEvent::Disconnected {
+                    reason,
+                    reason_code: None,
+                });
+                break;
+            }
+            let stream = match &self.connector {
+                Some(c) => c().await.map_err(|e| e.to_string()),
+                None => transport::connect(&self.target, &self.transport)
+                    .await
+                    .map_err(|e| e.to_string()),
+            };
+            match stream {
+                Ok(stream) => {
+                    tracing::debug!(target: TRACE, target_addr = %self.target, "transport connected");
+                    let (outcome, connected) = self.serve(stream).await;
+                    if connected {
+                        attempt = 0;
                     }
-                    Err(e) => {
-                        tracing::debug!(target: TRACE, error = %e, "connect failed");
-                        let _ = self.events.send(ConnectionEvent::Disconnected {
-                            reason: e,
-                            reason_code: None,
-                        });
+                    if let Outcome::Stop = outcome {
+                        break;
                     }
                 }
-                if self.closing.is_some() {
-                    break;
+                Err(e) => {
+                    tracing::debug!(target: TRACE, error = %e, "connect failed");
+                    let _ = self.events.send(ConnectionEvent::Disconnected {
+                        reason: e,
+                        reason_code: None,
+                    });
                 }
-                let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
-                    break;
-                };
-                attempt = attempt.saturating_add(1);
-                if !self.wait(delay).await {
-                    break;
-                }
+            }
+            if self.closing.is_some() {
+                break;
+            }
+            let Some(delay) = self.reconnect.delay(attempt, &mut self.rng) else {
+                break;
+            };
+            attempt = attempt.saturating_add(1);
+            if !self.wait(delay).await {
+                break;
             }
         }
         self.fail_all();
